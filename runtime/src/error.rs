@@ -1,0 +1,142 @@
+//! Typed errors, one enum per concern, joined in [`Error`].
+
+use thiserror::Error;
+
+/// A network or its data does not have the shapes it claims.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ShapeError {
+    /// Two shapes that must agree do not.
+    #[error("{what}: expected {expected}, got {got}")]
+    Mismatch {
+        /// What was being checked.
+        what: String,
+        /// What it had to be.
+        expected: String,
+        /// What it was.
+        got: String,
+    },
+    /// A layer description is impossible on its own (zero sizes, kernel larger than input...).
+    #[error("invalid layer: {0}")]
+    InvalidLayer(String),
+    /// The error of one layer, with its index.
+    #[error("layer {index}: {source}")]
+    InLayer {
+        /// Index of the layer in the network.
+        index: usize,
+        /// What is wrong with it.
+        source: Box<ShapeError>,
+    },
+}
+
+impl ShapeError {
+    /// Attaches the index of the layer the error comes from.
+    pub fn in_layer(self, index: usize) -> Self {
+        ShapeError::InLayer {
+            index,
+            source: Box::new(self),
+        }
+    }
+}
+
+/// A model file could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum FormatError {
+    /// Fewer bytes than the header, the declared body and the trailer need.
+    #[error("model file truncated: need {needed} bytes, have {got}")]
+    Truncated {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes present.
+        got: usize,
+    },
+    /// The file does not start with `MSR\0`.
+    #[error("not an msr model file (bad magic {found:02x?})")]
+    BadMagic {
+        /// The first four bytes.
+        found: [u8; 4],
+    },
+    /// The file's major format version is not one this reader knows.
+    #[error("unsupported model format version {found} (this reader supports {supported})")]
+    UnsupportedVersion {
+        /// Version in the file.
+        found: u16,
+        /// Version this build reads.
+        supported: u16,
+    },
+    /// The header has flags this reader does not understand.
+    #[error("unknown header flags {0:#06x}")]
+    UnknownFlags(u16),
+    /// Bytes follow the checksum trailer.
+    #[error("{0} unexpected bytes after the end of the model")]
+    TrailingBytes(usize),
+    /// The CRC-32 of the body does not match the trailer: the file is corrupted.
+    #[error("checksum mismatch: stored {stored:#010x}, computed {computed:#010x} (file corrupted)")]
+    Checksum {
+        /// CRC stored in the file.
+        stored: u32,
+        /// CRC of the body as read.
+        computed: u32,
+    },
+    /// The body is not a valid postcard encoding of a model.
+    #[error("malformed model body: {0}")]
+    Body(String),
+    /// The shapes in the file are inconsistent with each other.
+    #[error("inconsistent model: {0}")]
+    Shape(#[from] ShapeError),
+    /// A parameter holds NaN or infinity.
+    #[error("non-finite value in {0}")]
+    NonFinite(String),
+}
+
+/// Input data a caller passed is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DataError {
+    /// The data does not have the shape the model needs.
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    /// The data holds NaN or infinity.
+    #[error("{0} contains NaN or infinity")]
+    NonFinite(&'static str),
+    /// An empty set where at least one example is needed.
+    #[error("{0} is empty")]
+    Empty(&'static str),
+}
+
+/// Adaptation produced a non-finite or exploding loss; the parameters were left unchanged.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error(
+    "adaptation diverged at step {step}: loss {loss} (before adapting: {initial}); parameters rolled back"
+)]
+pub struct DivergedError {
+    /// Inner step (1-based) at which divergence was detected.
+    pub step: usize,
+    /// The offending loss.
+    pub loss: f64,
+    /// The support loss before adaptation.
+    pub initial: f64,
+}
+
+/// Every error of the runtime.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum Error {
+    /// See [`FormatError`].
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    /// See [`ShapeError`].
+    #[error(transparent)]
+    Shape(#[from] ShapeError),
+    /// See [`DataError`].
+    #[error(transparent)]
+    Data(#[from] DataError),
+    /// See [`DivergedError`].
+    #[error(transparent)]
+    Diverged(#[from] DivergedError),
+    /// Reading or writing a file failed.
+    #[error("{path}: {message}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The OS error.
+        message: String,
+    },
+}

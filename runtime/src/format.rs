@@ -1,0 +1,201 @@
+//! The model file (`.msr`): a fixed header, a postcard body, a CRC-32 trailer.
+//!
+//! ```text
+//! offset  size  field
+//! 0       4     magic "MSR\0"
+//! 4       2     format version, u16 little-endian (this build: FORMAT_VERSION)
+//! 6       2     flags, u16 little-endian (none defined: must be 0)
+//! 8       4     body length in bytes, u32 little-endian
+//! 12      len   body: postcard encoding of ModelRecord
+//! 12+len  4     CRC-32 (IEEE) of bytes [0, 12+len), u32 little-endian
+//! ```
+//!
+//! See `docs/model-format.md` for the body layout and the version history.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{FormatError, ShapeError};
+use crate::spec::NetSpec;
+
+/// The four bytes every model file starts with.
+pub const MAGIC: [u8; 4] = *b"MSR\0";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+const HEADER_LEN: usize = 12;
+const TRAILER_LEN: usize = 4;
+
+/// Descriptive metadata of a model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelInfo {
+    /// A short name, e.g. "rank1-msr-fc".
+    pub name: String,
+    /// The task family it was meta-trained on, e.g. "rank1".
+    pub task_family: String,
+    /// Inner SGD steps used at meta-training time: the default at deployment.
+    pub inner_steps: u32,
+    /// Version of the trainer that wrote it.
+    pub trainer_version: String,
+}
+
+/// Parameters of one layer, as stored: row-major f32.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// The frozen symmetry matrices, each row-major `[rows, cols]` (shapes from the spec).
+    pub shared: Vec<Vec<f32>>,
+    /// Initial adapted vectors (v or W, then the bias).
+    pub adapted0: Vec<Vec<f32>>,
+    /// Inner-loop learning rate.
+    pub lr: f32,
+}
+
+/// Everything a model file holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Metadata.
+    pub info: ModelInfo,
+    /// Architecture and loss.
+    pub net: NetSpec,
+    /// Parameters, one per layer of `net`.
+    pub layers: Vec<LayerRecord>,
+}
+
+impl ModelRecord {
+    /// Checks that the parameters have the shapes the architecture implies and are finite.
+    pub fn validate(&self) -> Result<(), FormatError> {
+        let shapes = self.net.shapes()?;
+        if self.layers.len() != shapes.params.len() {
+            return Err(ShapeError::Mismatch {
+                what: "number of parameter layers".into(),
+                expected: shapes.params.len().to_string(),
+                got: self.layers.len().to_string(),
+            }
+            .into());
+        }
+        for (i, (rec, layout)) in self.layers.iter().zip(&shapes.params).enumerate() {
+            let mismatch = |what: String, expected: usize, got: usize| {
+                FormatError::from(
+                    ShapeError::Mismatch {
+                        what,
+                        expected: expected.to_string(),
+                        got: got.to_string(),
+                    }
+                    .in_layer(i),
+                )
+            };
+            if rec.shared.len() != layout.shared.len() {
+                return Err(mismatch(
+                    "number of symmetry matrices".into(),
+                    layout.shared.len(),
+                    rec.shared.len(),
+                ));
+            }
+            for (j, (m, [r, c])) in rec.shared.iter().zip(&layout.shared).enumerate() {
+                if m.len() != r * c {
+                    return Err(mismatch(
+                        format!("elements of symmetry matrix {j} ({r} x {c})"),
+                        r * c,
+                        m.len(),
+                    ));
+                }
+            }
+            if rec.adapted0.len() != layout.adapted.len() {
+                return Err(mismatch(
+                    "number of adapted vectors".into(),
+                    layout.adapted.len(),
+                    rec.adapted0.len(),
+                ));
+            }
+            for (j, (v, n)) in rec.adapted0.iter().zip(&layout.adapted).enumerate() {
+                if v.len() != *n {
+                    return Err(mismatch(
+                        format!("length of adapted vector {j}"),
+                        *n,
+                        v.len(),
+                    ));
+                }
+            }
+            let finite = |xs: &[f32]| xs.iter().all(|x| x.is_finite());
+            if !rec.shared.iter().all(|m| finite(m)) {
+                return Err(FormatError::NonFinite(format!("layer {i} symmetry matrix")));
+            }
+            if !rec.adapted0.iter().all(|v| finite(v)) {
+                return Err(FormatError::NonFinite(format!(
+                    "layer {i} initial parameters"
+                )));
+            }
+            if !rec.lr.is_finite() {
+                return Err(FormatError::NonFinite(format!("layer {i} learning rate")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Encodes the record as a complete model file.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let body = postcard::to_allocvec(self).expect("postcard encoding into a Vec cannot fail");
+        let len = u32::try_from(body.len()).expect("model body over 4 GiB");
+        let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
+        out.extend_from_slice(&MAGIC);
+        out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&body);
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        out
+    }
+
+    /// Decodes and validates a model file. Never panics, whatever the bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
+        let truncated = |needed: usize| FormatError::Truncated {
+            needed,
+            got: bytes.len(),
+        };
+        if bytes.len() < 4 {
+            return Err(truncated(HEADER_LEN + TRAILER_LEN));
+        }
+        let magic: [u8; 4] = bytes[0..4].try_into().expect("4 bytes");
+        if magic != MAGIC {
+            return Err(FormatError::BadMagic { found: magic });
+        }
+        if bytes.len() < HEADER_LEN {
+            return Err(truncated(HEADER_LEN + TRAILER_LEN));
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != FORMAT_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                found: version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let flags = u16::from_le_bytes([bytes[6], bytes[7]]);
+        if flags != 0 {
+            return Err(FormatError::UnknownFlags(flags));
+        }
+        let len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
+        let end = HEADER_LEN.saturating_add(len);
+        let needed = end.saturating_add(TRAILER_LEN);
+        if bytes.len() < needed {
+            return Err(truncated(needed));
+        }
+        if bytes.len() > needed {
+            return Err(FormatError::TrailingBytes(bytes.len() - needed));
+        }
+        let stored = u32::from_le_bytes(bytes[end..needed].try_into().expect("4 bytes"));
+        let computed = crc32fast::hash(&bytes[..end]);
+        if stored != computed {
+            return Err(FormatError::Checksum { stored, computed });
+        }
+        let (record, rest): (ModelRecord, &[u8]) =
+            postcard::take_from_bytes(&bytes[HEADER_LEN..end])
+                .map_err(|e| FormatError::Body(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(FormatError::Body(format!(
+                "{} bytes left after the model record",
+                rest.len()
+            )));
+        }
+        record.validate()?;
+        Ok(record)
+    }
+}

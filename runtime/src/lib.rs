@@ -1,0 +1,29 @@
+//! msr runtime: load a model meta-learned by *Meta-Learning Symmetries by
+//! Reparameterization* (Zhou, Knowles, Finn, ICLR 2021), adapt its filter parameters v to a
+//! new task from a few examples, predict.
+//!
+//! Each layer's weight is `W = reshape(U v)`: the symmetry matrix U (a weight-sharing
+//! pattern) is frozen; only v (and biases) adapt. The whole inner loop is written as plain
+//! burn tensor ops with a hand-written gradient ([`Net::loss_and_grad`]), so the trainer can
+//! run the very same code on an autodiff device to get exact second-order meta-gradients.
+//!
+//! - [`spec`]: architectures and shapes (no tensors);
+//! - [`Net`]: forward, loss, gradient, adapt on a device;
+//! - [`format`]: the `.msr` model file;
+//! - [`Model`]: a loaded model.
+
+pub mod error;
+pub mod format;
+mod layer;
+pub mod model;
+pub mod net;
+pub mod spec;
+#[cfg(test)]
+mod test_support;
+
+pub use burn::tensor::{DType, Device, Tensor, TensorData};
+pub use error::{DataError, DivergedError, Error, FormatError, ShapeError};
+pub use format::{ModelInfo, ModelRecord};
+pub use model::Model;
+pub use net::{LayerParams, MetaParams, Net, TaskParams};
+pub use spec::{Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op};

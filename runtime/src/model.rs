@@ -1,0 +1,201 @@
+//! A loaded model: metadata, the network prepared on a device, and its meta-parameters.
+
+use std::path::Path;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use crate::error::{DataError, Error};
+use crate::format::{LayerRecord, ModelInfo, ModelRecord};
+use crate::net::{LayerParams, MetaParams, Net, TaskParams};
+use crate::spec::NetSpec;
+
+/// A frozen, meta-learned model on one device. Immutable: adapting produces
+/// [`TaskParams`], it never changes the model.
+#[derive(Clone, Debug)]
+pub struct Model {
+    info: ModelInfo,
+    net: Net,
+    params: MetaParams,
+}
+
+impl Model {
+    /// Builds a model from a validated record, with parameters in `dtype` on `device`.
+    pub fn from_record(record: &ModelRecord, device: &Device, dtype: DType) -> Result<Self, Error> {
+        record.validate()?;
+        let net = Net::new(record.net.clone(), device)?;
+        let params = params_from_record(&net, &record.layers, dtype);
+        Ok(Self {
+            info: record.info.clone(),
+            net,
+            params,
+        })
+    }
+
+    /// Assembles a model from parts (the trainer's export path); checks the parameters.
+    pub fn from_parts(info: ModelInfo, net: Net, params: MetaParams) -> Result<Self, Error> {
+        net.check_params(&params)?;
+        Ok(Self { info, net, params })
+    }
+
+    /// Decodes a model file (see [`crate::format`]) onto `device`, in f32.
+    pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<Self, Error> {
+        Self::from_record(&ModelRecord::from_bytes(bytes)?, device, DType::F32)
+    }
+
+    /// Reads a model file from disk onto `device`, in f32.
+    pub fn load(path: impl AsRef<Path>, device: &Device) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
+        Self::from_bytes(&bytes, device)
+    }
+
+    /// The model as a storable record (parameters read back as f32).
+    pub fn to_record(&self) -> ModelRecord {
+        ModelRecord {
+            info: self.info.clone(),
+            net: self.net.spec().clone(),
+            layers: record_from_params(&self.params),
+        }
+    }
+
+    /// Writes the model file to disk.
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<(), Error> {
+        let path = path.as_ref();
+        std::fs::write(path, self.to_record().to_bytes()).map_err(|e| io_error(path, e))
+    }
+
+    /// Metadata.
+    pub fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+    /// The architecture.
+    pub fn spec(&self) -> &NetSpec {
+        self.net.spec()
+    }
+    /// The network on its device.
+    pub fn net(&self) -> &Net {
+        &self.net
+    }
+    /// The meta-learned parameters.
+    pub fn params(&self) -> &MetaParams {
+        &self.params
+    }
+
+    /// Checks a support or query set: `x` `[T, N, input_len]`, `y` `[T, N, output_len]`.
+    pub fn check_set(&self, x: &Tensor<3>, y: Option<&Tensor<3>>) -> Result<(), DataError> {
+        self.net
+            .check_data("inputs", x.dims(), self.net.input_len())?;
+        if !all_finite(x) {
+            return Err(DataError::NonFinite("inputs"));
+        }
+        if let Some(y) = y {
+            self.net
+                .check_data("targets", y.dims(), self.net.output_len())?;
+            if y.dims()[..2] != x.dims()[..2] {
+                return Err(crate::error::ShapeError::Mismatch {
+                    what: "targets [tasks, examples]".into(),
+                    expected: format!("{:?}", &x.dims()[..2]),
+                    got: format!("{:?}", &y.dims()[..2]),
+                }
+                .into());
+            }
+            if !all_finite(y) {
+                return Err(DataError::NonFinite("targets"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Adapts the meta-learned initialisation to each task of a support set with `steps` inner
+    /// SGD steps. `x` `[T, N, input_len]`, `y` `[T, N, output_len]`.
+    pub fn adapt(&self, x: Tensor<3>, y: Tensor<3>, steps: usize) -> Result<TaskParams, Error> {
+        self.check_set(&x, Some(&y))?;
+        Ok(self.net.adapt(&self.params, x, y, steps))
+    }
+
+    /// The unadapted (meta-learned) parameters for `tasks` tasks.
+    pub fn initial(&self, tasks: usize) -> TaskParams {
+        self.net.initial(&self.params, tasks)
+    }
+
+    /// Predicts `[T, N, output_len]` for inputs `x` `[T, N, input_len]` with adapted `task`.
+    pub fn predict(&self, task: &TaskParams, x: Tensor<3>) -> Result<Tensor<3>, Error> {
+        self.check_set(&x, None)?;
+        if task.tasks() != 0 && task.tasks() != x.dims()[0] {
+            return Err(crate::error::ShapeError::Mismatch {
+                what: "tasks in the adapted parameters and the inputs".into(),
+                expected: task.tasks().to_string(),
+                got: x.dims()[0].to_string(),
+            }
+            .into());
+        }
+        Ok(self.net.forward(&self.params, task, x))
+    }
+}
+
+fn io_error(path: &Path, e: std::io::Error) -> Error {
+    Error::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+fn all_finite<const D: usize>(t: &Tensor<D>) -> bool {
+    !t.clone().is_finite().bool_not().any().into_scalar::<bool>()
+}
+
+/// Uploads stored parameters (shapes already validated against `net`).
+pub fn params_from_record(net: &Net, layers: &[LayerRecord], dtype: DType) -> MetaParams {
+    let device = net.device();
+    let layouts = &net.shapes().params;
+    let layers = layers
+        .iter()
+        .zip(layouts)
+        .map(|(rec, layout)| LayerParams {
+            shared: rec
+                .shared
+                .iter()
+                .zip(&layout.shared)
+                .map(|(m, shape)| upload(m, *shape, device, dtype))
+                .collect(),
+            adapted0: rec
+                .adapted0
+                .iter()
+                .map(|v| upload(v, [1, v.len()], device, dtype))
+                .collect(),
+            lr: upload(&[rec.lr], [1, 1], device, dtype),
+        })
+        .collect();
+    MetaParams { layers }
+}
+
+/// Reads parameters back into storable f32 vectors.
+pub fn record_from_params(params: &MetaParams) -> Vec<LayerRecord> {
+    params
+        .layers
+        .iter()
+        .map(|l| LayerRecord {
+            shared: l.shared.iter().map(download).collect(),
+            adapted0: l.adapted0.iter().map(download).collect(),
+            lr: download(&l.lr)[0],
+        })
+        .collect()
+}
+
+/// A tensor of `dtype` on `device` from row-major f32 values.
+pub fn upload<const D: usize>(
+    values: &[f32],
+    shape: [usize; D],
+    device: &Device,
+    dtype: DType,
+) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values.to_vec(), shape), (device, dtype))
+}
+
+/// A tensor's values as row-major f32.
+pub fn download<const D: usize>(t: &Tensor<D>) -> Vec<f32> {
+    t.to_data()
+        .convert::<f32>()
+        .try_to_vec::<f32>()
+        .expect("converted to f32")
+}

@@ -1,0 +1,145 @@
+//! Helpers for the unit tests: a seeded generator and f64 parameter construction.
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+
+use crate::net::{LayerParams, MetaParams, Net, TaskParams};
+
+/// SplitMix64: tiny, seeded, good enough for test data.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box-Muller).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = self.uniform().max(1e-300);
+        let u2 = self.uniform();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    }
+    pub fn normals(&mut self, n: usize, scale: f64) -> Vec<f64> {
+        (0..n).map(|_| self.normal() * scale).collect()
+    }
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+pub fn f64_tensor<const D: usize>(
+    values: Vec<f64>,
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), (device, DType::F64))
+}
+
+pub fn to_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
+    t.to_data().convert::<f64>().try_to_vec::<f64>().unwrap()
+}
+
+/// Host copy of meta-parameters, in [`MetaParams::tensors`] order: (values, [rows, cols]).
+#[derive(Clone, Debug)]
+pub struct HostParams(pub Vec<(Vec<f64>, [usize; 2])>);
+
+impl HostParams {
+    /// Random parameters for `net`: U ~ N(0, 0.5), v0 ~ N(0, 0.5), lr = 0.3.
+    pub fn random(net: &Net, rng: &mut Rng) -> Self {
+        let mut out = Vec::new();
+        for layout in &net.shapes().params {
+            for [r, c] in &layout.shared {
+                out.push((rng.normals(r * c, 0.5), [*r, *c]));
+            }
+            for n in &layout.adapted {
+                out.push((rng.normals(*n, 0.5), [1, *n]));
+            }
+            out.push((vec![0.3], [1, 1]));
+        }
+        HostParams(out)
+    }
+
+    /// Upload to `device` in f64; `track` marks every tensor as requiring a gradient.
+    pub fn upload(&self, net: &Net, device: &Device, track: bool) -> MetaParams {
+        let mut it = self.0.iter().map(|(v, s)| {
+            let t = f64_tensor(v.clone(), *s, device);
+            if track { t.require_grad() } else { t }
+        });
+        let layers = net
+            .shapes()
+            .params
+            .iter()
+            .map(|layout| LayerParams {
+                shared: layout.shared.iter().map(|_| it.next().unwrap()).collect(),
+                adapted0: layout.adapted.iter().map(|_| it.next().unwrap()).collect(),
+                lr: it.next().unwrap(),
+            })
+            .collect();
+        MetaParams { layers }
+    }
+}
+
+/// Random per-task parameters for `tasks` tasks, as host vectors per layer.
+pub fn random_task(net: &Net, tasks: usize, rng: &mut Rng) -> Vec<Vec<(Vec<f64>, [usize; 2])>> {
+    net.shapes()
+        .params
+        .iter()
+        .map(|l| {
+            l.adapted
+                .iter()
+                .map(|n| (rng.normals(tasks * n, 0.5), [tasks, *n]))
+                .collect()
+        })
+        .collect()
+}
+
+pub fn upload_task(
+    host: &[Vec<(Vec<f64>, [usize; 2])>],
+    device: &Device,
+    track: bool,
+) -> TaskParams {
+    TaskParams {
+        layers: host
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|(v, s)| {
+                        let t = f64_tensor(v.clone(), *s, device);
+                        if track { t.require_grad() } else { t }
+                    })
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+/// Targets for `loss`: Gaussian for MSE, random one-hot for cross-entropy.
+pub fn targets(loss: crate::spec::Loss, t: usize, n: usize, f: usize, rng: &mut Rng) -> Vec<f64> {
+    match loss {
+        crate::spec::Loss::Mse => rng.normals(t * n * f, 1.0),
+        crate::spec::Loss::CrossEntropy => {
+            let mut y = vec![0.0; t * n * f];
+            for row in 0..t * n {
+                y[row * f + rng.below(f)] = 1.0;
+            }
+            y
+        }
+    }
+}
+
+/// Relative L2 error of `a` against reference `b`.
+pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    let den: f64 = b.iter().map(|y| y * y).sum();
+    (num / den.max(1e-300)).sqrt()
+}
