@@ -199,3 +199,197 @@ impl ModelRecord {
         Ok(record)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{Activation, FeatureShape, LayerSpec, Loss, Op};
+    use crate::test_support::Rng;
+
+    fn record(rng: &mut Rng) -> ModelRecord {
+        let net = NetSpec {
+            input: FeatureShape(vec![7]),
+            layers: vec![
+                LayerSpec {
+                    op: Op::ShareLinear {
+                        inputs: 7,
+                        outputs: 5,
+                        k: 3,
+                        bias: true,
+                    },
+                    activation: Activation::Relu,
+                },
+                LayerSpec {
+                    op: Op::Linear {
+                        inputs: 5,
+                        outputs: 2,
+                        bias: false,
+                    },
+                    activation: Activation::Identity,
+                },
+            ],
+            loss: Loss::Mse,
+        };
+        let mut vals = |n: usize| (0..n).map(|_| rng.normal() as f32).collect::<Vec<f32>>();
+        let layers = vec![
+            LayerRecord {
+                shared: vec![vals(35 * 3)],
+                adapted0: vec![vals(3), vals(5)],
+                lr: 0.1,
+            },
+            LayerRecord {
+                shared: vec![],
+                adapted0: vec![vals(10)],
+                lr: 0.25,
+            },
+        ];
+        ModelRecord {
+            info: ModelInfo {
+                name: "test".into(),
+                task_family: "rank1".into(),
+                inner_steps: 1,
+                trainer_version: "0.1.0".into(),
+            },
+            net,
+            layers,
+        }
+    }
+
+    fn with_crc(mut bytes: Vec<u8>) -> Vec<u8> {
+        let end = bytes.len() - TRAILER_LEN;
+        let crc = crc32fast::hash(&bytes[..end]);
+        bytes[end..].copy_from_slice(&crc.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn round_trip_is_bit_exact() {
+        let rec = record(&mut Rng::new(1));
+        let bytes = rec.to_bytes();
+        let back = ModelRecord::from_bytes(&bytes).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back.to_bytes(), bytes);
+        let bits = |r: &ModelRecord| -> Vec<u32> {
+            r.layers
+                .iter()
+                .flat_map(|l| {
+                    l.shared
+                        .iter()
+                        .chain(&l.adapted0)
+                        .flatten()
+                        .map(|x| x.to_bits())
+                })
+                .collect()
+        };
+        assert_eq!(bits(&back), bits(&rec));
+    }
+
+    #[test]
+    fn each_corruption_has_its_error() {
+        let rec = record(&mut Rng::new(2));
+        let good = rec.to_bytes();
+
+        let e = ModelRecord::from_bytes(&good[..good.len() - 1]).unwrap_err();
+        assert!(matches!(e, FormatError::Truncated { .. }), "{e}");
+        let e = ModelRecord::from_bytes(&good[..6]).unwrap_err();
+        assert!(matches!(e, FormatError::Truncated { .. }), "{e}");
+
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        let e = ModelRecord::from_bytes(&bad).unwrap_err();
+        assert!(matches!(e, FormatError::BadMagic { .. }), "{e}");
+
+        let mut bad = good.clone();
+        bad[4..6].copy_from_slice(&2u16.to_le_bytes());
+        let e = ModelRecord::from_bytes(&with_crc(bad)).unwrap_err();
+        assert_eq!(
+            e,
+            FormatError::UnsupportedVersion {
+                found: 2,
+                supported: 1
+            }
+        );
+
+        let mut bad = good.clone();
+        bad[6] = 1;
+        let e = ModelRecord::from_bytes(&with_crc(bad)).unwrap_err();
+        assert_eq!(e, FormatError::UnknownFlags(1));
+
+        let mut bad = good.clone();
+        bad[HEADER_LEN + 20] ^= 0x10;
+        let e = ModelRecord::from_bytes(&bad).unwrap_err();
+        assert!(matches!(e, FormatError::Checksum { .. }), "{e}");
+
+        let mut bad = good.clone();
+        bad.push(0);
+        let e = ModelRecord::from_bytes(&bad).unwrap_err();
+        assert_eq!(e, FormatError::TrailingBytes(1));
+
+        // U with one row too few: rows != out * in.
+        let mut short = rec.clone();
+        short.layers[0].shared[0].truncate(34 * 3);
+        let e = ModelRecord::from_bytes(&short.to_bytes()).unwrap_err();
+        assert!(matches!(e, FormatError::Shape(_)), "{e}");
+        assert!(e.to_string().contains("symmetry matrix"), "{e}");
+
+        // A layer whose input does not match the previous output.
+        let mut wrong = rec.clone();
+        wrong.net.layers[1].op = Op::Linear {
+            inputs: 4,
+            outputs: 2,
+            bias: false,
+        };
+        wrong.layers[1].adapted0[0].truncate(8);
+        let e = ModelRecord::from_bytes(&wrong.to_bytes()).unwrap_err();
+        assert!(matches!(e, FormatError::Shape(_)), "{e}");
+
+        let mut nan = rec.clone();
+        nan.layers[1].adapted0[0][3] = f32::NAN;
+        let e = ModelRecord::from_bytes(&nan.to_bytes()).unwrap_err();
+        assert!(matches!(e, FormatError::NonFinite(_)), "{e}");
+        let mut inf = rec;
+        inf.layers[0].lr = f32::INFINITY;
+        let e = ModelRecord::from_bytes(&inf.to_bytes()).unwrap_err();
+        assert!(matches!(e, FormatError::NonFinite(_)), "{e}");
+    }
+
+    #[test]
+    fn truncation_at_every_length_is_an_error() {
+        let good = record(&mut Rng::new(3)).to_bytes();
+        for len in 0..good.len() {
+            assert!(
+                ModelRecord::from_bytes(&good[..len]).is_err(),
+                "length {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn random_byte_flips_never_panic() {
+        let good = record(&mut Rng::new(4)).to_bytes();
+        let mut rng = Rng::new(5);
+        for round in 0..3000 {
+            let mut bad = good.clone();
+            for _ in 0..1 + rng.below(4) {
+                let at = rng.below(bad.len());
+                bad[at] ^= 1 << rng.below(8);
+            }
+            if bad == good {
+                continue; // two flips cancelled out
+            }
+            // Raw flips: the checksum (or the header checks) must catch every one.
+            assert!(ModelRecord::from_bytes(&bad).is_err(), "round {round}");
+            // With the checksum recomputed, the body decoder and the validation see the
+            // damage: any outcome but a panic is acceptable.
+            let _ = ModelRecord::from_bytes(&with_crc(bad));
+        }
+    }
+
+    #[test]
+    fn huge_declared_sizes_are_refused_not_allocated() {
+        let mut rec = record(&mut Rng::new(6));
+        rec.net.input = FeatureShape(vec![usize::MAX / 2, 3]);
+        let e = ModelRecord::from_bytes(&rec.to_bytes()).unwrap_err();
+        assert!(matches!(e, FormatError::Shape(_)), "{e}");
+    }
+}

@@ -387,3 +387,194 @@ pub(crate) fn apply_backward(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Device;
+
+    use super::*;
+    use crate::net::{Net, TaskParams};
+    use crate::spec::{Activation, LayerSpec, Loss, NetSpec};
+    use crate::test_support::*;
+
+    fn single(op: Op, input: Vec<usize>) -> NetSpec {
+        NetSpec {
+            input: FeatureShape(input),
+            layers: vec![LayerSpec {
+                op,
+                activation: Activation::Identity,
+            }],
+            loss: Loss::Mse,
+        }
+    }
+
+    fn run(net: &Net, u: &[f64], u_shape: [usize; 2], v: &[f64], x: &[f64]) -> Vec<f64> {
+        let dev = net.device();
+        let host = HostParams(vec![
+            (u.to_vec(), u_shape),
+            (vec![0.0; v.len()], [1, v.len()]),
+            (vec![0.1], [1, 1]),
+        ]);
+        let params = host.upload(net, dev, false);
+        let task = TaskParams {
+            layers: vec![vec![f64_tensor(v.to_vec(), [1, v.len()], dev)]],
+        };
+        let x = f64_tensor(x.to_vec(), [1, 1, net.input_len()], dev);
+        to_f64(&net.forward(&params, &task, x))
+    }
+
+    /// U that encodes a 3-tap valid convolution gives a Toeplitz W and a layer that commutes
+    /// with shifts.
+    #[test]
+    fn conv_sharing_gives_toeplitz_and_shift_equivariance() {
+        let dev = Device::ndarray();
+        let (n_in, n_out, k) = (10, 8, 3);
+        let op = Op::ShareLinear {
+            inputs: n_in,
+            outputs: n_out,
+            k,
+            bias: false,
+        };
+        let net = Net::new(single(op.clone(), vec![n_in]), &dev).unwrap();
+        let mut u = vec![0.0; n_in * n_out * k];
+        for o in 0..n_out {
+            for j in 0..k {
+                u[(o * n_in + o + j) * k + j] = 1.0;
+            }
+        }
+        let mut rng = Rng::new(1);
+        let v = rng.normals(k, 1.0);
+        let w = to_f64(&weights(
+            &op,
+            &[f64_tensor(u.clone(), [n_in * n_out, k], &dev)],
+            f64_tensor(v.clone(), [1, k], &dev),
+        ));
+        for o in 0..n_out {
+            for i in 0..n_in {
+                let expected = if (o..o + k).contains(&i) {
+                    v[i - o]
+                } else {
+                    0.0
+                };
+                assert_eq!(w[o * n_in + i], expected, "W[{o}, {i}]");
+            }
+        }
+        let x = rng.normals(n_in, 1.0);
+        let mut shifted = x[1..].to_vec();
+        shifted.push(rng.normal());
+        let y = run(&net, &u, [n_in * n_out, k], &v, &x);
+        let ys = run(&net, &u, [n_in * n_out, k], &v, &shifted);
+        for o in 0..n_out - 1 {
+            assert!(
+                (ys[o] - y[o + 1]).abs() < 1e-12,
+                "shift equivariance at {o}"
+            );
+        }
+        // A random U has no such structure: the same check fails.
+        let u_rand = rng.normals(u.len(), 1.0);
+        let y = run(&net, &u_rand, [n_in * n_out, k], &v, &x);
+        let ys = run(&net, &u_rand, [n_in * n_out, k], &v, &shifted);
+        assert!((0..n_out - 1).any(|o| (ys[o] - y[o + 1]).abs() > 1e-3));
+    }
+
+    /// Rotates an n x n image by 90 degrees: out[i][j] = img[n-1-j][i].
+    fn rot90(img: &[f64], n: usize) -> Vec<f64> {
+        let mut out = vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                out[i * n + j] = img[(n - 1 - j) * n + i];
+            }
+        }
+        out
+    }
+
+    /// U that ties output channel g to the base filter rotated g times: rotating the input
+    /// rotates every output map and shifts the channels by one.
+    #[test]
+    fn rotation_sharing_gives_rotation_equivariant_conv() {
+        let dev = Device::ndarray();
+        let (c_out, ks, side) = (4, 3, 7);
+        let taps = ks * ks;
+        let op = Op::ShareConv {
+            geom: ConvGeom::d2(1, c_out, ks, 1, 1),
+            sharing: ConvSharing::Dense { k: taps },
+            bias: false,
+        };
+        let net = Net::new(single(op, vec![1, side, side]), &dev).unwrap();
+        // Column j of U is filter bank made of e_j rotated g times in channel g.
+        let mut u = vec![0.0; c_out * taps * taps];
+        for j in 0..taps {
+            let mut basis = vec![0.0; taps];
+            basis[j] = 1.0;
+            for g in 0..c_out {
+                for (q, b) in basis.iter().enumerate() {
+                    u[(g * taps + q) * taps + j] = *b;
+                }
+                basis = rot90(&basis, ks);
+            }
+        }
+        let mut rng = Rng::new(2);
+        let v = rng.normals(taps, 1.0);
+        let x = rng.normals(side * side, 1.0);
+        let y = run(&net, &u, [c_out * taps, taps], &v, &x);
+        let yr = run(&net, &u, [c_out * taps, taps], &v, &rot90(&x, side));
+        let map = |y: &[f64], g: usize| y[g * side * side..(g + 1) * side * side].to_vec();
+        for g in 0..c_out {
+            let expected = rot90(&map(&y, (g + c_out - 1) % c_out), side);
+            let got = map(&yr, g);
+            assert!(rel_err(&got, &expected) < 1e-12, "channel {g}");
+        }
+    }
+
+    /// The Kronecker path equals a dense U built as kron(A, kron(B, C)).
+    #[test]
+    fn kronecker_weights_equal_dense_kronecker_product() {
+        let dev = Device::ndarray();
+        let geom = ConvGeom::d2(2, 3, 2, 1, 0);
+        let (ka, kb, kc) = (2, 3, 4);
+        let mut rng = Rng::new(4);
+        let (o, i, s) = (3, 2, 4);
+        let a = rng.normals(o * ka, 1.0);
+        let b = rng.normals(i * kb, 1.0);
+        let c = rng.normals(s * kc, 1.0);
+        let v = rng.normals(2 * ka * kb * kc, 1.0); // two tasks
+        let kron = Op::ShareConv {
+            geom: geom.clone(),
+            sharing: ConvSharing::Kronecker { ka, kb, kc },
+            bias: false,
+        };
+        let w = to_f64(&weights(
+            &kron,
+            &[
+                f64_tensor(a.clone(), [o, ka], &dev),
+                f64_tensor(b.clone(), [i, kb], &dev),
+                f64_tensor(c.clone(), [s, kc], &dev),
+            ],
+            f64_tensor(v.clone(), [2, ka * kb * kc], &dev),
+        ));
+        let k = ka * kb * kc;
+        let mut u = vec![0.0; o * i * s * k];
+        for (r1, r2, r3) in
+            (0..o).flat_map(|p| (0..i).flat_map(move |q| (0..s).map(move |r| (p, q, r))))
+        {
+            for (c1, c2, c3) in
+                (0..ka).flat_map(|p| (0..kb).flat_map(move |q| (0..kc).map(move |r| (p, q, r))))
+            {
+                let row = (r1 * i + r2) * s + r3;
+                let col = (c1 * kb + c2) * kc + c3;
+                u[row * k + col] = a[r1 * ka + c1] * b[r2 * kb + c2] * c[r3 * kc + c3];
+            }
+        }
+        let dense = Op::ShareConv {
+            geom,
+            sharing: ConvSharing::Dense { k },
+            bias: false,
+        };
+        let w_dense = to_f64(&weights(
+            &dense,
+            &[f64_tensor(u, [o * i * s, k], &dev)],
+            f64_tensor(v, [2, k], &dev),
+        ));
+        assert!(rel_err(&w, &w_dense) < 1e-12);
+    }
+}
