@@ -427,7 +427,7 @@ mod tests {
     /// with shifts.
     #[test]
     fn conv_sharing_gives_toeplitz_and_shift_equivariance() {
-        let dev = Device::ndarray();
+        let dev = crate::device::cpu();
         let (n_in, n_out, k) = (10, 8, 3);
         let op = Op::ShareLinear {
             inputs: n_in,
@@ -492,7 +492,7 @@ mod tests {
     /// rotates every output map and shifts the channels by one.
     #[test]
     fn rotation_sharing_gives_rotation_equivariant_conv() {
-        let dev = Device::ndarray();
+        let dev = crate::device::cpu();
         let (c_out, ks, side) = (4, 3, 7);
         let taps = ks * ks;
         let op = Op::ShareConv {
@@ -529,7 +529,7 @@ mod tests {
     /// The Kronecker path equals a dense U built as kron(A, kron(B, C)).
     #[test]
     fn kronecker_weights_equal_dense_kronecker_product() {
-        let dev = Device::ndarray();
+        let dev = crate::device::cpu();
         let geom = ConvGeom::d2(2, 3, 2, 1, 0);
         let (ka, kb, kc) = (2, 3, 4);
         let mut rng = Rng::new(4);

@@ -12,6 +12,7 @@
 //! - [`format`]: the `.msr` model file;
 //! - [`Model`]: a loaded model.
 
+pub mod device;
 pub mod error;
 pub mod format;
 mod layer;

@@ -319,8 +319,12 @@ impl Net {
         (loss, TaskParams { layers: grads })
     }
 
-    /// One inner SGD step per `steps`: `v <- v - lr_layer * grad_v L(support)`, for every
-    /// adapted parameter, starting from `task`. `x` `[T, N, in]`, `y` `[T, N, out]`.
+    /// `steps` inner SGD steps: `v <- v - lr_layer * grad_v L(support)` for every adapted
+    /// parameter, starting from `task`. `x` `[T, N, in]`, `y` `[T, N, out]`.
+    ///
+    /// On an autodiff device the result is differentiable with respect to the
+    /// meta-parameters through the inner gradient itself (second order), unless
+    /// `first_order` detaches that gradient (first-order MAML, for comparison).
     pub fn adapt_from(
         &self,
         params: &MetaParams,
@@ -328,9 +332,15 @@ impl Net {
         x: Tensor<3>,
         y: Tensor<3>,
         steps: usize,
+        first_order: bool,
     ) -> TaskParams {
         for _ in 0..steps {
-            let (_, grads) = self.loss_and_grad(params, &task, x.clone(), y.clone());
+            let (_, mut grads) = self.loss_and_grad(params, &task, x.clone(), y.clone());
+            if first_order {
+                for g in grads.layers.iter_mut().flatten() {
+                    *g = g.clone().detach();
+                }
+            }
             task = self.sgd_step(params, task, grads, 1.0);
         }
         task
@@ -371,7 +381,7 @@ impl Net {
     ) -> TaskParams {
         let tasks = x.dims()[0];
         let task = self.initial(params, tasks);
-        self.adapt_from(params, task, x, y, steps)
+        self.adapt_from(params, task, x, y, steps, false)
     }
 }
 

@@ -184,8 +184,8 @@ fn nets(loss: Loss) -> Vec<(&'static str, NetSpec)> {
 /// Hand-written gradient of the summed per-task loss vs burn's autodiff.
 #[test]
 fn hand_gradients_match_autodiff() {
-    let plain = Device::ndarray();
-    let ad = Device::ndarray().autodiff();
+    let plain = crate::device::cpu();
+    let ad = crate::device::cpu().autodiff();
     for loss in [Loss::Mse, Loss::CrossEntropy] {
         for (name, spec) in nets(loss) {
             let mut rng = Rng::new(7);
@@ -287,8 +287,8 @@ fn meta_net(loss: Loss) -> NetSpec {
 /// against central finite differences of the whole two-level objective.
 #[test]
 fn meta_gradient_matches_finite_differences() {
-    let plain = Device::ndarray();
-    let ad = Device::ndarray().autodiff();
+    let plain = crate::device::cpu();
+    let ad = crate::device::cpu().autodiff();
     for loss in [Loss::Mse, Loss::CrossEntropy] {
         for steps in [1, 3] {
             let spec = meta_net(loss);
@@ -349,7 +349,7 @@ fn meta_gradient_matches_finite_differences() {
 /// Adapting T tasks as one batch equals adapting each alone.
 #[test]
 fn batched_adaptation_equals_per_task() {
-    let plain = Device::ndarray();
+    let plain = crate::device::cpu();
     let net = Net::new(meta_net(Loss::Mse), &plain).unwrap();
     let mut rng = Rng::new(3);
     let params = HostParams::random(&net, &mut rng).upload(&net, &plain, false);
@@ -389,7 +389,7 @@ fn batched_adaptation_equals_per_task() {
 /// One inner step lowers the support loss for a small enough lr (a sanity check of sign).
 #[test]
 fn inner_step_descends() {
-    let plain = Device::ndarray();
+    let plain = crate::device::cpu();
     let net = Net::new(meta_net(Loss::CrossEntropy), &plain).unwrap();
     let mut rng = Rng::new(5);
     let params = HostParams::random(&net, &mut rng).upload(&net, &plain, false);

@@ -1,0 +1,167 @@
+//! Human-readable views of a model: a layer table, the band-energy figure, and a picture
+//! of each learned sharing pattern.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use msr_runtime::{ModelRecord, Op};
+
+/// A table of the model's layers, shapes and parameter counts.
+pub fn describe(record: &ModelRecord, file_bytes: usize) -> String {
+    let mut s = String::new();
+    let info = &record.info;
+    let _ = writeln!(
+        s,
+        "model '{}' (family {}, {} inner step(s), trainer {}), {} bytes",
+        info.name, info.task_family, info.inner_steps, info.trainer_version, file_bytes
+    );
+    let _ = writeln!(
+        s,
+        "loss {:?}, input {:?}",
+        record.net.loss, record.net.input.0
+    );
+    let shapes = match record.net.shapes() {
+        Ok(shapes) => shapes,
+        Err(e) => {
+            let _ = writeln!(s, "inconsistent shapes: {e}");
+            return s;
+        }
+    };
+    let (mut frozen, mut adapted) = (0usize, 0usize);
+    for (i, (layer, rec)) in record.net.layers.iter().zip(&record.layers).enumerate() {
+        let layout = &shapes.params[i];
+        let f: usize = layout.shared.iter().map(|[r, c]| r * c).sum();
+        let a: usize = layout.adapted.iter().sum();
+        frozen += f;
+        adapted += a;
+        let _ = writeln!(
+            s,
+            "  {i}: {:<20} {:?} -> {:?}  {:?}  frozen {:?} ({f}), adapted {:?} ({a}), lr {:.4}",
+            layer.op.kind_name(),
+            shapes.activations[i].0,
+            shapes.activations[i + 1].0,
+            layer.activation,
+            layout.shared,
+            layout.adapted,
+            rec.lr
+        );
+    }
+    let _ = writeln!(s, "frozen parameters {frozen}, adapted per task {adapted}");
+    if let Some(band) = band_energy(record) {
+        let _ = writeln!(
+            s,
+            "energy of W = reshape(U v), v ~ N(0, I), on the valid-convolution band: {:.2}% (a random U: {:.2}%)",
+            band * 100.0,
+            random_band_fraction(record).unwrap_or(f64::NAN) * 100.0
+        );
+    }
+    s
+}
+
+fn first_share_linear(record: &ModelRecord) -> Option<(usize, usize, usize, &Vec<f32>)> {
+    record
+        .net
+        .layers
+        .iter()
+        .zip(&record.layers)
+        .find_map(|(l, rec)| match l.op {
+            Op::ShareLinear {
+                inputs, outputs, k, ..
+            } if inputs >= outputs => Some((inputs, outputs, k, &rec.shared[0])),
+            _ => None,
+        })
+}
+
+/// For the first share-linear layer (in >= out): the expected fraction of ||W||^2 that lies
+/// on the band `0 <= i - o <= in - out` (where a valid convolution's taps lie), for
+/// v ~ N(0, I). Exact: E||W_band||^2 / E||W||^2 = ||U_band rows||^2 / ||U||^2.
+pub fn band_energy(record: &ModelRecord) -> Option<f64> {
+    let (inputs, outputs, k, u) = first_share_linear(record)?;
+    let (mut band, mut total) = (0.0f64, 0.0f64);
+    for o in 0..outputs {
+        for i in 0..inputs {
+            let row = &u[(o * inputs + i) * k..(o * inputs + i + 1) * k];
+            let e: f64 = row.iter().map(|&x| (x as f64).powi(2)).sum();
+            total += e;
+            if i >= o && i - o <= inputs - outputs {
+                band += e;
+            }
+        }
+    }
+    (total > 0.0).then_some(band / total)
+}
+
+/// The band fraction an unstructured U would have: band entries / all entries.
+pub fn random_band_fraction(record: &ModelRecord) -> Option<f64> {
+    let (inputs, outputs, _, _) = first_share_linear(record)?;
+    Some((outputs * (inputs - outputs + 1)) as f64 / (outputs * inputs) as f64)
+}
+
+/// Draws W_j = reshape(U e_j) for every basis vector e_j of every dense-U layer, side by
+/// side (one row of tiles per layer); red positive, blue negative, white zero.
+pub fn write_png(record: &ModelRecord, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let mut tiles: Vec<Vec<(usize, usize, Vec<f32>)>> = Vec::new();
+    for (layer, rec) in record.net.layers.iter().zip(&record.layers) {
+        let (rows, cols, k) = match &layer.op {
+            Op::ShareLinear {
+                inputs, outputs, k, ..
+            } => (*outputs, *inputs, *k),
+            Op::ShareConv {
+                geom,
+                sharing: msr_runtime::ConvSharing::Dense { k },
+                ..
+            } => (geom.out_channels, geom.in_channels * geom.kernel_area(), *k),
+            _ => continue,
+        };
+        let u = &rec.shared[0];
+        let row = (0..k)
+            .map(|j| (rows, cols, (0..rows * cols).map(|r| u[r * k + j]).collect()))
+            .collect();
+        tiles.push(row);
+    }
+    if tiles.is_empty() {
+        return Err("the model has no dense symmetry matrix to draw".into());
+    }
+    let scale = 4usize;
+    let gap = 6usize;
+    let width = tiles
+        .iter()
+        .map(|r| r.iter().map(|(_, c, _)| c * scale + gap).sum::<usize>() + gap)
+        .max()
+        .unwrap_or(1);
+    let height: usize = tiles
+        .iter()
+        .map(|r| r.iter().map(|(h, _, _)| h * scale).max().unwrap_or(0) + gap)
+        .sum::<usize>()
+        + gap;
+    let mut img = vec![255u8; width * height * 3];
+    let mut y0 = gap;
+    for row in &tiles {
+        let mut x0 = gap;
+        for (h, w, vals) in row {
+            let max = vals.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-12);
+            for r in 0..h * scale {
+                for c in 0..w * scale {
+                    let v = vals[(r / scale) * w + c / scale] / max;
+                    let (red, green, blue) = if v >= 0.0 {
+                        (255.0, 255.0 * (1.0 - v), 255.0 * (1.0 - v))
+                    } else {
+                        (255.0 * (1.0 + v), 255.0 * (1.0 + v), 255.0)
+                    };
+                    let at = ((y0 + r) * width + x0 + c) * 3;
+                    img[at] = red as u8;
+                    img[at + 1] = green as u8;
+                    img[at + 2] = blue as u8;
+                }
+            }
+            x0 += w * scale + gap;
+        }
+        y0 += row.iter().map(|(h, _, _)| h * scale).max().unwrap_or(0) + gap;
+    }
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()?.write_image_data(&img)?;
+    Ok(())
+}

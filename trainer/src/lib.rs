@@ -1,0 +1,9 @@
+//! msr trainer: meta-learns MSR symmetry matrices (and the MAML baselines) on task
+//! families, evaluates them through the runtime, exports `.msr` model files.
+
+pub mod inspect;
+pub mod models;
+pub mod rng;
+pub mod stats;
+pub mod tasks;
+pub mod train;

@@ -1,0 +1,152 @@
+//! The meta-learners: MSR and the MAML baselines, as architectures with their initial
+//! parameters (initialisations follow the reference code).
+
+use std::fmt;
+use std::str::FromStr;
+
+use msr_runtime::format::LayerRecord;
+use msr_runtime::{Activation, ConvGeom, FeatureShape, LayerSpec, Loss, NetSpec, Op};
+
+use crate::rng::Rng;
+use crate::tasks::{Problem, SEQ_IN, SEQ_OUT, TAPS};
+
+/// Which meta-learner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ModelKind {
+    /// MSR: one share-linear layer, vec(W) = U v; U is meta-learned, v adapts.
+    MsrFc,
+    /// MAML on a fully connected layer: all of W adapts.
+    MamlFc,
+    /// MAML on a locally connected layer.
+    MamlLc,
+    /// MAML on a convolution (the right symmetry, built in).
+    MamlConv,
+}
+
+impl FromStr for ModelKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "msr-fc" => Ok(ModelKind::MsrFc),
+            "maml-fc" => Ok(ModelKind::MamlFc),
+            "maml-lc" => Ok(ModelKind::MamlLc),
+            "maml-conv" => Ok(ModelKind::MamlConv),
+            other => Err(format!(
+                "unknown model '{other}' (available: msr-fc, maml-fc, maml-lc, maml-conv)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for ModelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ModelKind::MsrFc => "msr-fc",
+            ModelKind::MamlFc => "maml-fc",
+            ModelKind::MamlLc => "maml-lc",
+            ModelKind::MamlConv => "maml-conv",
+        })
+    }
+}
+
+/// The paper's default latent size k for MSR-FC on each problem.
+pub fn default_k(problem: Problem) -> usize {
+    match problem {
+        Problem::Rank1 => 3,
+        Problem::Rank2 => 6,
+        Problem::Rank5 => 30,
+    }
+}
+
+/// Architecture of `kind` for `problem` (no biases, as the reference synthetic models).
+pub fn spec(kind: ModelKind, problem: Problem, k: usize) -> NetSpec {
+    let _ = problem;
+    let (input, op) = match kind {
+        ModelKind::MsrFc => (
+            vec![SEQ_IN],
+            Op::ShareLinear {
+                inputs: SEQ_IN,
+                outputs: SEQ_OUT,
+                k,
+                bias: false,
+            },
+        ),
+        ModelKind::MamlFc => (
+            vec![SEQ_IN],
+            Op::Linear {
+                inputs: SEQ_IN,
+                outputs: SEQ_OUT,
+                bias: false,
+            },
+        ),
+        ModelKind::MamlLc => (
+            vec![1, SEQ_IN],
+            Op::LocallyConnected1d {
+                geom: ConvGeom::d1(1, 1, TAPS, 0),
+                bias: false,
+            },
+        ),
+        ModelKind::MamlConv => (
+            vec![1, SEQ_IN],
+            Op::Conv {
+                geom: ConvGeom::d1(1, 1, TAPS, 0),
+                bias: false,
+            },
+        ),
+    };
+    NetSpec {
+        input: FeatureShape(input),
+        layers: vec![LayerSpec {
+            op,
+            activation: Activation::Identity,
+        }],
+        loss: Loss::Mse,
+    }
+}
+
+/// Initial meta-parameters for `spec`, with inner learning rate `lr0`:
+/// U ~ N(0, 0.01^2), v ~ N(0, 1/out^2) (reference ShareLinearFull); plain weights
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default); biases zero.
+pub fn init(
+    spec: &NetSpec,
+    lr0: f32,
+    rng: &mut Rng,
+) -> Result<Vec<LayerRecord>, msr_runtime::ShapeError> {
+    let shapes = spec.shapes()?;
+    let mut out = Vec::new();
+    for (i, (layer, layout)) in spec.layers.iter().zip(&shapes.params).enumerate() {
+        let fan_in = |op: &Op| -> usize {
+            match op {
+                Op::Linear { inputs, .. } | Op::ShareLinear { inputs, .. } => *inputs,
+                Op::Conv { geom, .. }
+                | Op::ShareConv { geom, .. }
+                | Op::LocallyConnected1d { geom, .. } => geom.in_channels * geom.kernel_area(),
+                Op::Flatten => 1,
+            }
+        };
+        let shared = layout
+            .shared
+            .iter()
+            .map(|[r, c]| rng.normals(r * c, 0.01))
+            .collect();
+        let mut adapted0 = Vec::new();
+        for (j, n) in layout.adapted.iter().enumerate() {
+            let v = if j > 0 {
+                vec![0.0; *n] // bias
+            } else if matches!(layer.op, Op::ShareLinear { .. } | Op::ShareConv { .. }) {
+                let out = shapes.activations[i + 1].numel().max(1);
+                rng.normals(*n, 1.0 / out as f64)
+            } else {
+                let bound = 1.0 / (fan_in(&layer.op) as f64).sqrt();
+                (0..*n).map(|_| rng.range(-bound, bound) as f32).collect()
+            };
+            adapted0.push(v);
+        }
+        out.push(LayerRecord {
+            shared,
+            adapted0,
+            lr: if layout.adapted.is_empty() { 0.0 } else { lr0 },
+        });
+    }
+    Ok(out)
+}

@@ -1,0 +1,236 @@
+//! Task families, generated on the fly from a seed (DESIGN.md section 4).
+//!
+//! Train and test tasks come from disjoint id ranges: train task ids are below
+//! [`TEST_TASK_BASE`], test task ids start there. A task id and the family fully determine
+//! the task, so every model is evaluated on the very same test tasks.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::rng::Rng;
+
+/// Test task ids start here; train task ids are drawn below it.
+pub const TEST_TASK_BASE: u64 = 1 << 62;
+
+/// A batch of tasks, host-side, row-major f32.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Batch {
+    /// Number of tasks.
+    pub tasks: usize,
+    /// Support examples per task.
+    pub support: usize,
+    /// Query examples per task.
+    pub query: usize,
+    /// Support inputs `[tasks, support, in]`.
+    pub xs: Vec<f32>,
+    /// Support targets `[tasks, support, out]`.
+    pub ys: Vec<f32>,
+    /// Query inputs `[tasks, query, in]`.
+    pub xq: Vec<f32>,
+    /// Query targets `[tasks, query, out]`.
+    pub yq: Vec<f32>,
+}
+
+/// The synthetic 1-D families of the paper.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// y = valid convolution of x with a per-task 3-tap filter.
+    Rank1,
+    /// Locally connected layer whose per-position filters mix 2 per-task basis filters.
+    Rank2,
+    /// Same with 5 basis filters.
+    Rank5,
+}
+
+impl FromStr for Problem {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rank1" => Ok(Problem::Rank1),
+            "rank2" => Ok(Problem::Rank2),
+            "rank5" => Ok(Problem::Rank5),
+            other => Err(format!(
+                "unknown problem '{other}' (available: rank1, rank2, rank5)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Problem::Rank1 => "rank1",
+            Problem::Rank2 => "rank2",
+            Problem::Rank5 => "rank5",
+        })
+    }
+}
+
+/// Input length of the 1-D problems.
+pub const SEQ_IN: usize = 70;
+/// Filter taps of the 1-D problems.
+pub const TAPS: usize = 3;
+/// Output length (valid convolution).
+pub const SEQ_OUT: usize = SEQ_IN - TAPS + 1;
+/// Examples per task in the paper's data: 1 support + 19 query by default.
+pub const EXAMPLES_PER_TASK: usize = 20;
+
+/// Seed of the fixed, family-wide connectivity of rank2 / rank5.
+const FAMILY_SEED: u64 = 0x0005_EED0_F0A1_1EE5;
+
+/// A task family with its fixed, family-wide structure.
+#[derive(Clone, Debug)]
+pub struct Family {
+    problem: Problem,
+    /// rank-r families: softmax(randn(68, r)), row-major `[68, r]`.
+    connectivity: Vec<f64>,
+}
+
+impl Family {
+    /// The family of `problem`.
+    pub fn new(problem: Problem) -> Self {
+        let rank = match problem {
+            Problem::Rank1 => 0,
+            Problem::Rank2 => 2,
+            Problem::Rank5 => 5,
+        };
+        let mut rng = Rng::derive(&[FAMILY_SEED, rank as u64]);
+        let mut connectivity = Vec::with_capacity(SEQ_OUT * rank);
+        for _ in 0..SEQ_OUT {
+            let row: Vec<f64> = (0..rank).map(|_| rng.normal()).collect();
+            let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let exp: Vec<f64> = row.iter().map(|x| (x - max).exp()).collect();
+            let sum: f64 = exp.iter().sum();
+            connectivity.extend(exp.iter().map(|e| e / sum));
+        }
+        Family {
+            problem,
+            connectivity,
+        }
+    }
+
+    /// The problem.
+    pub fn problem(&self) -> Problem {
+        self.problem
+    }
+    /// Scalars per input example.
+    pub fn input_len(&self) -> usize {
+        SEQ_IN
+    }
+    /// Scalars per output example.
+    pub fn output_len(&self) -> usize {
+        SEQ_OUT
+    }
+
+    /// The per-position filters `[68, 3]` of task `id`.
+    pub fn filters(&self, id: u64) -> Vec<f64> {
+        let mut rng = Rng::derive(&[self.problem as u64, id, 1]);
+        match self.problem {
+            Problem::Rank1 => {
+                let f: Vec<f64> = (0..TAPS).map(|_| rng.normal()).collect();
+                (0..SEQ_OUT).flat_map(|_| f.iter().cloned()).collect()
+            }
+            Problem::Rank2 | Problem::Rank5 => {
+                let rank = self.connectivity.len() / SEQ_OUT;
+                let basis: Vec<f64> = (0..rank * TAPS).map(|_| rng.normal()).collect();
+                let mut out = vec![0.0; SEQ_OUT * TAPS];
+                for p in 0..SEQ_OUT {
+                    for r in 0..rank {
+                        let c = self.connectivity[p * rank + r];
+                        for q in 0..TAPS {
+                            out[p * TAPS + q] += c * basis[r * TAPS + q];
+                        }
+                    }
+                }
+                out
+            }
+        }
+    }
+
+    /// Appends `n` examples of task `id` (drawn from `rng`) to `x` and `y`.
+    fn examples(
+        &self,
+        filters: &[f64],
+        n: usize,
+        rng: &mut Rng,
+        x: &mut Vec<f32>,
+        y: &mut Vec<f32>,
+    ) {
+        for _ in 0..n {
+            let xi: Vec<f64> = (0..SEQ_IN).map(|_| rng.normal()).collect();
+            x.extend(xi.iter().map(|&v| v as f32));
+            for p in 0..SEQ_OUT {
+                let f = &filters[p * TAPS..(p + 1) * TAPS];
+                y.push((0..TAPS).map(|q| f[q] * xi[p + q]).sum::<f64>() as f32);
+            }
+        }
+    }
+
+    /// The tasks with the given ids, each split into `support` + `query` examples.
+    pub fn batch(&self, ids: &[u64], support: usize, query: usize) -> Batch {
+        let mut b = Batch {
+            tasks: ids.len(),
+            support,
+            query,
+            xs: Vec::new(),
+            ys: Vec::new(),
+            xq: Vec::new(),
+            yq: Vec::new(),
+        };
+        for &id in ids {
+            let filters = self.filters(id);
+            let mut rng = Rng::derive(&[self.problem as u64, id, 2]);
+            self.examples(&filters, support, &mut rng, &mut b.xs, &mut b.ys);
+            self.examples(&filters, query, &mut rng, &mut b.xq, &mut b.yq);
+        }
+        b
+    }
+
+    /// `n` training tasks for outer step `step` of a run seeded with `seed`.
+    pub fn train_ids(seed: u64, step: u64, n: usize) -> Vec<u64> {
+        let mut rng = Rng::derive(&[seed, step, 3]);
+        (0..n).map(|_| rng.next_u64() % TEST_TASK_BASE).collect()
+    }
+
+    /// The first `n` test tasks (the same for every run and model).
+    pub fn test_ids(n: usize) -> Vec<u64> {
+        (0..n as u64).map(|i| TEST_TASK_BASE + i).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rank1_targets_are_a_valid_convolution_and_deterministic() {
+        let fam = Family::new(Problem::Rank1);
+        let b = fam.batch(&[5], 1, 2);
+        assert_eq!(b, fam.batch(&[5], 1, 2));
+        let f = fam.filters(5);
+        assert_eq!(&f[0..3], &f[3..6], "one filter shared by every position");
+        let x = &b.xs[..SEQ_IN];
+        for p in 0..SEQ_OUT {
+            let y: f64 = (0..3).map(|q| f[q] * x[p + q] as f64).sum();
+            assert!((b.ys[p] as f64 - y).abs() < 1e-5);
+        }
+        assert_ne!(fam.filters(5), fam.filters(6));
+    }
+
+    #[test]
+    fn low_rank_filters_span_rank_dims_and_train_test_ids_are_disjoint() {
+        for (problem, rank) in [(Problem::Rank2, 2), (Problem::Rank5, 5)] {
+            let fam = Family::new(problem);
+            // Every position's filter is a convex combination of `rank` basis filters: the
+            // 68 x 3 filter matrix has rank min(rank, 3), and positions differ.
+            let f = fam.filters(9);
+            assert_ne!(&f[0..3], &f[3..6]);
+            let row_sums = fam.connectivity.chunks(rank).map(|r| r.iter().sum::<f64>());
+            assert!(row_sums.into_iter().all(|s| (s - 1.0).abs() < 1e-12));
+        }
+        let train = Family::train_ids(1, 0, 1000);
+        assert!(train.iter().all(|&id| id < TEST_TASK_BASE));
+        assert!(Family::test_ids(300).iter().all(|&id| id >= TEST_TASK_BASE));
+        assert_ne!(Family::train_ids(1, 0, 4), Family::train_ids(1, 1, 4));
+    }
+}

@@ -1,0 +1,503 @@
+//! The outer loop: exact second-order meta-gradients through the runtime's `adapt`, Adam,
+//! evaluation through the runtime, checkpoints that survive a kill.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use msr_runtime::format::{LayerRecord, ModelInfo, ModelRecord};
+use msr_runtime::model::{params_from_record, record_from_params};
+use msr_runtime::{MetaParams, Model, Net, NetSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::models::{self, ModelKind};
+use crate::rng::Rng;
+use crate::stats::mean_ci95;
+use crate::tasks::{Batch, Family, Problem};
+
+/// Everything that defines a training run. Stored in checkpoints: a resumed run must
+/// use the same configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Task family.
+    pub problem: String,
+    /// Meta-learner.
+    pub model: String,
+    /// MSR latent size.
+    pub k: usize,
+    /// Outer steps in total.
+    pub steps: u64,
+    /// Seed of initialisation and task sampling.
+    pub seed: u64,
+    /// Tasks per outer step (processed as one batch).
+    pub tasks_per_step: usize,
+    /// Inner SGD steps.
+    pub inner_steps: usize,
+    /// Initial inner learning rate (meta-learned per layer).
+    pub inner_lr: f32,
+    /// Adam learning rate of the outer loop.
+    pub outer_lr: f64,
+    /// Support examples per task.
+    pub support: usize,
+    /// Query examples per task.
+    pub query: usize,
+    /// Detach the inner gradient (first-order MAML) instead of the exact meta-gradient.
+    pub first_order: bool,
+}
+
+impl TrainConfig {
+    /// The paper's defaults for `problem` and `model`.
+    pub fn new(problem: Problem, model: ModelKind) -> Self {
+        TrainConfig {
+            problem: problem.to_string(),
+            model: model.to_string(),
+            k: models::default_k(problem),
+            steps: 1000,
+            seed: 0,
+            tasks_per_step: 32,
+            inner_steps: 1,
+            inner_lr: 0.1,
+            outer_lr: 1e-3,
+            support: 1,
+            query: 19,
+            first_order: false,
+        }
+    }
+
+    /// Parsed problem and model.
+    pub fn kinds(&self) -> Result<(Problem, ModelKind), String> {
+        Ok((self.problem.parse()?, self.model.parse()?))
+    }
+}
+
+/// Adam over a flat list of tensors (in [`MetaParams::tensors`] order).
+#[derive(Clone, Debug)]
+struct Adam {
+    lr: f64,
+    beta1: f64,
+    beta2: f64,
+    eps: f64,
+    t: u64,
+    m: Vec<Tensor<2>>,
+    v: Vec<Tensor<2>>,
+}
+
+impl Adam {
+    fn new(lr: f64, params: &MetaParams) -> Self {
+        let zeros: Vec<Tensor<2>> = params
+            .tensors()
+            .iter()
+            .map(|p| p.clone().detach().zeros_like())
+            .collect();
+        Adam {
+            lr,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            t: 0,
+            m: zeros.clone(),
+            v: zeros,
+        }
+    }
+
+    /// One update; returns fresh leaves (on the same device as `params`).
+    fn step(&mut self, params: &MetaParams, grads: &[Tensor<2>]) -> MetaParams {
+        self.t += 1;
+        let bc1 = 1.0 - self.beta1.powi(self.t as i32);
+        let bc2 = 1.0 - self.beta2.powi(self.t as i32);
+        let mut i = 0;
+        params.map(|p| {
+            let g = grads[i].clone();
+            let m =
+                self.m[i].clone().mul_scalar(self.beta1) + g.clone().mul_scalar(1.0 - self.beta1);
+            let v =
+                self.v[i].clone().mul_scalar(self.beta2) + g.square().mul_scalar(1.0 - self.beta2);
+            let update =
+                m.clone().div_scalar(bc1) / (v.clone().div_scalar(bc2).sqrt().add_scalar(self.eps));
+            self.m[i] = m;
+            self.v[i] = v;
+            i += 1;
+            (p.detach() - update.mul_scalar(self.lr))
+                .detach()
+                .require_grad()
+        })
+    }
+}
+
+/// A host copy of one batch, uploaded as `[T, N, F]` tensors.
+pub struct DeviceBatch {
+    /// Support inputs.
+    pub xs: Tensor<3>,
+    /// Support targets.
+    pub ys: Tensor<3>,
+    /// Query inputs.
+    pub xq: Tensor<3>,
+    /// Query targets.
+    pub yq: Tensor<3>,
+}
+
+impl DeviceBatch {
+    /// Uploads `b` to `device` in f32.
+    pub fn new(b: &Batch, fin: usize, fout: usize, device: &Device) -> Self {
+        let t = |v: &Vec<f32>, n: usize, f: usize| {
+            Tensor::from_data(
+                TensorData::new(v.clone(), [b.tasks, n, f]),
+                (device, DType::F32),
+            )
+        };
+        DeviceBatch {
+            xs: t(&b.xs, b.support, fin),
+            ys: t(&b.ys, b.support, fout),
+            xq: t(&b.xq, b.query, fin),
+            yq: t(&b.yq, b.query, fout),
+        }
+    }
+}
+
+/// A training run in memory.
+pub struct Trainer {
+    /// Its configuration.
+    pub config: TrainConfig,
+    family: Family,
+    net: Net,
+    params: MetaParams,
+    adam: Adam,
+    /// Outer steps done.
+    pub step: u64,
+}
+
+/// What a checkpoint file holds.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    config: TrainConfig,
+    step: u64,
+    adam_t: u64,
+    params: Vec<LayerRecord>,
+    adam_m: Vec<Vec<f32>>,
+    adam_v: Vec<Vec<f32>>,
+}
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"MSRCKPT1";
+
+/// Errors of the training loop's files.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// A checkpoint could not be used.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// File system.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// From the runtime.
+    #[error(transparent)]
+    Runtime(#[from] msr_runtime::Error),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Trainer {
+    /// A fresh run: parameters initialised from the seed.
+    pub fn new(config: TrainConfig) -> Result<Self, TrainError> {
+        let (problem, kind) = config.kinds().map_err(TrainError::Config)?;
+        if config.tasks_per_step == 0 || config.support == 0 || config.query == 0 {
+            return Err(TrainError::Config(
+                "tasks per step, support and query sizes must be positive".into(),
+            ));
+        }
+        let spec = models::spec(kind, problem, config.k);
+        let init = models::init(&spec, config.inner_lr, &mut Rng::derive(&[config.seed, 0]))
+            .map_err(msr_runtime::Error::from)?;
+        Self::from_parts(config, spec, &init, None, 0)
+    }
+
+    fn from_parts(
+        config: TrainConfig,
+        spec: NetSpec,
+        layers: &[LayerRecord],
+        adam_state: Option<(u64, Vec<Vec<f32>>, Vec<Vec<f32>>)>,
+        step: u64,
+    ) -> Result<Self, TrainError> {
+        let (problem, _) = config.kinds().map_err(TrainError::Config)?;
+        let device = msr_runtime::device::cpu().autodiff();
+        let net = Net::new(spec, &device).map_err(msr_runtime::Error::from)?;
+        let params = params_from_record(&net, layers, DType::F32).map(|t| t.require_grad());
+        let mut adam = Adam::new(config.outer_lr, &params);
+        if let Some((t, m, v)) = adam_state {
+            let shapes: Vec<[usize; 2]> = params.tensors().iter().map(|p| p.dims()).collect();
+            if m.len() != shapes.len() || v.len() != shapes.len() {
+                return Err(TrainError::Config(
+                    "optimizer state does not match the model".into(),
+                ));
+            }
+            let up = |xs: &Vec<f32>, s: [usize; 2]| {
+                Tensor::from_data(
+                    TensorData::new(xs.clone(), s),
+                    (&msr_runtime::device::cpu(), DType::F32),
+                )
+            };
+            for (i, s) in shapes.iter().enumerate() {
+                if m[i].len() != s[0] * s[1] || v[i].len() != s[0] * s[1] {
+                    return Err(TrainError::Config("optimizer state has wrong sizes".into()));
+                }
+                adam.m[i] = up(&m[i], *s);
+                adam.v[i] = up(&v[i], *s);
+            }
+            adam.t = t;
+        }
+        Ok(Trainer {
+            family: Family::new(problem),
+            config,
+            net,
+            params,
+            adam,
+            step,
+        })
+    }
+
+    /// The task family.
+    pub fn family(&self) -> &Family {
+        &self.family
+    }
+
+    /// One outer step on a fresh batch of training tasks; returns the mean query loss.
+    pub fn outer_step(&mut self) -> f64 {
+        let ids = Family::train_ids(self.config.seed, self.step, self.config.tasks_per_step);
+        let batch = self
+            .family
+            .batch(&ids, self.config.support, self.config.query);
+        let b = DeviceBatch::new(
+            &batch,
+            self.family.input_len(),
+            self.family.output_len(),
+            self.net.device(),
+        );
+        let loss = self.meta_step(&b);
+        self.step += 1;
+        loss
+    }
+
+    /// Meta-gradient and Adam update on one uploaded batch; returns the mean query loss.
+    pub fn meta_step(&mut self, b: &DeviceBatch) -> f64 {
+        let task = self.net.initial(&self.params, b.xs.dims()[0]);
+        let task = self.net.adapt_from(
+            &self.params,
+            task,
+            b.xs.clone(),
+            b.ys.clone(),
+            self.config.inner_steps,
+            self.config.first_order,
+        );
+        let out = self.net.forward(&self.params, &task, b.xq.clone());
+        let loss = self.net.loss(out, b.yq.clone()).mean();
+        let grads = loss.backward();
+        let g: Vec<Tensor<2>> = self
+            .params
+            .tensors()
+            .iter()
+            .map(|p| {
+                p.grad(&grads)
+                    .unwrap_or_else(|| p.clone().detach().zeros_like())
+            })
+            .collect();
+        self.params = self.adam.step(&self.params, &g);
+        loss.into_scalar::<f64>()
+    }
+
+    /// The current model, as a record ready to save.
+    pub fn record(&self) -> ModelRecord {
+        ModelRecord {
+            info: ModelInfo {
+                name: format!("{}-{}", self.config.problem, self.config.model),
+                task_family: self.config.problem.clone(),
+                inner_steps: self.config.inner_steps as u32,
+                trainer_version: env!("CARGO_PKG_VERSION").to_string(),
+            },
+            net: self.net.spec().clone(),
+            layers: record_from_params(&self.params),
+        }
+    }
+
+    /// Writes a checkpoint atomically (temporary file, then rename).
+    pub fn save_checkpoint(&self, path: &Path) -> Result<(), TrainError> {
+        let dl = |ts: &[Tensor<2>]| ts.iter().map(msr_runtime::model::download).collect();
+        let ck = Checkpoint {
+            config: self.config.clone(),
+            step: self.step,
+            adam_t: self.adam.t,
+            params: record_from_params(&self.params),
+            adam_m: dl(&self.adam.m),
+            adam_v: dl(&self.adam.v),
+        };
+        let body = postcard::to_allocvec(&ck).expect("encoding into a Vec cannot fail");
+        let mut bytes = Vec::with_capacity(body.len() + 12);
+        bytes.extend_from_slice(CHECKPOINT_MAGIC);
+        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    }
+
+    /// Resumes from a checkpoint; refuses a corrupt one or one of another configuration
+    /// (`expected`, when given, must match except for the total number of steps).
+    pub fn resume(path: &Path, expected: Option<&TrainConfig>) -> Result<Self, TrainError> {
+        let bad = |reason: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        if bytes.len() < 12 || &bytes[..8] != CHECKPOINT_MAGIC {
+            return Err(bad("not an msr checkpoint (bad magic or too short)".into()));
+        }
+        let body = &bytes[8..bytes.len() - 4];
+        let stored = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"));
+        if crc32fast::hash(body) != stored {
+            return Err(bad("checksum mismatch: the file is corrupt".into()));
+        }
+        let ck: Checkpoint =
+            postcard::from_bytes(body).map_err(|e| bad(format!("malformed: {e}")))?;
+        let mut config = ck.config.clone();
+        if let Some(exp) = expected {
+            let mut a = exp.clone();
+            a.steps = config.steps;
+            if a != config {
+                return Err(bad(format!(
+                    "it was made with another configuration:\n  checkpoint: {config:?}\n  requested:  {exp:?}"
+                )));
+            }
+            config.steps = exp.steps;
+        }
+        let (problem, kind) = config.kinds().map_err(|e| bad(e))?;
+        let spec = models::spec(kind, problem, config.k);
+        let record = ModelRecord {
+            info: ModelInfo {
+                name: String::new(),
+                task_family: String::new(),
+                inner_steps: 0,
+                trainer_version: String::new(),
+            },
+            net: spec.clone(),
+            layers: ck.params.clone(),
+        };
+        record.validate().map_err(|e| bad(e.to_string()))?;
+        Self::from_parts(
+            config,
+            spec,
+            &ck.params,
+            Some((ck.adam_t, ck.adam_m, ck.adam_v)),
+            ck.step,
+        )
+    }
+}
+
+/// Result of evaluating a model on test tasks.
+#[derive(Clone, Debug, Serialize)]
+pub struct EvalResult {
+    /// Mean query loss over tasks (MSE for regression).
+    pub mse: f64,
+    /// 95% confidence half-width of the mean.
+    pub ci95: f64,
+    /// Number of test tasks.
+    pub tasks: usize,
+    /// Inner steps used.
+    pub inner_steps: usize,
+}
+
+/// Adapts `model` through the runtime, exactly as a device would (plain device, no
+/// augmentation), on the first `n` test tasks of `family`, and reports the query loss.
+pub fn evaluate(
+    model: &Model,
+    family: &Family,
+    n: usize,
+    support: usize,
+    query: usize,
+    inner_steps: usize,
+) -> Result<EvalResult, msr_runtime::Error> {
+    let mut losses = Vec::with_capacity(n);
+    // Chunks bound memory; tasks are independent, so chunking does not change results.
+    for ids in Family::test_ids(n).chunks(100) {
+        let batch = family.batch(ids, support, query);
+        let b = DeviceBatch::new(
+            &batch,
+            family.input_len(),
+            family.output_len(),
+            model.net().device(),
+        );
+        let task = model.adapt(b.xs, b.ys, inner_steps)?;
+        let out = model.predict(&task, b.xq)?;
+        let l = model.net().loss(out, b.yq);
+        losses.extend(l.to_data().convert::<f64>().iter::<f64>());
+    }
+    let (mse, ci95) = mean_ci95(&losses);
+    Ok(EvalResult {
+        mse,
+        ci95,
+        tasks: n,
+        inner_steps,
+    })
+}
+
+/// Seconds since `start`.
+pub fn elapsed(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64()
+}
+
+/// Timing of one outer step.
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchResult {
+    /// Median milliseconds per outer step.
+    pub median_ms: f64,
+    /// 10th percentile.
+    pub p10_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+}
+
+/// Times `reps` outer steps (after 20 warm-up steps) on pre-generated batches, so that only
+/// the meta-gradient and the update are timed.
+pub fn bench_outer_step(config: TrainConfig, reps: usize) -> Result<BenchResult, TrainError> {
+    let mut t = Trainer::new(config)?;
+    let fam = t.family().clone();
+    let batches: Vec<DeviceBatch> = (0..8u64)
+        .map(|s| {
+            let ids = Family::train_ids(t.config.seed, s, t.config.tasks_per_step);
+            let b = fam.batch(&ids, t.config.support, t.config.query);
+            DeviceBatch::new(&b, fam.input_len(), fam.output_len(), t.net.device())
+        })
+        .collect();
+    for i in 0..20 {
+        t.meta_step(&batches[i % batches.len()]);
+    }
+    let mut ms: Vec<f64> = (0..reps.max(1))
+        .map(|i| {
+            let start = Instant::now();
+            t.meta_step(&batches[i % batches.len()]);
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+    Ok(BenchResult {
+        median_ms: q(0.5),
+        p10_ms: q(0.1),
+        p90_ms: q(0.9),
+    })
+}
