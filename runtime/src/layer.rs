@@ -17,6 +17,7 @@ use crate::spec::{ConvGeom, ConvSharing, FeatureShape, Op};
 
 /// Precomputed, device-resident data a layer needs beyond its parameters.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per layer, built once
 pub(crate) enum Plan {
     /// No parameters (flatten).
     Reshape,
@@ -390,7 +391,6 @@ pub(crate) fn apply_backward(
 
 #[cfg(test)]
 mod tests {
-    use burn::tensor::Device;
 
     use super::*;
     use crate::net::{Net, TaskParams};

@@ -2,7 +2,7 @@
 //! through `adapt`) against central finite differences of the whole bilevel objective.
 //! All in f64.
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Tensor;
 
 use super::*;
 use crate::spec::{Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op};

@@ -311,14 +311,14 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
         let step = trainer.step;
         let done = step == cfg.steps;
         let sps = (step - first) as f64 / elapsed(start).max(1e-9);
-        if step % 10 == 0 || done {
+        if step.is_multiple_of(10) || done {
             let mut line = serde_json::json!({
                 "step": step,
                 "train_loss": running / count as f64,
                 "steps_per_s": sps,
                 "elapsed_s": elapsed(start),
             });
-            if step % opts.eval_every == 0 || done || step == 1 {
+            if step.is_multiple_of(opts.eval_every) || done || step == 1 {
                 let model = Model::from_record(
                     &trainer.record(),
                     &msr_runtime::device::cpu(),
@@ -348,7 +348,7 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
             running = 0.0;
             count = 0;
         }
-        if step % opts.checkpoint_every == 0 || done {
+        if step.is_multiple_of(opts.checkpoint_every) || done {
             trainer.save_checkpoint(&dir.join("checkpoint.bin"))?;
             fs::write(dir.join("model.msr"), trainer.record().to_bytes())?;
         }
