@@ -7,13 +7,18 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
+
+// The outer loop allocates and frees many short-lived tensors of a few hundred KB; glibc
+// returns each to the OS (mmap/brk, page faults). mimalloc keeps them: see docs/results.md.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use indicatif::{ProgressBar, ProgressStyle};
 use log::info;
 use msr_runtime::{Model, ModelRecord};
 use msr_trainer::inspect;
 use msr_trainer::models::ModelKind;
 use msr_trainer::tasks::{Family, Problem};
-use msr_trainer::train::{EvalResult, TrainConfig, Trainer, elapsed, evaluate};
+use msr_trainer::train::{EvalResult, TrainConfig, Trainer, elapsed, evaluate, train_batch};
 
 #[derive(Parser)]
 #[command(
@@ -205,11 +210,28 @@ fn run(command: Command) -> Result<()> {
         } => {
             let mut c = TrainConfig::new(problem, model);
             c.tasks_per_step = tasks;
-            let r = msr_trainer::train::bench_outer_step(c, reps)?;
+            let mut fo = c.clone();
+            fo.first_order = true;
+            // Both in this process, interleaved in rounds, so machine noise hits both alike.
+            let (mut exact, mut first) = (Vec::new(), Vec::new());
+            for _ in 0..5 {
+                exact.push(msr_trainer::train::bench_outer_step(c.clone(), reps / 5)?);
+                first.push(msr_trainer::train::bench_outer_step(fo.clone(), reps / 5)?);
+            }
+            let med = |rs: &[msr_trainer::train::BenchResult]| {
+                let mut m: Vec<f64> = rs.iter().map(|r| r.median_ms).collect();
+                m.sort_by(f64::total_cmp);
+                (m[m.len() / 2], m[0], m[m.len() - 1])
+            };
+            let (e, elo, ehi) = med(&exact);
+            let (f, flo, fhi) = med(&first);
             println!(
-                "{problem} {model}, {tasks} tasks/step, second order: median {:.3} ms, p10 {:.3} ms, p90 {:.3} ms over {reps} steps",
-                r.median_ms, r.p10_ms, r.p90_ms
+                "{problem} {model}, {tasks} tasks per outer step, median ms per step (5 rounds of {} steps; range of round medians)",
+                reps / 5
             );
+            println!("  exact second order: {e:.3} ms ({elo:.3}..{ehi:.3})");
+            println!("  first order:        {f:.3} ms ({flo:.3}..{fhi:.3})");
+            println!("  ratio exact / first order: {:.2}", e / f);
             Ok(())
         }
     }
@@ -301,8 +323,23 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
         },
         dir.display()
     );
+    // Generate the next batches on another thread while this one meta-trains.
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    let producer = {
+        let family = trainer.family().clone();
+        let cfg = cfg.clone();
+        let from = trainer.step;
+        std::thread::spawn(move || {
+            for step in from..cfg.steps {
+                if tx.send(train_batch(&family, &cfg, step)).is_err() {
+                    break; // the trainer stopped early
+                }
+            }
+        })
+    };
     while trainer.step < cfg.steps {
-        let loss = trainer.outer_step();
+        let batch = rx.recv().map_err(|_| "the batch generator stopped")?;
+        let loss = trainer.outer_step_on(&batch);
         if !loss.is_finite() {
             return Err(format!("training diverged at step {}: loss {loss}", trainer.step).into());
         }
@@ -355,6 +392,10 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
         bar.set_position(step);
     }
     bar.finish();
+    drop(rx);
+    producer
+        .join()
+        .map_err(|_| "the batch generator panicked")?;
     let wall_s = elapsed(start);
     let steps_per_s = (trainer.step - first) as f64 / wall_s.max(1e-9);
     let eval = match last_eval {

@@ -124,6 +124,13 @@ impl Adam {
     }
 }
 
+/// The training tasks of outer step `step`: a pure function of the family, the seed and the
+/// step, so a resumed run sees the same tasks as an uninterrupted one.
+pub fn train_batch(family: &Family, config: &TrainConfig, step: u64) -> Batch {
+    let ids = Family::train_ids(config.seed, step, config.tasks_per_step);
+    family.batch(&ids, config.support, config.query)
+}
+
 /// A host copy of one batch, uploaded as `[T, N, F]` tensors.
 pub struct DeviceBatch {
     /// Support inputs.
@@ -282,12 +289,15 @@ impl Trainer {
 
     /// One outer step on a fresh batch of training tasks; returns the mean query loss.
     pub fn outer_step(&mut self) -> f64 {
-        let ids = Family::train_ids(self.config.seed, self.step, self.config.tasks_per_step);
-        let batch = self
-            .family
-            .batch(&ids, self.config.support, self.config.query);
+        let batch = train_batch(&self.family, &self.config, self.step);
+        self.outer_step_on(&batch)
+    }
+
+    /// One outer step on `batch`, which must be [`train_batch`] of the current step (the
+    /// caller may have generated it ahead, on another thread).
+    pub fn outer_step_on(&mut self, batch: &Batch) -> f64 {
         let b = DeviceBatch::new(
-            &batch,
+            batch,
             self.family.input_len(),
             self.family.output_len(),
             self.net.device(),
