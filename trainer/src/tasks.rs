@@ -40,6 +40,17 @@ pub enum Problem {
     Rank2,
     /// Same with 5 basis filters.
     Rank5,
+    /// 2-D: 32x32 inputs, 24 output channels of a C8-equivariant 3x3 convolution.
+    Rot8,
+    /// 2-D: 32x32 inputs, 48 output channels of a D8-equivariant 3x3 convolution.
+    Rot8Flip,
+}
+
+impl Problem {
+    /// Whether inputs are 1 x 32 x 32 images (else 70-long sequences).
+    pub fn is_2d(self) -> bool {
+        matches!(self, Problem::Rot8 | Problem::Rot8Flip)
+    }
 }
 
 impl FromStr for Problem {
@@ -49,8 +60,10 @@ impl FromStr for Problem {
             "rank1" => Ok(Problem::Rank1),
             "rank2" => Ok(Problem::Rank2),
             "rank5" => Ok(Problem::Rank5),
+            "rot8" => Ok(Problem::Rot8),
+            "rot8-flip" => Ok(Problem::Rot8Flip),
             other => Err(format!(
-                "unknown problem '{other}' (available: rank1, rank2, rank5)"
+                "unknown problem '{other}' (available: rank1, rank2, rank5, rot8, rot8-flip)"
             )),
         }
     }
@@ -62,6 +75,8 @@ impl fmt::Display for Problem {
             Problem::Rank1 => "rank1",
             Problem::Rank2 => "rank2",
             Problem::Rank5 => "rank5",
+            Problem::Rot8 => "rot8",
+            Problem::Rot8Flip => "rot8-flip",
         })
     }
 }
@@ -74,6 +89,11 @@ pub const TAPS: usize = 3;
 pub const SEQ_OUT: usize = SEQ_IN - TAPS + 1;
 /// Examples per task in the paper's data: 1 support + 19 query by default.
 pub const EXAMPLES_PER_TASK: usize = 20;
+
+/// Side of the 2-D inputs.
+pub const IMG: usize = 32;
+/// Side of the 2-D outputs (valid 3x3 convolution).
+pub const IMG_OUT: usize = IMG - 2;
 
 /// Seed of the fixed, family-wide connectivity of rank2 / rank5.
 const FAMILY_SEED: u64 = 0x0005_EED0_F0A1_1EE5;
@@ -90,9 +110,9 @@ impl Family {
     /// The family of `problem`.
     pub fn new(problem: Problem) -> Self {
         let rank = match problem {
-            Problem::Rank1 => 0,
             Problem::Rank2 => 2,
             Problem::Rank5 => 5,
+            _ => 0,
         };
         let mut rng = Rng::derive(&[FAMILY_SEED, rank as u64]);
         let mut connectivity = Vec::with_capacity(SEQ_OUT * rank);
@@ -115,17 +135,27 @@ impl Family {
     }
     /// Scalars per input example.
     pub fn input_len(&self) -> usize {
-        SEQ_IN
+        if self.problem.is_2d() {
+            IMG * IMG
+        } else {
+            SEQ_IN
+        }
     }
     /// Scalars per output example.
     pub fn output_len(&self) -> usize {
-        SEQ_OUT
+        if self.problem.is_2d() {
+            rot::channels(self.problem) * IMG_OUT * IMG_OUT
+        } else {
+            SEQ_OUT
+        }
     }
 
-    /// The per-position filters `[68, 3]` of task `id`.
+    /// The task's filters: per-position `[68, 3]` (1-D), or the filter bank
+    /// `[channels, 3, 3]` (2-D).
     pub fn filters(&self, id: u64) -> Vec<f64> {
         let mut rng = Rng::derive(&[self.problem as u64, id, 1]);
         match self.problem {
+            Problem::Rot8 | Problem::Rot8Flip => rot::filter_bank(self.problem, &mut rng),
             Problem::Rank1 => {
                 let f: Vec<f64> = (0..TAPS).map(|_| rng.normal()).collect();
                 (0..SEQ_OUT).flat_map(|_| f.iter().cloned()).collect()
@@ -156,6 +186,18 @@ impl Family {
         x: &mut Vec<f32>,
         y: &mut Vec<f32>,
     ) {
+        if self.problem.is_2d() {
+            for _ in 0..n {
+                let img: Vec<f64> = (0..IMG * IMG).map(|_| rng.normal()).collect();
+                x.extend(img.iter().map(|&v| v as f32));
+                y.extend(
+                    rot::conv_valid(&img, IMG, filters)
+                        .iter()
+                        .map(|&v| v as f32),
+                );
+            }
+            return;
+        }
         for _ in 0..n {
             let xi: Vec<f64> = (0..SEQ_IN).map(|_| rng.normal()).collect();
             x.extend(xi.iter().map(|&v| v as f32));
@@ -197,6 +239,8 @@ impl Family {
         (0..n as u64).map(|i| TEST_TASK_BASE + i).collect()
     }
 }
+
+pub mod rot;
 
 #[cfg(test)]
 mod tests {

@@ -232,7 +232,7 @@ impl Trainer {
                 "tasks per step, support and query sizes must be positive".into(),
             ));
         }
-        let spec = models::spec(kind, problem, config.k);
+        let spec = models::spec(kind, problem, config.k).map_err(TrainError::Config)?;
         let init = models::init(&spec, config.inner_lr, &mut Rng::derive(&[config.seed, 0]))
             .map_err(msr_runtime::Error::from)?;
         Self::from_parts(config, spec, &init, None, 0)
@@ -399,7 +399,7 @@ impl Trainer {
             config.steps = exp.steps;
         }
         let (problem, kind) = config.kinds().map_err(&bad)?;
-        let spec = models::spec(kind, problem, config.k);
+        let spec = models::spec(kind, problem, config.k).map_err(bad)?;
         let record = ModelRecord {
             info: ModelInfo {
                 name: String::new(),
