@@ -18,6 +18,7 @@ pub mod format;
 mod layer;
 pub mod model;
 pub mod net;
+pub mod realtime;
 pub mod spec;
 #[cfg(test)]
 mod test_support;

@@ -3,6 +3,7 @@
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::net::{LayerParams, MetaParams, Net, TaskParams};
+use crate::spec::{Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op};
 
 /// SplitMix64: tiny, seeded, good enough for test data.
 pub struct Rng(u64);
@@ -142,4 +143,177 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     let num: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
     let den: f64 = b.iter().map(|y| y * y).sum();
     (num / den.max(1e-300)).sqrt()
+}
+
+pub fn layer(op: Op, activation: Activation) -> LayerSpec {
+    LayerSpec { op, activation }
+}
+
+/// Small networks that together use every layer kind, both activations and flatten.
+pub fn nets(loss: Loss) -> Vec<(&'static str, NetSpec)> {
+    use Activation::*;
+    vec![
+        (
+            "share-linear",
+            NetSpec {
+                input: FeatureShape(vec![6]),
+                layers: vec![
+                    layer(
+                        Op::ShareLinear {
+                            inputs: 6,
+                            outputs: 4,
+                            k: 5,
+                            bias: true,
+                        },
+                        Relu,
+                    ),
+                    layer(
+                        Op::ShareLinear {
+                            inputs: 4,
+                            outputs: 3,
+                            k: 2,
+                            bias: false,
+                        },
+                        Identity,
+                    ),
+                ],
+                loss,
+            },
+        ),
+        (
+            "linear",
+            NetSpec {
+                input: FeatureShape(vec![6]),
+                layers: vec![
+                    layer(
+                        Op::Linear {
+                            inputs: 6,
+                            outputs: 5,
+                            bias: true,
+                        },
+                        Relu,
+                    ),
+                    layer(
+                        Op::Linear {
+                            inputs: 5,
+                            outputs: 3,
+                            bias: true,
+                        },
+                        Identity,
+                    ),
+                ],
+                loss,
+            },
+        ),
+        (
+            "share-conv1d-dense",
+            NetSpec {
+                input: FeatureShape(vec![2, 9]),
+                layers: vec![
+                    layer(
+                        Op::ShareConv {
+                            geom: ConvGeom::d1(2, 3, 3, 1),
+                            sharing: ConvSharing::Dense { k: 7 },
+                            bias: true,
+                        },
+                        Relu,
+                    ),
+                    layer(
+                        Op::ShareConv {
+                            geom: ConvGeom::d1(3, 2, 2, 0),
+                            sharing: ConvSharing::Dense { k: 4 },
+                            bias: false,
+                        },
+                        Relu,
+                    ),
+                    layer(Op::Flatten, Identity),
+                    layer(
+                        Op::Linear {
+                            inputs: 16,
+                            outputs: 3,
+                            bias: true,
+                        },
+                        Identity,
+                    ),
+                ],
+                loss,
+            },
+        ),
+        (
+            "share-conv2d-kron+conv2d-stride2",
+            NetSpec {
+                input: FeatureShape(vec![2, 6, 6]),
+                layers: vec![
+                    layer(
+                        Op::ShareConv {
+                            geom: ConvGeom::d2(2, 3, 3, 1, 1),
+                            sharing: ConvSharing::Kronecker {
+                                ka: 3,
+                                kb: 2,
+                                kc: 4,
+                            },
+                            bias: true,
+                        },
+                        Relu,
+                    ),
+                    layer(
+                        Op::Conv {
+                            geom: ConvGeom::d2(3, 2, 3, 2, 1),
+                            bias: true,
+                        },
+                        Relu,
+                    ),
+                    layer(Op::Flatten, Identity),
+                    layer(
+                        Op::Linear {
+                            inputs: 18,
+                            outputs: 3,
+                            bias: false,
+                        },
+                        Identity,
+                    ),
+                ],
+                loss,
+            },
+        ),
+        (
+            "conv1d-stride2+locally-connected",
+            NetSpec {
+                input: FeatureShape(vec![1, 11]),
+                layers: vec![
+                    layer(
+                        Op::Conv {
+                            geom: ConvGeom {
+                                in_channels: 1,
+                                out_channels: 2,
+                                kernel: vec![3],
+                                stride: vec![2],
+                                padding: vec![1],
+                            },
+                            bias: true,
+                        },
+                        Relu,
+                    ),
+                    layer(
+                        Op::LocallyConnected1d {
+                            geom: ConvGeom::d1(2, 2, 3, 0),
+                            bias: true,
+                        },
+                        Relu,
+                    ),
+                    layer(Op::Flatten, Identity),
+                    layer(
+                        Op::ShareLinear {
+                            inputs: 8,
+                            outputs: 3,
+                            k: 4,
+                            bias: true,
+                        },
+                        Identity,
+                    ),
+                ],
+                loss,
+            },
+        ),
+    ]
 }

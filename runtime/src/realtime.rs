@@ -1,0 +1,1149 @@
+//! The real-time CPU engine: adapt and predict with no heap allocation and no lock.
+//!
+//! burn's per-op dispatch costs tens of microseconds (DESIGN.md section 6), more than a
+//! whole rank1 adaptation should take, so a robot's control loop runs this engine instead:
+//! plain f32 loops over buffers allocated once, when a [`Session`] is created. Weights are
+//! materialised (`W = reshape(U v)`) once after each adaptation, so `predict` is a plain
+//! forward pass. The math is the same as [`crate::Net`]'s (tested against it in f32).
+//!
+//! Examples are processed in chunks of the session's capacity, so any number of examples
+//! works without allocating; gradients are summed over chunks.
+
+use std::sync::Arc;
+
+use crate::error::{DataError, DivergedError, Error, ShapeError};
+use crate::format::ModelRecord;
+use crate::spec::{Activation, ConvSharing, Loss, Op};
+
+/// Default number of examples processed per chunk.
+pub const DEFAULT_CAPACITY: usize = 32;
+
+/// An adaptation whose final support loss exceeds `EXPLODE_FACTOR` times the initial loss
+/// (plus `EXPLODE_SLACK`) is treated as diverged and rolled back.
+pub const EXPLODE_FACTOR: f32 = 1e3;
+const EXPLODE_SLACK: f32 = 1.0;
+
+#[derive(Debug)]
+enum Kind {
+    Reshape,
+    Dense {
+        inputs: usize,
+        outputs: usize,
+    },
+    Patches {
+        gather: Vec<u32>,
+        in_channels: usize,
+        out_channels: usize,
+        in_positions: usize,
+        positions: usize,
+        taps: usize,
+        local: bool,
+    },
+}
+
+/// How the weight is generated from the first adapted vector.
+#[derive(Debug)]
+enum Weights {
+    /// W = adapted vector.
+    Plain,
+    /// W = U v, U row-major `[rows, k]`.
+    Dense { u: Vec<f32>, k: usize },
+    /// W = (A ⊗ B ⊗ C) v.
+    Kron {
+        a: Vec<f32>,
+        b: Vec<f32>,
+        c: Vec<f32>,
+        dims: [usize; 6], // o, i, s, ka, kb, kc
+    },
+}
+
+#[derive(Debug)]
+struct Layer {
+    kind: Kind,
+    weights: Weights,
+    relu: bool,
+    weight_len: usize,
+    in_len: usize,
+    out_len: usize,
+    adapted0: Vec<Vec<f32>>,
+    lr: f32,
+}
+
+/// A frozen model prepared for the real-time engine. Immutable; share it across threads
+/// (it is `Send + Sync`) and create one [`Session`] per task or thread.
+#[derive(Debug)]
+pub struct RtModel {
+    layers: Vec<Layer>,
+    loss: Loss,
+    input_len: usize,
+    output_len: usize,
+    inner_steps: usize,
+    /// CRC-32 of the model record, to tie saved session states to their model.
+    fingerprint: u32,
+}
+
+impl RtModel {
+    /// Prepares a validated model record.
+    pub fn new(record: &ModelRecord) -> Result<Arc<Self>, Error> {
+        record.validate()?;
+        let shapes = record.net.shapes()?;
+        let mut layers = Vec::with_capacity(record.net.layers.len());
+        for (i, (spec, rec)) in record.net.layers.iter().zip(&record.layers).enumerate() {
+            let input = &shapes.activations[i];
+            let output = &shapes.activations[i + 1];
+            let kind = match &spec.op {
+                Op::ShareLinear {
+                    inputs, outputs, ..
+                }
+                | Op::Linear {
+                    inputs, outputs, ..
+                } => Kind::Dense {
+                    inputs: *inputs,
+                    outputs: *outputs,
+                },
+                Op::ShareConv { geom, .. }
+                | Op::Conv { geom, .. }
+                | Op::LocallyConnected1d { geom, .. } => Kind::Patches {
+                    gather: gather_index(geom, input.spatial(), output.spatial()),
+                    in_channels: geom.in_channels,
+                    out_channels: geom.out_channels,
+                    in_positions: input.spatial_numel(),
+                    positions: output.spatial_numel(),
+                    taps: geom.kernel_area(),
+                    local: matches!(spec.op, Op::LocallyConnected1d { .. }),
+                },
+                Op::Flatten => Kind::Reshape,
+            };
+            let weights = match &spec.op {
+                Op::ShareLinear { k, .. }
+                | Op::ShareConv {
+                    sharing: ConvSharing::Dense { k },
+                    ..
+                } => Weights::Dense {
+                    u: rec.shared[0].clone(),
+                    k: *k,
+                },
+                Op::ShareConv {
+                    geom,
+                    sharing: ConvSharing::Kronecker { ka, kb, kc },
+                    ..
+                } => Weights::Kron {
+                    a: rec.shared[0].clone(),
+                    b: rec.shared[1].clone(),
+                    c: rec.shared[2].clone(),
+                    dims: [
+                        geom.out_channels,
+                        geom.in_channels,
+                        geom.kernel_area(),
+                        *ka,
+                        *kb,
+                        *kc,
+                    ],
+                },
+                _ => Weights::Plain,
+            };
+            let weight_len = match &weights {
+                Weights::Plain => rec.adapted0.first().map_or(0, Vec::len),
+                Weights::Dense { u, k } => u.len() / k,
+                Weights::Kron { dims, .. } => dims[0] * dims[1] * dims[2],
+            };
+            layers.push(Layer {
+                kind,
+                weights,
+                relu: spec.activation == Activation::Relu,
+                weight_len,
+                in_len: input.numel(),
+                out_len: output.numel(),
+                adapted0: rec.adapted0.clone(),
+                lr: rec.lr,
+            });
+        }
+        Ok(Arc::new(RtModel {
+            layers,
+            loss: record.net.loss,
+            input_len: shapes.activations[0].numel(),
+            output_len: shapes.activations.last().expect("non-empty").numel(),
+            inner_steps: record.info.inner_steps as usize,
+            fingerprint: crc32fast::hash(&record.to_bytes()),
+        }))
+    }
+
+    /// Scalars per input example.
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+    /// Scalars per output example.
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+    /// The loss adaptation minimises.
+    pub fn loss(&self) -> Loss {
+        self.loss
+    }
+    /// Inner steps the model was meta-trained with.
+    pub fn inner_steps(&self) -> usize {
+        self.inner_steps
+    }
+    /// Number of adapted scalars per task (v and biases of every layer).
+    pub fn adapted_len(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| l.adapted0.iter().map(Vec::len))
+            .sum()
+    }
+    /// Bytes of a saved session state ([`Session::save_state`]).
+    pub fn state_len(&self) -> usize {
+        STATE_HEADER + 4 * self.adapted_len() + 4
+    }
+}
+
+fn gather_index(geom: &crate::spec::ConvGeom, in_sp: &[usize], out_sp: &[usize]) -> Vec<u32> {
+    let dims = geom.kernel.len();
+    let in_positions: usize = in_sp.iter().product();
+    let positions: usize = out_sp.iter().product();
+    let taps = geom.kernel_area();
+    let mut index = Vec::with_capacity(positions * taps);
+    for p in 0..positions {
+        for q in 0..taps {
+            let (mut pr, mut qr) = (p, q);
+            let mut flat = 0usize;
+            let mut stride_acc = 1usize;
+            let mut inside = true;
+            // Unravel from the last dimension.
+            for d in (0..dims).rev() {
+                let pc = pr % out_sp[d];
+                pr /= out_sp[d];
+                let qc = qr % geom.kernel[d];
+                qr /= geom.kernel[d];
+                let c = (pc * geom.stride[d] + qc) as isize - geom.padding[d] as isize;
+                if c < 0 || c >= in_sp[d] as isize {
+                    inside = false;
+                }
+                flat += c.max(0) as usize * stride_acc;
+                stride_acc *= in_sp[d];
+            }
+            index.push(if inside { flat } else { in_positions } as u32);
+        }
+    }
+    index
+}
+
+/// One task's adapted state and the buffers to adapt and predict without allocating.
+/// Use from one thread at a time (it is `Send`, not shared).
+#[derive(Debug)]
+pub struct Session {
+    model: Arc<RtModel>,
+    capacity: usize,
+    /// Per layer: adapted vectors (v or W, then bias).
+    adapted: Vec<Vec<Vec<f32>>>,
+    /// Copy taken before an adaptation, for rollback.
+    backup: Vec<Vec<Vec<f32>>>,
+    /// Per layer: gradients of the adapted vectors.
+    grads: Vec<Vec<Vec<f32>>>,
+    /// Per layer: the materialised weight, and the gradient with respect to it.
+    w: Vec<Vec<f32>>,
+    dw: Vec<Vec<f32>>,
+    /// Activations at every layer boundary, `[capacity, len]` each.
+    acts: Vec<Vec<f32>>,
+    /// Two gradient buffers, `[capacity, max len]`.
+    da: Vec<f32>,
+    db: Vec<f32>,
+    /// One patch (`[C * K]`) and its gradient; Kronecker scratch.
+    patch: Vec<f32>,
+    dpatch: Vec<f32>,
+    scratch: [Vec<f32>; 2],
+    /// Inner steps per adaptation and the scale applied to every layer's lr.
+    pub inner_steps: usize,
+    /// Multiplies every layer's learned inner learning rate.
+    pub lr_scale: f32,
+}
+
+impl Session {
+    /// A session at the meta-learned initialisation, with buffers for `capacity` examples per
+    /// chunk. All allocation happens here.
+    pub fn new(model: Arc<RtModel>, capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        let adapted: Vec<Vec<Vec<f32>>> = model.layers.iter().map(|l| l.adapted0.clone()).collect();
+        let grads = adapted
+            .iter()
+            .map(|l| l.iter().map(|v| vec![0.0; v.len()]).collect())
+            .collect();
+        let w: Vec<Vec<f32>> = model
+            .layers
+            .iter()
+            .map(|l| vec![0.0; l.weight_len])
+            .collect();
+        let dw = w.clone();
+        let mut acts = vec![vec![0.0; capacity * model.input_len]];
+        acts.extend(model.layers.iter().map(|l| vec![0.0; capacity * l.out_len]));
+        let max_act = model
+            .layers
+            .iter()
+            .map(|l| l.in_len.max(l.out_len))
+            .max()
+            .unwrap_or(1);
+        let max_patch = model
+            .layers
+            .iter()
+            .map(|l| match l.kind {
+                Kind::Patches {
+                    in_channels, taps, ..
+                } => in_channels * taps,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let max_kron = model
+            .layers
+            .iter()
+            .map(|l| match l.weights {
+                Weights::Kron {
+                    dims: [o, i, s, ka, kb, kc],
+                    ..
+                } => (o.max(ka) * i.max(kb) * s.max(kc)).max(1),
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0);
+        let mut s = Session {
+            capacity,
+            backup: adapted.clone(),
+            adapted,
+            grads,
+            w,
+            dw,
+            acts,
+            da: vec![0.0; capacity * max_act],
+            db: vec![0.0; capacity * max_act],
+            patch: vec![0.0; max_patch],
+            dpatch: vec![0.0; max_patch],
+            scratch: [vec![0.0; max_kron], vec![0.0; max_kron]],
+            inner_steps: model.inner_steps,
+            lr_scale: 1.0,
+            model,
+        };
+        s.materialize_all();
+        s
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<RtModel> {
+        &self.model
+    }
+
+    /// Back to the meta-learned initialisation.
+    pub fn reset(&mut self) {
+        for (l, layer) in self.adapted.iter_mut().zip(&self.model.layers) {
+            for (v, v0) in l.iter_mut().zip(&layer.adapted0) {
+                v.copy_from_slice(v0);
+            }
+        }
+        self.materialize_all();
+    }
+
+    fn materialize_all(&mut self) {
+        for i in 0..self.model.layers.len() {
+            let layer = &self.model.layers[i];
+            let Some(v) = self.adapted[i].first() else {
+                continue;
+            };
+            let [s0, s1] = &mut self.scratch;
+            materialize(&layer.weights, v, &mut self.w[i], s0, s1);
+        }
+    }
+
+    fn check(&self, what: &'static str, data: &[f32], n: usize, per: usize) -> Result<(), Error> {
+        if n == 0 {
+            return Err(DataError::Empty(what).into());
+        }
+        if data.len() != n * per {
+            return Err(DataError::Shape(ShapeError::Mismatch {
+                what: format!("{what} length ({n} examples x {per})"),
+                expected: (n * per).to_string(),
+                got: data.len().to_string(),
+            })
+            .into());
+        }
+        if data.iter().any(|x| !x.is_finite()) {
+            return Err(DataError::NonFinite(what).into());
+        }
+        Ok(())
+    }
+
+    /// Predicts `out` `[n, output_len]` for `x` `[n, input_len]`. Allocation-free.
+    pub fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error> {
+        self.check("inputs", x, n, self.model.input_len)?;
+        let fo = self.model.output_len;
+        if out.len() != n * fo {
+            return Err(DataError::Shape(ShapeError::Mismatch {
+                what: "output buffer length".into(),
+                expected: (n * fo).to_string(),
+                got: out.len().to_string(),
+            })
+            .into());
+        }
+        let fi = self.model.input_len;
+        let mut start = 0;
+        while start < n {
+            let m = (n - start).min(self.capacity);
+            self.forward_chunk(&x[start * fi..(start + m) * fi], m);
+            let last = self.acts.last().expect("non-empty");
+            out[start * fo..(start + m) * fo].copy_from_slice(&last[..m * fo]);
+            start += m;
+        }
+        Ok(())
+    }
+
+    /// Mean support loss of the current parameters. Allocation-free.
+    pub fn loss(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        self.check("inputs", x, n, self.model.input_len)?;
+        self.check("targets", y, n, self.model.output_len)?;
+        Ok(self.pass(x, y, n, false))
+    }
+
+    /// Adapts the meta-learned initialisation to a support set (as at meta-training time):
+    /// `x` `[n, input_len]`, `y` `[n, output_len]` (for cross-entropy models, one-hot rows),
+    /// `inner_steps` SGD steps. Returns the support loss after adapting. If the loss turns
+    /// non-finite or explodes, the previous parameters are restored and
+    /// [`Error::Diverged`] says so. Allocation-free.
+    pub fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        self.adapt_impl(x, y, n, true)
+    }
+
+    /// Like [`Session::adapt`], but continues from the current parameters.
+    pub fn refine(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        self.adapt_impl(x, y, n, false)
+    }
+
+    fn adapt_impl(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        n: usize,
+        from_init: bool,
+    ) -> Result<f32, Error> {
+        self.check("inputs", x, n, self.model.input_len)?;
+        self.check("targets", y, n, self.model.output_len)?;
+        for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
+            for (bv, av) in b.iter_mut().zip(a) {
+                bv.copy_from_slice(av);
+            }
+        }
+        if from_init {
+            self.reset();
+        }
+        let initial = self.pass(x, y, n, false);
+        let mut loss = initial;
+        for step in 1..=self.inner_steps {
+            self.pass(x, y, n, true);
+            self.sgd_step();
+            loss = self.pass(x, y, n, false);
+            if !loss.is_finite() || loss > initial * EXPLODE_FACTOR + EXPLODE_SLACK {
+                for (a, b) in self.adapted.iter_mut().zip(&self.backup) {
+                    for (av, bv) in a.iter_mut().zip(b) {
+                        av.copy_from_slice(bv);
+                    }
+                }
+                self.materialize_all();
+                return Err(DivergedError {
+                    step,
+                    loss: loss as f64,
+                    initial: initial as f64,
+                }
+                .into());
+            }
+        }
+        Ok(loss)
+    }
+
+    fn sgd_step(&mut self) {
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let lr = layer.lr * self.lr_scale;
+            for (v, g) in self.adapted[i].iter_mut().zip(&self.grads[i]) {
+                for (vj, gj) in v.iter_mut().zip(g) {
+                    *vj -= lr * gj;
+                }
+            }
+        }
+        self.materialize_all();
+    }
+
+    /// Forward over all chunks; returns the mean loss. With `grad`, also accumulates the
+    /// gradients of the adapted parameters into `self.grads`.
+    fn pass(&mut self, x: &[f32], y: &[f32], n: usize, grad: bool) -> f32 {
+        if grad {
+            for g in self.grads.iter_mut().flatten() {
+                g.fill(0.0);
+            }
+            for d in &mut self.dw {
+                d.fill(0.0);
+            }
+        }
+        let (fi, fo) = (self.model.input_len, self.model.output_len);
+        let mut total = 0.0f64;
+        let mut start = 0;
+        while start < n {
+            let m = (n - start).min(self.capacity);
+            self.forward_chunk(&x[start * fi..(start + m) * fi], m);
+            let yc = &y[start * fo..(start + m) * fo];
+            total += self.loss_chunk(yc, m, n, grad);
+            if grad {
+                self.backward_chunk(m);
+            }
+            start += m;
+        }
+        if grad {
+            for i in 0..self.model.layers.len() {
+                if self.adapted[i].is_empty() {
+                    continue;
+                }
+                let layer = &self.model.layers[i];
+                let [s0, s1] = &mut self.scratch;
+                let (g_main, _) = self.grads[i].split_first_mut().expect("non-empty");
+                weights_backward(&layer.weights, &self.dw[i], g_main, s0, s1);
+            }
+        }
+        (total / n as f64) as f32
+    }
+
+    /// Sum over the chunk of per-example losses; with `grad`, writes dL/d(output) (for the
+    /// mean over all `n` examples) into `self.da`.
+    fn loss_chunk(&mut self, y: &[f32], m: usize, n: usize, grad: bool) -> f64 {
+        let fo = self.model.output_len;
+        let out = &self.acts.last().expect("non-empty")[..m * fo];
+        let mut total = 0.0f64;
+        match self.model.loss {
+            Loss::Mse => {
+                let scale = 2.0 / (n * fo) as f32;
+                for (j, (o, t)) in out.iter().zip(y).enumerate() {
+                    let d = o - t;
+                    total += (d * d) as f64 / fo as f64;
+                    if grad {
+                        self.da[j] = d * scale;
+                    }
+                }
+            }
+            Loss::CrossEntropy => {
+                for r in 0..m {
+                    let z = &out[r * fo..(r + 1) * fo];
+                    let t = &y[r * fo..(r + 1) * fo];
+                    let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = z.iter().map(|v| (v - max).exp()).sum();
+                    let log_sum = max + sum.ln();
+                    let mass: f32 = t.iter().sum();
+                    total += z
+                        .iter()
+                        .zip(t)
+                        .map(|(zi, ti)| (ti * (log_sum - zi)) as f64)
+                        .sum::<f64>();
+                    if grad {
+                        for c in 0..fo {
+                            let p = (z[c] - log_sum).exp();
+                            self.da[r * fo + c] = (p * mass - t[c]) / n as f32;
+                        }
+                    }
+                }
+            }
+        }
+        total
+    }
+
+    fn forward_chunk(&mut self, x: &[f32], m: usize) {
+        self.acts[0][..x.len()].copy_from_slice(x);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let (before, after) = self.acts.split_at_mut(i + 1);
+            let input = &before[i][..m * layer.in_len];
+            let out = &mut after[0][..m * layer.out_len];
+            let bias = self.adapted[i].get(1).map(Vec::as_slice);
+            forward(layer, &self.w[i], bias, input, out, m, &mut self.patch);
+            if layer.relu {
+                for v in out.iter_mut() {
+                    *v = v.max(0.0);
+                }
+            }
+        }
+    }
+
+    fn backward_chunk(&mut self, m: usize) {
+        // self.da holds dL/d(output of the last layer).
+        let first_param = self.adapted.iter().position(|a| !a.is_empty()).unwrap_or(0);
+        for i in (0..self.model.layers.len()).rev() {
+            let layer = &self.model.layers[i];
+            let out = &self.acts[i + 1][..m * layer.out_len];
+            let dz = &mut self.da[..m * layer.out_len];
+            if layer.relu {
+                for (d, o) in dz.iter_mut().zip(out) {
+                    if *o <= 0.0 {
+                        *d = 0.0;
+                    }
+                }
+            }
+            let need_dx = i > first_param;
+            let input = &self.acts[i][..m * layer.in_len];
+            let dx = &mut self.db[..m * layer.in_len];
+            // The weight gradient goes to dw (then through weights_backward); the bias
+            // gradient straight to its slot.
+            let dbias = self.grads[i].get_mut(1);
+            backward(
+                layer,
+                &self.w[i],
+                input,
+                dz,
+                &mut self.dw[i],
+                dbias.map(|b| b.as_mut_slice()),
+                need_dx.then_some(dx),
+                m,
+                &mut self.patch,
+                &mut self.dpatch,
+            );
+            if !need_dx {
+                break;
+            }
+            std::mem::swap(&mut self.da, &mut self.db);
+        }
+    }
+
+    /// Writes the adapted parameters to `buf` (exactly [`RtModel::state_len`] bytes):
+    /// `"MSRS"`, u16 version, u16 reserved, u32 model fingerprint, f32 values, u32 CRC.
+    pub fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        let len = self.model.state_len();
+        if buf.len() < len {
+            return Err(DataError::Shape(ShapeError::Mismatch {
+                what: "state buffer length".into(),
+                expected: format!("at least {len}"),
+                got: buf.len().to_string(),
+            })
+            .into());
+        }
+        buf[0..4].copy_from_slice(STATE_MAGIC);
+        buf[4..6].copy_from_slice(&STATE_VERSION.to_le_bytes());
+        buf[6..8].copy_from_slice(&0u16.to_le_bytes());
+        buf[8..12].copy_from_slice(&self.model.fingerprint.to_le_bytes());
+        let mut at = STATE_HEADER;
+        for v in self.adapted.iter().flatten().flatten() {
+            buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+            at += 4;
+        }
+        let crc = crc32fast::hash(&buf[..at]);
+        buf[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+        Ok(len)
+    }
+
+    /// Restores parameters saved by [`Session::save_state`] for the same model. On any error
+    /// the session is left as it was.
+    pub fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
+        use crate::error::FormatError;
+        let len = self.model.state_len();
+        if buf.len() != len {
+            return Err(FormatError::Truncated {
+                needed: len,
+                got: buf.len(),
+            }
+            .into());
+        }
+        let magic: [u8; 4] = buf[0..4].try_into().expect("4 bytes");
+        if &magic != STATE_MAGIC {
+            return Err(FormatError::BadMagic { found: magic }.into());
+        }
+        let version = u16::from_le_bytes([buf[4], buf[5]]);
+        if version != STATE_VERSION {
+            return Err(FormatError::UnsupportedVersion {
+                found: version,
+                supported: STATE_VERSION,
+            }
+            .into());
+        }
+        let stored = u32::from_le_bytes(buf[len - 4..].try_into().expect("4 bytes"));
+        let computed = crc32fast::hash(&buf[..len - 4]);
+        if stored != computed {
+            return Err(FormatError::Checksum { stored, computed }.into());
+        }
+        let fp = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+        if fp != self.model.fingerprint {
+            return Err(FormatError::Body(format!(
+                "the state belongs to another model (fingerprint {fp:#010x}, this model {:#010x})",
+                self.model.fingerprint
+            ))
+            .into());
+        }
+        let values = buf[STATE_HEADER..len - 4]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")));
+        if values.clone().any(|v| !v.is_finite()) {
+            return Err(FormatError::NonFinite("saved session state".into()).into());
+        }
+        for (dst, v) in self.adapted.iter_mut().flatten().flatten().zip(values) {
+            *dst = v;
+        }
+        self.materialize_all();
+        Ok(())
+    }
+
+    /// The adapted vectors of layer `i` (v or W, then the bias).
+    pub fn adapted(&self, i: usize) -> &[Vec<f32>] {
+        &self.adapted[i]
+    }
+}
+
+const STATE_MAGIC: &[u8; 4] = b"MSRS";
+const STATE_VERSION: u16 = 1;
+const STATE_HEADER: usize = 12;
+
+/// Dot product with eight independent accumulators, so the compiler can vectorise it.
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// `y += alpha * x`.
+#[inline]
+fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * xi;
+    }
+}
+
+fn materialize(weights: &Weights, v: &[f32], w: &mut [f32], s0: &mut [f32], s1: &mut [f32]) {
+    match weights {
+        Weights::Plain => w.copy_from_slice(v),
+        Weights::Dense { u, k } => {
+            for (wr, ur) in w.iter_mut().zip(u.chunks_exact(*k)) {
+                *wr = dot(ur, v);
+            }
+        }
+        Weights::Kron { a, b, c, dims } => {
+            let [o, i, s, ka, kb, kc] = *dims;
+            kron3(v, [ka, kb, kc], (c, s), (b, i), (a, o), false, w, s0, s1);
+        }
+    }
+}
+
+fn weights_backward(weights: &Weights, dw: &[f32], dv: &mut [f32], s0: &mut [f32], s1: &mut [f32]) {
+    match weights {
+        Weights::Plain => dv.copy_from_slice(dw),
+        Weights::Dense { u, k } => {
+            dv.fill(0.0);
+            for (g, ur) in dw.iter().zip(u.chunks_exact(*k)) {
+                axpy(*g, ur, dv);
+            }
+        }
+        Weights::Kron { a, b, c, dims } => {
+            let [o, i, s, ka, kb, kc] = *dims;
+            kron3(dw, [o, i, s], (c, kc), (b, kb), (a, ka), true, dv, s0, s1);
+        }
+    }
+}
+
+/// Applies the three factors to `x` `[n1, n2, n3]`, last mode first. Each factor is
+/// `(matrix, rows_out)`; with `transpose`, the matrices (row-major `[big, small]`) are used
+/// transposed. Writes `[m1, m2, m3]` to `out`.
+#[allow(clippy::too_many_arguments)]
+fn kron3(
+    x: &[f32],
+    [n1, n2, n3]: [usize; 3],
+    (f3, m3): (&[f32], usize),
+    (f2, m2): (&[f32], usize),
+    (f1, m1): (&[f32], usize),
+    transpose: bool,
+    out: &mut [f32],
+    s0: &mut [f32],
+    s1: &mut [f32],
+) {
+    // Element (r, c) of a factor used as an m x n map.
+    let at = |f: &[f32], r: usize, c: usize, m: usize, n: usize| {
+        if transpose {
+            f[c * m + r]
+        } else {
+            f[r * n + c]
+        }
+    };
+    // Mode 3: s0[i1, i2, r3] = sum_j f3[r3, j] x[i1, i2, j]
+    for p in 0..n1 * n2 {
+        for r in 0..m3 {
+            let mut acc = 0.0;
+            for j in 0..n3 {
+                acc += at(f3, r, j, m3, n3) * x[p * n3 + j];
+            }
+            s0[p * m3 + r] = acc;
+        }
+    }
+    // Mode 2: s1[i1, r2, r3] = sum_j f2[r2, j] s0[i1, j, r3]
+    for i1 in 0..n1 {
+        for r2 in 0..m2 {
+            for r3 in 0..m3 {
+                let mut acc = 0.0;
+                for j in 0..n2 {
+                    acc += at(f2, r2, j, m2, n2) * s0[(i1 * n2 + j) * m3 + r3];
+                }
+                s1[(i1 * m2 + r2) * m3 + r3] = acc;
+            }
+        }
+    }
+    // Mode 1: out[r1, r2, r3] = sum_j f1[r1, j] s1[j, r2, r3]
+    let plane = m2 * m3;
+    for r1 in 0..m1 {
+        let o = &mut out[r1 * plane..(r1 + 1) * plane];
+        o.fill(0.0);
+        for j in 0..n1 {
+            axpy(at(f1, r1, j, m1, n1), &s1[j * plane..(j + 1) * plane], o);
+        }
+    }
+}
+
+fn gather_patch(x: &[f32], gather: &[u32], c_in: usize, s: usize, taps: usize, patch: &mut [f32]) {
+    for c in 0..c_in {
+        let xc = &x[c * s..(c + 1) * s];
+        for (q, &g) in gather.iter().enumerate() {
+            patch[c * taps + q] = if (g as usize) < s {
+                xc[g as usize]
+            } else {
+                0.0
+            };
+        }
+    }
+}
+
+fn forward(
+    layer: &Layer,
+    w: &[f32],
+    bias: Option<&[f32]>,
+    x: &[f32],
+    out: &mut [f32],
+    m: usize,
+    patch: &mut [f32],
+) {
+    match &layer.kind {
+        Kind::Reshape => out.copy_from_slice(x),
+        Kind::Dense { inputs, outputs } => {
+            for n in 0..m {
+                let xn = &x[n * inputs..(n + 1) * inputs];
+                let on = &mut out[n * outputs..(n + 1) * outputs];
+                for (o, (wo, slot)) in w.chunks_exact(*inputs).zip(on.iter_mut()).enumerate() {
+                    *slot = dot(wo, xn) + bias.map_or(0.0, |b| b[o]);
+                }
+            }
+        }
+        Kind::Patches {
+            gather,
+            in_channels,
+            out_channels,
+            in_positions,
+            positions,
+            taps,
+            local,
+        } => {
+            let (c, s, o_n, p_n, k) = (
+                *in_channels,
+                *in_positions,
+                *out_channels,
+                *positions,
+                *taps,
+            );
+            let j = c * k;
+            let patch = &mut patch[..j];
+            for n in 0..m {
+                let xn = &x[n * c * s..(n + 1) * c * s];
+                let on = &mut out[n * o_n * p_n..(n + 1) * o_n * p_n];
+                for p in 0..p_n {
+                    gather_patch(xn, &gather[p * k..(p + 1) * k], c, s, k, patch);
+                    for o in 0..o_n {
+                        let wo = if *local {
+                            &w[(p * o_n + o) * j..(p * o_n + o + 1) * j]
+                        } else {
+                            &w[o * j..(o + 1) * j]
+                        };
+                        let b = match bias {
+                            Some(b) if *local => b[o * p_n + p],
+                            Some(b) => b[o],
+                            None => 0.0,
+                        };
+                        on[o * p_n + p] = dot(wo, patch) + b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn backward(
+    layer: &Layer,
+    w: &[f32],
+    x: &[f32],
+    dz: &[f32],
+    dw: &mut [f32],
+    mut dbias: Option<&mut [f32]>,
+    mut dx: Option<&mut [f32]>,
+    m: usize,
+    patch: &mut [f32],
+    dpatch: &mut [f32],
+) {
+    match &layer.kind {
+        Kind::Reshape => {
+            if let Some(dx) = dx {
+                dx.copy_from_slice(dz);
+            }
+        }
+        Kind::Dense { inputs, outputs } => {
+            for n in 0..m {
+                let xn = &x[n * inputs..(n + 1) * inputs];
+                let dzn = &dz[n * outputs..(n + 1) * outputs];
+                for (o, g) in dzn.iter().enumerate() {
+                    axpy(*g, xn, &mut dw[o * inputs..(o + 1) * inputs]);
+                }
+                if let Some(db) = dbias.as_deref_mut() {
+                    axpy(1.0, dzn, db);
+                }
+                if let Some(dx) = dx.as_deref_mut() {
+                    let dxn = &mut dx[n * inputs..(n + 1) * inputs];
+                    dxn.fill(0.0);
+                    for (o, g) in dzn.iter().enumerate() {
+                        axpy(*g, &w[o * inputs..(o + 1) * inputs], dxn);
+                    }
+                }
+            }
+        }
+        Kind::Patches {
+            gather,
+            in_channels,
+            out_channels,
+            in_positions,
+            positions,
+            taps,
+            local,
+        } => {
+            let (c, s, o_n, p_n, k) = (
+                *in_channels,
+                *in_positions,
+                *out_channels,
+                *positions,
+                *taps,
+            );
+            let j = c * k;
+            let patch = &mut patch[..j];
+            let dpatch = &mut dpatch[..j];
+            if let Some(dx) = dx.as_deref_mut() {
+                dx.fill(0.0);
+            }
+            for n in 0..m {
+                let xn = &x[n * c * s..(n + 1) * c * s];
+                let dzn = &dz[n * o_n * p_n..(n + 1) * o_n * p_n];
+                for p in 0..p_n {
+                    let g = &gather[p * k..(p + 1) * k];
+                    gather_patch(xn, g, c, s, k, patch);
+                    dpatch.fill(0.0);
+                    for o in 0..o_n {
+                        let d = dzn[o * p_n + p];
+                        let range = if *local {
+                            (p * o_n + o) * j..(p * o_n + o + 1) * j
+                        } else {
+                            o * j..(o + 1) * j
+                        };
+                        axpy(d, patch, &mut dw[range.clone()]);
+                        if dx.is_some() {
+                            axpy(d, &w[range], dpatch);
+                        }
+                        if let Some(db) = dbias.as_deref_mut() {
+                            if *local {
+                                db[o * p_n + p] += d;
+                            } else {
+                                db[o] += d;
+                            }
+                        }
+                    }
+                    if let Some(dx) = dx.as_deref_mut() {
+                        let dxn = &mut dx[n * c * s..(n + 1) * c * s];
+                        for ch in 0..c {
+                            for (q, &gi) in g.iter().enumerate() {
+                                if (gi as usize) < s {
+                                    dxn[ch * s + gi as usize] += dpatch[ch * k + q];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{LayerRecord, ModelInfo};
+    use crate::net::Net;
+    use crate::test_support::{HostParams, Rng, nets, rel_err, targets};
+    use crate::{DType, Model, Tensor, TensorData};
+
+    fn record(spec: crate::NetSpec, seed: u64) -> ModelRecord {
+        let dev = crate::device::cpu();
+        let net = Net::new(spec.clone(), &dev).unwrap();
+        let host = HostParams::random(&net, &mut Rng::new(seed));
+        let mut it = host
+            .0
+            .into_iter()
+            .map(|(v, _)| v.iter().map(|&x| x as f32).collect::<Vec<f32>>());
+        let layers = net
+            .shapes()
+            .params
+            .iter()
+            .map(|l| LayerRecord {
+                shared: l.shared.iter().map(|_| it.next().unwrap()).collect(),
+                adapted0: l.adapted.iter().map(|_| it.next().unwrap()).collect(),
+                lr: it.next().unwrap()[0],
+            })
+            .collect();
+        ModelRecord {
+            info: ModelInfo {
+                name: "t".into(),
+                task_family: "test".into(),
+                inner_steps: 2,
+                trainer_version: "test".into(),
+            },
+            net: spec,
+            layers,
+        }
+    }
+
+    fn f32s(v: Vec<f64>) -> Vec<f32> {
+        v.into_iter().map(|x| x as f32).collect()
+    }
+
+    /// The real-time engine computes what the burn path computes, for every layer kind and
+    /// both losses, whether examples fit in one chunk or not.
+    #[test]
+    fn matches_the_burn_path() {
+        let dev = crate::device::cpu();
+        for loss in [Loss::Mse, Loss::CrossEntropy] {
+            for (name, spec) in nets(loss) {
+                let rec = record(spec, 21);
+                let model = Model::from_record(&rec, &dev, DType::F32).unwrap();
+                let rt = RtModel::new(&rec).unwrap();
+                let (fi, fo) = (rt.input_len(), rt.output_len());
+                let mut rng = Rng::new(22);
+                let (ns, nq) = (5, 7);
+                let xs = f32s(rng.normals(ns * fi, 1.0));
+                let ys = f32s(targets(loss, 1, ns, fo, &mut rng));
+                let xq = f32s(rng.normals(nq * fi, 1.0));
+                let t = |v: &Vec<f32>, n: usize, f: usize| {
+                    Tensor::<3>::from_data(
+                        TensorData::new(v.clone(), [1, n, f]),
+                        (&dev, DType::F32),
+                    )
+                };
+                let task = model.adapt(t(&xs, ns, fi), t(&ys, ns, fo), 2).unwrap();
+                let reference: Vec<f64> = model
+                    .predict(&task, t(&xq, nq, fi))
+                    .unwrap()
+                    .to_data()
+                    .convert::<f64>()
+                    .iter::<f64>()
+                    .collect();
+                for capacity in [32, 2] {
+                    let mut s = Session::new(rt.clone(), capacity);
+                    s.inner_steps = 2;
+                    s.adapt(&xs, &ys, ns).unwrap();
+                    let mut out = vec![0.0; nq * fo];
+                    s.predict(&xq, nq, &mut out).unwrap();
+                    let got: Vec<f64> = out.iter().map(|&x| x as f64).collect();
+                    let err = rel_err(&got, &reference);
+                    assert!(
+                        err < 1e-4,
+                        "{name} {loss:?} capacity {capacity}: rel err {err:e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn divergence_rolls_back_and_bad_input_changes_nothing() {
+        let spec = nets(Loss::Mse).remove(0).1;
+        let rt = RtModel::new(&record(spec, 5)).unwrap();
+        let (fi, fo) = (rt.input_len(), rt.output_len());
+        let mut rng = Rng::new(6);
+        let xs = f32s(rng.normals(4 * fi, 1.0));
+        let ys = f32s(rng.normals(4 * fo, 1.0));
+        let mut s = Session::new(rt.clone(), 8);
+        s.adapt(&xs, &ys, 4).unwrap();
+        let mut before = vec![0.0; 4 * fo];
+        s.predict(&xs, 4, &mut before).unwrap();
+
+        s.lr_scale = 1e8;
+        let e = s.adapt(&xs, &ys, 4).unwrap_err();
+        assert!(matches!(e, Error::Diverged(_)), "{e}");
+        let mut after = vec![0.0; 4 * fo];
+        s.predict(&xs, 4, &mut after).unwrap();
+        assert_eq!(
+            before, after,
+            "a diverged adaptation must leave the session as it was"
+        );
+        s.lr_scale = 1.0;
+
+        let mut nan = xs.clone();
+        nan[3] = f32::NAN;
+        assert!(matches!(
+            s.adapt(&nan, &ys, 4),
+            Err(Error::Data(DataError::NonFinite(_)))
+        ));
+        assert!(matches!(
+            s.adapt(&xs, &ys[1..], 4),
+            Err(Error::Data(DataError::Shape(_)))
+        ));
+        assert!(matches!(
+            s.adapt(&[], &[], 0),
+            Err(Error::Data(DataError::Empty(_)))
+        ));
+        assert!(matches!(
+            s.predict(&xs, 4, &mut after[1..]),
+            Err(Error::Data(DataError::Shape(_)))
+        ));
+        s.predict(&xs, 4, &mut after).unwrap();
+        assert_eq!(before, after);
+    }
+
+    #[test]
+    fn state_round_trips_and_is_refused_elsewhere() {
+        let spec = nets(Loss::Mse).remove(2).1;
+        let rt = RtModel::new(&record(spec.clone(), 7)).unwrap();
+        let (fi, fo) = (rt.input_len(), rt.output_len());
+        let mut rng = Rng::new(8);
+        let xs = f32s(rng.normals(3 * fi, 1.0));
+        let ys = f32s(rng.normals(3 * fo, 1.0));
+        let mut a = Session::new(rt.clone(), 4);
+        a.lr_scale = 0.01; // random parameters: keep the steps small
+        a.adapt(&xs, &ys, 3).unwrap();
+        let mut buf = vec![0u8; rt.state_len()];
+        assert_eq!(a.save_state(&mut buf).unwrap(), rt.state_len());
+        let mut b = Session::new(rt.clone(), 4);
+        b.load_state(&buf).unwrap();
+        let (mut pa, mut pb) = (vec![0.0; 3 * fo], vec![0.0; 3 * fo]);
+        a.predict(&xs, 3, &mut pa).unwrap();
+        b.predict(&xs, 3, &mut pb).unwrap();
+        assert_eq!(pa, pb);
+
+        let mut bad = buf.clone();
+        bad[20] ^= 1;
+        assert!(b.load_state(&bad).is_err());
+        assert!(b.load_state(&buf[..buf.len() - 1]).is_err());
+        let other = RtModel::new(&record(spec, 99)).unwrap();
+        let mut c = Session::new(other, 4);
+        let e = c.load_state(&buf).unwrap_err();
+        assert!(e.to_string().contains("another model"), "{e}");
+        // b unchanged by the failed loads.
+        b.predict(&xs, 3, &mut pb).unwrap();
+        assert_eq!(pa, pb);
+    }
+}
