@@ -164,7 +164,12 @@ impl RtModel {
             input_len: shapes.activations[0].numel(),
             output_len: shapes.activations.last().expect("non-empty").numel(),
             inner_steps: record.info.inner_steps as usize,
-            fingerprint: crc32fast::hash(&record.to_bytes()),
+            // The model file's own CRC (not a CRC over the file, trailer included: that is
+            // the same constant for every file).
+            fingerprint: {
+                let bytes = record.to_bytes();
+                u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"))
+            },
         }))
     }
 
@@ -1070,7 +1075,20 @@ mod tests {
 
     #[test]
     fn divergence_rolls_back_and_bad_input_changes_nothing() {
-        let spec = nets(Loss::Mse).remove(0).1;
+        // A linear model: a huge step must explode the loss (no ReLU can go dead).
+        let spec = crate::NetSpec {
+            input: crate::FeatureShape(vec![6]),
+            layers: vec![crate::test_support::layer(
+                Op::ShareLinear {
+                    inputs: 6,
+                    outputs: 4,
+                    k: 3,
+                    bias: true,
+                },
+                Activation::Identity,
+            )],
+            loss: Loss::Mse,
+        };
         let rt = RtModel::new(&record(spec, 5)).unwrap();
         let (fi, fo) = (rt.input_len(), rt.output_len());
         let mut rng = Rng::new(6);
