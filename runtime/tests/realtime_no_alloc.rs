@@ -1,0 +1,150 @@
+//! The real-time path allocates nothing after a session is created: proven with a global
+//! allocator that counts every allocation of this test binary.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use msr_runtime::format::{LayerRecord, ModelInfo, ModelRecord};
+use msr_runtime::realtime::{RtModel, Session};
+use msr_runtime::{Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op};
+
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::SeqCst);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    // A small LCG: this test needs numbers, not quality.
+    let mut s = seed.wrapping_mul(2_654_435_761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+fn model(loss: Loss) -> ModelRecord {
+    let layer = |op, activation| LayerSpec { op, activation };
+    let net = NetSpec {
+        input: FeatureShape(vec![2, 8, 8]),
+        layers: vec![
+            layer(
+                Op::ShareConv {
+                    geom: ConvGeom::d2(2, 3, 3, 1, 1),
+                    sharing: ConvSharing::Kronecker {
+                        ka: 3,
+                        kb: 2,
+                        kc: 9,
+                    },
+                    bias: true,
+                },
+                Activation::Relu,
+            ),
+            layer(
+                Op::ShareConv {
+                    geom: ConvGeom::d2(3, 4, 3, 2, 1),
+                    sharing: ConvSharing::Dense { k: 12 },
+                    bias: false,
+                },
+                Activation::Relu,
+            ),
+            layer(Op::Flatten, Activation::Identity),
+            layer(
+                Op::ShareLinear {
+                    inputs: 64,
+                    outputs: 5,
+                    k: 20,
+                    bias: true,
+                },
+                Activation::Identity,
+            ),
+        ],
+        loss,
+    };
+    let shapes = net.shapes().unwrap();
+    let layers = shapes
+        .params
+        .iter()
+        .enumerate()
+        .map(|(i, l)| LayerRecord {
+            shared: l
+                .shared
+                .iter()
+                .map(|[r, c]| values(r * c, i as u32).iter().map(|v| v * 0.3).collect())
+                .collect(),
+            adapted0: l.adapted.iter().map(|n| values(*n, 7 + i as u32)).collect(),
+            lr: 0.01,
+        })
+        .collect();
+    ModelRecord {
+        info: ModelInfo {
+            name: "no-alloc".into(),
+            task_family: "test".into(),
+            inner_steps: 3,
+            trainer_version: "test".into(),
+        },
+        net,
+        layers,
+    }
+}
+
+#[test]
+fn adapt_and_predict_do_not_allocate() {
+    for loss in [Loss::Mse, Loss::CrossEntropy] {
+        let rt = RtModel::new(&model(loss)).unwrap();
+        let (fi, fo) = (rt.input_len(), rt.output_len());
+        let n = 10; // more than the capacity: chunking must not allocate either
+        let x = values(n * fi, 1);
+        let mut y = vec![0.0f32; n * fo];
+        for r in 0..n {
+            y[r * fo + r % fo] = 1.0;
+        }
+        let mut out = vec![0.0f32; n * fo];
+        let mut state = vec![0u8; rt.state_len()];
+        let mut session = Session::new(rt.clone(), 4);
+        // Warm up once (nothing is lazily allocated, but make that a measured fact).
+        session.adapt(&x, &y, n).unwrap();
+
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        for _ in 0..5 {
+            session.adapt(&x, &y, n).unwrap();
+            session.refine(&x, &y, n).unwrap();
+            session.predict(&x, n, &mut out).unwrap();
+            session.predict(&x[..fi], 1, &mut out[..fo]).unwrap();
+            session.save_state(&mut state).unwrap();
+            session.load_state(&state).unwrap();
+            session.reset();
+        }
+        let after = ALLOCATIONS.load(Ordering::SeqCst);
+        assert_eq!(
+            after - before,
+            0,
+            "{loss:?}: {} allocations on the hot path",
+            after - before
+        );
+        assert!(out.iter().all(|v| v.is_finite()));
+
+        // The counter does count: creating a session allocates.
+        let before = ALLOCATIONS.load(Ordering::SeqCst);
+        let s2 = Session::new(rt.clone(), 4);
+        assert!(ALLOCATIONS.load(Ordering::SeqCst) > before);
+        drop(s2);
+    }
+}
