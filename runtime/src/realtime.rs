@@ -185,6 +185,10 @@ impl RtModel {
     pub fn loss(&self) -> Loss {
         self.loss
     }
+    /// Number of layers.
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
     /// Inner steps the model was meta-trained with.
     pub fn inner_steps(&self) -> usize {
         self.inner_steps

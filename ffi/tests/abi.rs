@@ -1,0 +1,420 @@
+//! The C ABI called as C would call it: statuses, messages, NULLs, bad data, threads.
+
+use std::ffi::CStr;
+use std::ptr;
+
+use msr::*;
+use msr_runtime::format::{LayerRecord, ModelInfo};
+use msr_runtime::{Activation, FeatureShape, LayerSpec, Loss, ModelRecord, NetSpec, Op};
+
+fn record(loss: Loss) -> ModelRecord {
+    let net = NetSpec {
+        input: FeatureShape(vec![6]),
+        layers: vec![
+            LayerSpec {
+                op: Op::ShareLinear {
+                    inputs: 6,
+                    outputs: 5,
+                    k: 4,
+                    bias: true,
+                },
+                activation: Activation::Relu,
+            },
+            LayerSpec {
+                op: Op::Linear {
+                    inputs: 5,
+                    outputs: 3,
+                    bias: true,
+                },
+                activation: Activation::Identity,
+            },
+        ],
+        loss,
+    };
+    let v = |n: usize, s: f32| {
+        (0..n)
+            .map(|i| ((i as f32 * 0.37 + s).sin()) * 0.5)
+            .collect::<Vec<f32>>()
+    };
+    ModelRecord {
+        info: ModelInfo {
+            name: "abi".into(),
+            task_family: "test".into(),
+            inner_steps: 2,
+            trainer_version: "test".into(),
+        },
+        net,
+        layers: vec![
+            LayerRecord {
+                shared: vec![v(30 * 4, 0.1)],
+                adapted0: vec![v(4, 0.2), v(5, 0.3)],
+                lr: 0.1,
+            },
+            LayerRecord {
+                shared: vec![],
+                adapted0: vec![v(15, 0.4), v(3, 0.5)],
+                lr: 0.1,
+            },
+        ],
+    }
+}
+
+fn last_error() -> String {
+    unsafe { CStr::from_ptr(msr_last_error()) }
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+fn load(bytes: &[u8]) -> (msr_status, *mut msr_model) {
+    let mut m = ptr::null_mut();
+    let s = msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut m);
+    (s, m)
+}
+
+fn data(n: usize, f: usize, seed: f32) -> Vec<f32> {
+    (0..n * f)
+        .map(|i| ((i as f32) * 0.61 + seed).cos())
+        .collect()
+}
+
+#[test]
+fn version_and_model_info() {
+    let v = unsafe { CStr::from_ptr(msr_version()) }.to_str().unwrap();
+    assert_eq!(v, env!("CARGO_PKG_VERSION"));
+    let (s, mut m) = load(&record(Loss::Mse).to_bytes());
+    assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
+    let mut info = msr_model_info::default();
+    assert_eq!(msr_model_get_info(m, &mut info), msr_status::MSR_OK);
+    assert_eq!((info.input_len, info.output_len, info.layers), (6, 3, 2));
+    assert_eq!(info.adapted_len, 4 + 5 + 15 + 3);
+    assert_eq!(info.loss, msr_loss::MSR_LOSS_MSE as i32);
+    assert_eq!(info.inner_steps, 2);
+    msr_model_free(&mut m);
+    assert!(m.is_null());
+    msr_model_free(&mut m); // pointer to NULL
+    msr_model_free(ptr::null_mut()); // NULL
+    let mut s = ptr::null_mut();
+    msr_session_free(&mut s);
+    msr_session_free(ptr::null_mut());
+}
+
+#[test]
+fn bad_files_get_their_own_status_and_message() {
+    let good = record(Loss::Mse).to_bytes();
+    let mut m = ptr::null_mut();
+    assert_eq!(
+        msr_model_load_bytes(ptr::null(), 10, &mut m),
+        msr_status::MSR_ERR_NULL
+    );
+    assert!(last_error().contains("NULL"), "{}", last_error());
+    assert_eq!(
+        msr_model_load_bytes(good.as_ptr(), good.len(), ptr::null_mut()),
+        msr_status::MSR_ERR_NULL
+    );
+
+    let (s, m) = load(&good[..good.len() - 3]);
+    assert_eq!(s, msr_status::MSR_ERR_FORMAT);
+    assert!(m.is_null());
+    assert!(last_error().contains("truncated"), "{}", last_error());
+
+    let mut corrupt = good.clone();
+    corrupt[40] ^= 0x55;
+    assert_eq!(load(&corrupt).0, msr_status::MSR_ERR_FORMAT);
+    assert!(last_error().contains("checksum"), "{}", last_error());
+
+    let mut v2 = good.clone();
+    v2[4] = 2;
+    assert_eq!(load(&v2).0, msr_status::MSR_ERR_VERSION);
+    assert!(last_error().contains("version 2"), "{}", last_error());
+
+    let path = c"/nonexistent/dir/model.msr";
+    let mut m = ptr::null_mut();
+    assert_eq!(
+        msr_model_load_file(path.as_ptr(), &mut m),
+        msr_status::MSR_ERR_IO
+    );
+    assert!(
+        last_error().contains("/nonexistent/dir/model.msr"),
+        "{}",
+        last_error()
+    );
+}
+
+#[test]
+fn bad_calls_leave_the_session_as_it_was() {
+    let (_, mut m) = load(&record(Loss::Mse).to_bytes());
+    let mut sess = ptr::null_mut();
+    let gpu = msr_session_options {
+        backend: msr_backend::MSR_BACKEND_GPU as i32,
+        ..Default::default()
+    };
+    assert_eq!(
+        msr_session_new(m, &gpu, &mut sess),
+        msr_status::MSR_ERR_BACKEND
+    );
+    let weird = msr_session_options {
+        backend: 7,
+        ..Default::default()
+    };
+    assert_eq!(
+        msr_session_new(m, &weird, &mut sess),
+        msr_status::MSR_ERR_INVALID_ARGUMENT
+    );
+    assert!(sess.is_null());
+    assert_eq!(
+        msr_session_new(m, ptr::null(), &mut sess),
+        msr_status::MSR_OK
+    );
+
+    let (x, y) = (data(4, 6, 0.0), data(4, 3, 1.0));
+    let mut loss = 0.0f32;
+    assert_eq!(
+        msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), 4, &mut loss),
+        msr_status::MSR_OK,
+        "{}",
+        last_error()
+    );
+    assert!(loss.is_finite());
+    let mut before = vec![0.0f32; 12];
+    assert_eq!(
+        msr_session_predict(sess, x.as_ptr(), x.len(), 4, before.as_mut_ptr(), 12),
+        msr_status::MSR_OK
+    );
+
+    let check_unchanged = |sess: *mut msr_session| {
+        let mut now = vec![0.0f32; 12];
+        assert_eq!(
+            msr_session_predict(sess, x.as_ptr(), x.len(), 4, now.as_mut_ptr(), 12),
+            msr_status::MSR_OK
+        );
+        assert_eq!(now, before);
+    };
+
+    // Wrong lengths, n = 0, NULLs, NaN, labels on a regression model.
+    let st = msr_session_adapt(
+        sess,
+        x.as_ptr(),
+        x.len() - 1,
+        y.as_ptr(),
+        y.len(),
+        4,
+        ptr::null_mut(),
+    );
+    assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("inputs"), "{}", last_error());
+    let st = msr_session_adapt(sess, x.as_ptr(), 0, y.as_ptr(), 0, 0, ptr::null_mut());
+    assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("empty"), "{}", last_error());
+    let st = msr_session_adapt(
+        sess,
+        ptr::null(),
+        0,
+        y.as_ptr(),
+        y.len(),
+        4,
+        ptr::null_mut(),
+    );
+    assert_eq!(st, msr_status::MSR_ERR_NULL);
+    let mut nan = y.clone();
+    nan[5] = f32::NAN;
+    let st = msr_session_adapt(
+        sess,
+        x.as_ptr(),
+        x.len(),
+        nan.as_ptr(),
+        nan.len(),
+        4,
+        ptr::null_mut(),
+    );
+    assert_eq!(st, msr_status::MSR_ERR_NON_FINITE);
+    let mut inf = x.clone();
+    inf[0] = f32::INFINITY;
+    let mut out = vec![0.0f32; 12];
+    let st = msr_session_predict(sess, inf.as_ptr(), inf.len(), 4, out.as_mut_ptr(), 12);
+    assert_eq!(st, msr_status::MSR_ERR_NON_FINITE);
+    let st = msr_session_predict(sess, x.as_ptr(), x.len(), 4, out.as_mut_ptr(), 11);
+    assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    let labels = [0i32, 1, 2, 0];
+    let st = msr_session_adapt_labels(
+        sess,
+        x.as_ptr(),
+        x.len(),
+        labels.as_ptr(),
+        4,
+        ptr::null_mut(),
+    );
+    assert_eq!(st, msr_status::MSR_ERR_UNSUPPORTED);
+    check_unchanged(sess);
+
+    // A divergent adaptation is rolled back.
+    let mut hot = ptr::null_mut();
+    let opts = msr_session_options {
+        lr_scale: 1e9,
+        ..Default::default()
+    };
+    assert_eq!(msr_session_new(m, &opts, &mut hot), msr_status::MSR_OK);
+    let mut p0 = vec![0.0f32; 12];
+    msr_session_predict(hot, x.as_ptr(), x.len(), 4, p0.as_mut_ptr(), 12);
+    let st = msr_session_adapt(
+        hot,
+        x.as_ptr(),
+        x.len(),
+        y.as_ptr(),
+        y.len(),
+        4,
+        ptr::null_mut(),
+    );
+    assert_eq!(st, msr_status::MSR_ERR_DIVERGED, "{}", last_error());
+    assert!(last_error().contains("rolled back"), "{}", last_error());
+    let mut p1 = vec![0.0f32; 12];
+    msr_session_predict(hot, x.as_ptr(), x.len(), 4, p1.as_mut_ptr(), 12);
+    assert_eq!(p0, p1);
+
+    // Saved state: round trip into a fresh session; refused when corrupt.
+    let mut info = msr_model_info::default();
+    msr_model_get_info(m, &mut info);
+    let mut buf = vec![0u8; info.state_len];
+    let mut written = 0usize;
+    assert_eq!(
+        msr_session_save_state(sess, buf.as_mut_ptr(), buf.len(), &mut written),
+        msr_status::MSR_OK
+    );
+    assert_eq!(written, info.state_len);
+    assert_eq!(msr_session_reset(hot), msr_status::MSR_OK);
+    assert_eq!(
+        msr_session_load_state(hot, buf.as_ptr(), buf.len()),
+        msr_status::MSR_OK
+    );
+    check_unchanged(hot);
+    buf[13] ^= 1;
+    assert_eq!(
+        msr_session_load_state(hot, buf.as_ptr(), buf.len()),
+        msr_status::MSR_ERR_FORMAT
+    );
+    check_unchanged(hot);
+    let st = msr_session_save_state(sess, buf.as_mut_ptr(), 3, &mut written);
+    assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
+
+    // Free the model first: sessions keep it alive.
+    msr_model_free(&mut m);
+    check_unchanged(sess);
+    msr_session_free(&mut sess);
+    msr_session_free(&mut hot);
+    assert!(sess.is_null() && hot.is_null());
+}
+
+#[test]
+fn classification_models_take_labels() {
+    let (_, mut m) = load(&record(Loss::CrossEntropy).to_bytes());
+    let mut sess = ptr::null_mut();
+    assert_eq!(
+        msr_session_new(m, ptr::null(), &mut sess),
+        msr_status::MSR_OK
+    );
+    let x = data(6, 6, 0.3);
+    let labels = [0i32, 1, 2, 0, 1, 2];
+    let (mut before, mut after) = (0.0f32, 0.0f32);
+    let y0: Vec<f32> = labels
+        .iter()
+        .flat_map(|&l| (0..3).map(move |c| if c == l { 1.0 } else { 0.0 }))
+        .collect();
+    // The loss before adapting, via a zero-step session.
+    let mut zero = ptr::null_mut();
+    let opts = msr_session_options {
+        inner_steps: 1,
+        lr_scale: 1e-12,
+        ..Default::default()
+    };
+    msr_session_new(m, &opts, &mut zero);
+    assert_eq!(
+        msr_session_adapt_labels(zero, x.as_ptr(), x.len(), labels.as_ptr(), 6, &mut before),
+        msr_status::MSR_OK,
+        "{}",
+        last_error()
+    );
+    assert_eq!(
+        msr_session_adapt_labels(sess, x.as_ptr(), x.len(), labels.as_ptr(), 6, &mut after),
+        msr_status::MSR_OK
+    );
+    assert!(
+        after < before,
+        "adapting lowers the support loss: {before} -> {after}"
+    );
+    let bad = [0i32, 1, 3, 0, 1, 2];
+    let st = msr_session_adapt_labels(sess, x.as_ptr(), x.len(), bad.as_ptr(), 6, ptr::null_mut());
+    assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("label 2 is 3"), "{}", last_error());
+    let st = msr_session_adapt(
+        sess,
+        x.as_ptr(),
+        x.len(),
+        y0.as_ptr(),
+        y0.len(),
+        6,
+        ptr::null_mut(),
+    );
+    assert_eq!(st, msr_status::MSR_ERR_UNSUPPORTED);
+    msr_session_free(&mut sess);
+    msr_session_free(&mut zero);
+    msr_model_free(&mut m);
+}
+
+/// 8 threads share one model, each adapting and predicting its own tasks: the results equal
+/// the single-threaded ones.
+#[test]
+fn eight_threads_on_one_model_match_one_thread() {
+    struct Shared(*mut msr_model);
+    unsafe impl Send for Shared {}
+    unsafe impl Sync for Shared {}
+    let (_, m) = load(&record(Loss::Mse).to_bytes());
+    let shared = std::sync::Arc::new(Shared(m));
+
+    let run = |model: *mut msr_model, task: usize| -> Vec<f32> {
+        let mut s = ptr::null_mut();
+        assert_eq!(
+            msr_session_new(model, ptr::null(), &mut s),
+            msr_status::MSR_OK
+        );
+        let mut results = Vec::new();
+        for round in 0..50 {
+            let seed = (task * 100 + round) as f32 * 0.01;
+            let (x, y) = (data(3, 6, seed), data(3, 3, seed + 0.5));
+            assert_eq!(
+                msr_session_adapt(
+                    s,
+                    x.as_ptr(),
+                    x.len(),
+                    y.as_ptr(),
+                    y.len(),
+                    3,
+                    ptr::null_mut()
+                ),
+                msr_status::MSR_OK
+            );
+            let mut out = vec![0.0f32; 9];
+            assert_eq!(
+                msr_session_predict(s, x.as_ptr(), x.len(), 3, out.as_mut_ptr(), 9),
+                msr_status::MSR_OK
+            );
+            results.extend(out);
+        }
+        msr_session_free(&mut s);
+        results
+    };
+    let expected: Vec<Vec<f32>> = (0..8).map(|t| run(m, t)).collect();
+    let handles: Vec<_> = (0..8)
+        .map(|t| {
+            let shared = shared.clone();
+            std::thread::spawn(move || {
+                let shared = shared;
+                run(shared.0, t)
+            })
+        })
+        .collect();
+    for (t, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), expected[t], "thread {t}");
+    }
+    let mut m = m;
+    msr_model_free(&mut m);
+}
