@@ -1,0 +1,223 @@
+//! Builds the C and C++ examples with the system compilers against the freshly built
+//! libmsr, runs them on a freshly trained model, and runs the C example under valgrind.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use msr_runtime::format::{LayerRecord, ModelInfo};
+use msr_runtime::{Activation, FeatureShape, LayerSpec, Loss, ModelRecord, NetSpec, Op};
+use msr_trainer::models::ModelKind;
+use msr_trainer::tasks::Problem;
+use msr_trainer::train::{TrainConfig, Trainer};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// target/<profile>, from this test binary's path (target/<profile>/deps/<binary>).
+fn lib_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
+    if !dir.join("libmsr.so").exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "--release", "-p", "msr-ffi"])
+            .current_dir(root())
+            .status()
+            .unwrap();
+        assert!(status.success(), "building libmsr failed");
+    }
+    assert!(
+        dir.join("libmsr.so").exists(),
+        "no libmsr.so in {}",
+        dir.display()
+    );
+    dir
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{text}",
+        out.status
+    );
+    text
+}
+
+fn work_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("msr-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn trained_rank1(dir: &Path) -> PathBuf {
+    let mut config = TrainConfig::new(Problem::Rank1, ModelKind::MsrFc);
+    config.steps = 400;
+    let mut t = Trainer::new(config).unwrap();
+    for _ in 0..400 {
+        t.outer_step();
+    }
+    let path = dir.join("rank1.msr");
+    std::fs::write(&path, t.record().to_bytes()).unwrap();
+    path
+}
+
+fn classifier(dir: &Path) -> PathBuf {
+    let net = NetSpec {
+        input: FeatureShape(vec![8]),
+        layers: vec![LayerSpec {
+            op: Op::ShareLinear {
+                inputs: 8,
+                outputs: 4,
+                k: 32,
+                bias: true,
+            },
+            activation: Activation::Identity,
+        }],
+        loss: Loss::CrossEntropy,
+    };
+    // U = identity: a plain linear classifier that adapts all its weights.
+    let u: Vec<f32> = (0..32 * 32)
+        .map(|e| if e / 32 == e % 32 { 1.0 } else { 0.0 })
+        .collect();
+    let rec = ModelRecord {
+        info: ModelInfo {
+            name: "linear-classifier".into(),
+            task_family: "synthetic".into(),
+            inner_steps: 5,
+            trainer_version: "test".into(),
+        },
+        net,
+        layers: vec![LayerRecord {
+            shared: vec![u],
+            adapted0: vec![vec![0.0; 32], vec![0.0; 4]],
+            lr: 2.0,
+        }],
+    };
+    let path = dir.join("classifier.msr");
+    std::fs::write(&path, rec.to_bytes()).unwrap();
+    path
+}
+
+fn number_after(text: &str, label: &str) -> f64 {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no '{label}' in:\n{text}"))
+        + label.len();
+    text[at..]
+        .split_whitespace()
+        .next()
+        .and_then(|w| {
+            w.trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no number after '{label}' in:\n{text}"))
+}
+
+#[test]
+fn c_and_cpp_examples_build_run_and_are_valgrind_clean() {
+    let lib = lib_dir();
+    let dir = work_dir("examples");
+    let include = root().join("include");
+    let model = trained_rank1(&dir);
+
+    let adapt = dir.join("adapt");
+    run(
+        Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args([
+                "-std=c99",
+                "-O2",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-pedantic",
+            ])
+            .arg("-I")
+            .arg(&include)
+            .arg(root().join("examples/c/adapt.c"))
+            .arg("-o")
+            .arg(&adapt)
+            .arg(format!("-L{}", lib.display()))
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .args(["-lmsr", "-lm"]),
+    );
+    let out = run(Command::new(&adapt).arg(&model));
+    let before = number_after(&out, "query MSE before adapting:");
+    let after = number_after(&out, "query MSE after adapting on 1 example(s):");
+    assert!(after < 0.5 * before, "adapting must help:\n{out}");
+    assert!(
+        out.contains("saved and restored the adapted state"),
+        "{out}"
+    );
+    assert!(out.contains("a NULL input is refused"), "{out}");
+
+    let out = run(Command::new(&adapt).arg(classifier(&dir)).arg("classify"));
+    assert!(out.contains("query accuracy"), "{out}");
+
+    let out = Command::new(&adapt)
+        .arg(dir.join("missing.msr"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.msr"));
+
+    let robot = dir.join("robot_loop");
+    run(
+        Command::new(std::env::var("CXX").unwrap_or_else(|_| "c++".into()))
+            .args(["-std=c++17", "-O2", "-Wall", "-Wextra", "-Werror"])
+            .arg("-I")
+            .arg(&include)
+            .arg(root().join("examples/cpp/robot_loop.cpp"))
+            .arg("-o")
+            .arg(&robot)
+            .arg(format!("-L{}", lib.display()))
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-lmsr"),
+    );
+    let out = run(Command::new(&robot).arg(&model).args([
+        "--ticks", "900", "--rate", "5000", "--switch", "300", "--window", "3",
+    ]));
+    let befores: Vec<f64> = out
+        .match_indices("error before adapting")
+        .map(|(i, _)| number_after(&out[i..], "error before adapting"))
+        .collect();
+    let afters: Vec<f64> = out
+        .match_indices("mean error after adapting")
+        .map(|(i, _)| number_after(&out[i..], "mean error after adapting"))
+        .collect();
+    assert_eq!((befores.len(), afters.len()), (3, 3), "{out}");
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        mean(&afters) < 0.5 * mean(&befores),
+        "adapting in the loop must help:\n{out}"
+    );
+    assert!(out.contains("predict latency"), "{out}");
+
+    // valgrind: no memory errors, no leaks.
+    if std::env::var_os("MSR_SKIP_VALGRIND").is_none() {
+        let vg = Command::new("valgrind")
+            .args([
+                "--error-exitcode=99",
+                "--leak-check=full",
+                "--errors-for-leak-kinds=definite,indirect",
+                "--show-leak-kinds=definite,indirect",
+            ])
+            .arg(&adapt)
+            .arg(&model)
+            .output()
+            .expect("valgrind is required (apt-get install valgrind; MSR_SKIP_VALGRIND=1 to skip)");
+        let text = String::from_utf8_lossy(&vg.stderr);
+        assert!(vg.status.success(), "valgrind found problems:\n{text}");
+        assert!(text.contains("ERROR SUMMARY: 0 errors"), "{text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
