@@ -5,7 +5,7 @@
 use burn::tensor::Tensor;
 
 use super::*;
-use crate::spec::{Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op};
+use crate::spec::{Activation, FeatureShape, Loss, NetSpec, Op};
 use crate::test_support::*;
 
 /// Hand-written gradient of the summed per-task loss vs burn's autodiff.

@@ -46,8 +46,10 @@ enum Kind {
 enum Weights {
     /// W = adapted vector.
     Plain,
-    /// W = U v, U row-major `[rows, k]`.
-    Dense { u: Vec<f32>, k: usize },
+    /// W = U v, stored transposed: `ut` row-major `[k, rows]`, so that materialising
+    /// (sum of k scaled columns) and its backward (k dot products) run over long,
+    /// contiguous, vectorisable rows even when k is tiny.
+    Dense { ut: Vec<f32>, rows: usize },
     /// W = (A ⊗ B ⊗ C) v.
     Kron {
         a: Vec<f32>,
@@ -119,10 +121,17 @@ impl RtModel {
                 | Op::ShareConv {
                     sharing: ConvSharing::Dense { k },
                     ..
-                } => Weights::Dense {
-                    u: rec.shared[0].clone(),
-                    k: *k,
-                },
+                } => {
+                    let u = &rec.shared[0];
+                    let rows = u.len() / k;
+                    let mut ut = vec![0.0; u.len()];
+                    for r in 0..rows {
+                        for j in 0..*k {
+                            ut[j * rows + r] = u[r * k + j];
+                        }
+                    }
+                    Weights::Dense { ut, rows }
+                }
                 Op::ShareConv {
                     geom,
                     sharing: ConvSharing::Kronecker { ka, kb, kc },
@@ -144,7 +153,7 @@ impl RtModel {
             };
             let weight_len = match &weights {
                 Weights::Plain => rec.adapted0.first().map_or(0, Vec::len),
-                Weights::Dense { u, k } => u.len() / k,
+                Weights::Dense { rows, .. } => *rows,
                 Weights::Kron { dims, .. } => dims[0] * dims[1] * dims[2],
             };
             layers.push(Layer {
@@ -441,13 +450,24 @@ impl Session {
         if from_init {
             self.reset();
         }
-        let initial = self.pass(x, y, n, false);
-        let mut loss = initial;
+        // Each gradient pass also yields the loss at the current parameters, so a check
+        // costs one extra forward pass in all: after the last step.
+        let mut initial = f32::NAN;
         for step in 1..=self.inner_steps {
-            self.pass(x, y, n, true);
+            let before = self.pass(x, y, n, true);
+            if step == 1 {
+                initial = before;
+            }
             self.sgd_step();
-            loss = self.pass(x, y, n, false);
-            if !loss.is_finite() || loss > initial * EXPLODE_FACTOR + EXPLODE_SLACK {
+            let loss = if step == self.inner_steps {
+                self.pass(x, y, n, false)
+            } else {
+                before
+            };
+            if !loss.is_finite()
+                || !before.is_finite()
+                || loss > initial * EXPLODE_FACTOR + EXPLODE_SLACK
+            {
                 for (a, b) in self.adapted.iter_mut().zip(&self.backup) {
                     for (av, bv) in a.iter_mut().zip(b) {
                         av.copy_from_slice(bv);
@@ -461,8 +481,12 @@ impl Session {
                 }
                 .into());
             }
+            if step == self.inner_steps {
+                return Ok(loss);
+            }
         }
-        Ok(loss)
+        // Zero inner steps: report the loss of the parameters as they are.
+        Ok(self.pass(x, y, n, false))
     }
 
     fn sgd_step(&mut self) {
@@ -727,9 +751,10 @@ fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
 fn materialize(weights: &Weights, v: &[f32], w: &mut [f32], s0: &mut [f32], s1: &mut [f32]) {
     match weights {
         Weights::Plain => w.copy_from_slice(v),
-        Weights::Dense { u, k } => {
-            for (wr, ur) in w.iter_mut().zip(u.chunks_exact(*k)) {
-                *wr = dot(ur, v);
+        Weights::Dense { ut, rows } => {
+            w.fill(0.0);
+            for (vj, col) in v.iter().zip(ut.chunks_exact(*rows)) {
+                axpy(*vj, col, w);
             }
         }
         Weights::Kron { a, b, c, dims } => {
@@ -742,10 +767,9 @@ fn materialize(weights: &Weights, v: &[f32], w: &mut [f32], s0: &mut [f32], s1: 
 fn weights_backward(weights: &Weights, dw: &[f32], dv: &mut [f32], s0: &mut [f32], s1: &mut [f32]) {
     match weights {
         Weights::Plain => dv.copy_from_slice(dw),
-        Weights::Dense { u, k } => {
-            dv.fill(0.0);
-            for (g, ur) in dw.iter().zip(u.chunks_exact(*k)) {
-                axpy(*g, ur, dv);
+        Weights::Dense { ut, rows } => {
+            for (dj, col) in dv.iter_mut().zip(ut.chunks_exact(*rows)) {
+                *dj = dot(col, dw);
             }
         }
         Weights::Kron { a, b, c, dims } => {

@@ -1,0 +1,248 @@
+//! Latency of the real-time path through the C ABI, against the same work through
+//! burn-ndarray in the same process.
+//!
+//!   cargo bench -p msr-ffi --bench latency
+//!
+//! Besides criterion's medians, prints p50 / p99 / max of single calls, measured one by
+//! one (criterion reports central tendencies, not tails).
+
+use std::hint::black_box;
+use std::ptr;
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use msr::*;
+use msr_runtime::format::{LayerRecord, ModelInfo};
+use msr_runtime::{
+    Activation, DType, FeatureShape, LayerSpec, Loss, Model, ModelRecord, NetSpec, Op, Tensor,
+    TensorData,
+};
+
+fn values(n: usize, scale: f32, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect()
+}
+
+/// A model with the shapes of rank1 MSR-FC (70 -> 68, k = 3).
+fn rank1() -> ModelRecord {
+    ModelRecord {
+        info: ModelInfo {
+            name: "rank1-shaped".into(),
+            task_family: "rank1".into(),
+            inner_steps: 1,
+            trainer_version: "bench".into(),
+        },
+        net: NetSpec {
+            input: FeatureShape(vec![70]),
+            layers: vec![LayerSpec {
+                op: Op::ShareLinear {
+                    inputs: 70,
+                    outputs: 68,
+                    k: 3,
+                    bias: false,
+                },
+                activation: Activation::Identity,
+            }],
+            loss: Loss::Mse,
+        },
+        layers: vec![LayerRecord {
+            shared: vec![values(4760 * 3, 0.05, 1)],
+            adapted0: vec![values(3, 0.1, 2)],
+            lr: 0.1,
+        }],
+    }
+}
+
+/// The 64 -> 256 -> 64 MSR MLP of DESIGN.md section 5 (k = 256 per layer, ReLU).
+fn mlp() -> ModelRecord {
+    let share = |i, o| Op::ShareLinear {
+        inputs: i,
+        outputs: o,
+        k: 256,
+        bias: false,
+    };
+    ModelRecord {
+        info: ModelInfo {
+            name: "mlp".into(),
+            task_family: "bench".into(),
+            inner_steps: 5,
+            trainer_version: "bench".into(),
+        },
+        net: NetSpec {
+            input: FeatureShape(vec![64]),
+            layers: vec![
+                LayerSpec {
+                    op: share(64, 256),
+                    activation: Activation::Relu,
+                },
+                LayerSpec {
+                    op: share(256, 64),
+                    activation: Activation::Identity,
+                },
+            ],
+            loss: Loss::Mse,
+        },
+        layers: vec![
+            LayerRecord {
+                shared: vec![values(64 * 256 * 256, 0.01, 3)],
+                adapted0: vec![values(256, 0.1, 4)],
+                lr: 0.1,
+            },
+            LayerRecord {
+                shared: vec![values(256 * 64 * 256, 0.01, 5)],
+                adapted0: vec![values(256, 0.1, 6)],
+                lr: 0.1,
+            },
+        ],
+    }
+}
+
+fn c_session(rec: &ModelRecord) -> (*mut msr_model, *mut msr_session) {
+    let bytes = rec.to_bytes();
+    let mut m = ptr::null_mut();
+    assert_eq!(
+        msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut m),
+        msr_status::MSR_OK
+    );
+    let mut s = ptr::null_mut();
+    assert_eq!(msr_session_new(m, ptr::null(), &mut s), msr_status::MSR_OK);
+    (m, s)
+}
+
+/// Times single calls for up to 20,000 calls or 3 seconds, after a short warm-up.
+fn tails(name: &str, mut f: impl FnMut()) {
+    for _ in 0..100 {
+        f();
+    }
+    let start = Instant::now();
+    let mut us = Vec::with_capacity(20_000);
+    while us.len() < 20_000 && (us.len() < 100 || start.elapsed().as_secs() < 3) {
+        let t = Instant::now();
+        f();
+        us.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    us.sort_by(f64::total_cmp);
+    let q = |p: f64| us[((us.len() - 1) as f64 * p) as usize];
+    println!(
+        "{name}: single calls p50 {:.2} us, p99 {:.2} us, max {:.2} us ({} calls)",
+        q(0.5),
+        q(0.99),
+        q(1.0),
+        us.len()
+    );
+}
+
+fn rank1_adapt_predict(c: &mut Criterion) {
+    let rec = rank1();
+    let (x, y) = (values(20 * 70, 1.0, 7), values(20 * 68, 1.0, 8));
+    let (xs, ys, xq) = (&x[..70], &y[..68], &x[70..]);
+    let mut out = vec![0.0f32; 19 * 68];
+
+    let (mut m, mut s) = c_session(&rec);
+    let mut c_abi = || {
+        let st = msr_session_adapt(s, xs.as_ptr(), 70, ys.as_ptr(), 68, 1, ptr::null_mut());
+        let sp = msr_session_predict(s, xq.as_ptr(), 19 * 70, 19, out.as_mut_ptr(), 19 * 68);
+        assert_eq!((st, sp), (msr_status::MSR_OK, msr_status::MSR_OK));
+        black_box(&out);
+    };
+
+    let device = msr_runtime::device::cpu();
+    let model = Model::from_record(&rec, &device, DType::F32).unwrap();
+    let t = |v: &[f32], n: usize, f: usize| {
+        Tensor::<3>::from_data(
+            TensorData::new(v.to_vec(), [1, n, f]),
+            (&device, DType::F32),
+        )
+    };
+    let (txs, tys, txq) = (t(xs, 1, 70), t(ys, 1, 68), t(xq, 19, 70));
+    let mut burn = || {
+        // The same work, on burn-ndarray: adapt (1 step, 1 example), predict 19, read back.
+        let task = model
+            .net()
+            .adapt(model.params(), txs.clone(), tys.clone(), 1);
+        let pred = model.net().forward(model.params(), &task, txq.clone());
+        black_box(pred.into_data());
+    };
+
+    let mut g = c.benchmark_group("rank1 msr-fc: adapt (1 step, 1 example) + predict 19");
+    g.bench_function("C ABI, real-time engine", |b| b.iter(&mut c_abi));
+    g.bench_function("burn-ndarray", |b| b.iter(&mut burn));
+    g.finish();
+    tails("rank1 adapt+predict, C ABI", &mut c_abi);
+    tails("rank1 adapt+predict, burn-ndarray", &mut burn);
+    msr_session_free(&mut s);
+    msr_model_free(&mut m);
+}
+
+fn mlp_predict(c: &mut Criterion) {
+    let rec = mlp();
+    let x = values(64, 1.0, 9);
+    let mut out = vec![0.0f32; 64];
+    let (mut m, mut s) = c_session(&rec);
+    // Adapt once (10 examples, 5 steps) so the weights are a task's, then time predict.
+    let (xs, ys) = (values(10 * 64, 1.0, 10), values(10 * 64, 1.0, 11));
+    assert_eq!(
+        msr_session_adapt(
+            s,
+            xs.as_ptr(),
+            xs.len(),
+            ys.as_ptr(),
+            ys.len(),
+            10,
+            ptr::null_mut()
+        ),
+        msr_status::MSR_OK
+    );
+    let mut c_abi = || {
+        let st = msr_session_predict(s, x.as_ptr(), 64, 1, out.as_mut_ptr(), 64);
+        assert_eq!(st, msr_status::MSR_OK);
+        black_box(&out);
+    };
+    let device = msr_runtime::device::cpu();
+    let model = Model::from_record(&rec, &device, DType::F32).unwrap();
+    let task = model.initial(1);
+    let tx = Tensor::<3>::from_data(
+        TensorData::new(x.clone(), [1, 1, 64]),
+        (&device, DType::F32),
+    );
+    let mut burn = || {
+        let pred = model.net().forward(model.params(), &task, tx.clone());
+        black_box(pred.into_data());
+    };
+    let mut g = c.benchmark_group("msr mlp 64-256-64 (k=256): predict 1 example");
+    g.sample_size(20);
+    g.bench_function("C ABI, real-time engine", |b| b.iter(&mut c_abi));
+    g.bench_function("burn-ndarray", |b| b.iter(&mut burn));
+    g.finish();
+    tails("mlp predict, C ABI", &mut c_abi);
+    tails("mlp predict, burn-ndarray", &mut burn);
+
+    let mut adapt = || {
+        let st = msr_session_adapt(
+            s,
+            xs.as_ptr(),
+            xs.len(),
+            ys.as_ptr(),
+            ys.len(),
+            10,
+            ptr::null_mut(),
+        );
+        assert_eq!(st, msr_status::MSR_OK);
+    };
+    let mut g = c.benchmark_group("msr mlp 64-256-64 (k=256): adapt 5 steps, 10 examples");
+    g.sample_size(20);
+    g.bench_function("C ABI, real-time engine", |b| b.iter(&mut adapt));
+    g.finish();
+    msr_session_free(&mut s);
+    msr_model_free(&mut m);
+}
+
+criterion_group!(benches, rank1_adapt_predict, mlp_predict);
+criterion_main!(benches);
