@@ -12,6 +12,8 @@
 //! - [`format`]: the `.msr` model file;
 //! - [`Model`]: a loaded model.
 
+#[cfg(test)]
+mod conformance;
 pub mod device;
 pub mod error;
 pub mod format;
