@@ -109,8 +109,10 @@ fn close(name: &str, what: &str, got: &[f64], reference: &[f64], tol: f64) {
 fn every_backend_computes_what_the_f64_cpu_computes() {
     let cpu = crate::device::cpu();
     let backends = backends();
+    let names: Vec<&String> = backends.iter().map(|(n, _)| n).collect();
+    println!("conformance backends: {names:?}");
     for case in cases() {
-        let [t, n, fi] = case.dims;
+        let [t, n, _] = case.dims;
         let ydims = [t, n, case.out_len];
         // The f64 CPU reference.
         let net64 = Net::new(case.spec.clone(), &cpu).unwrap();

@@ -81,6 +81,9 @@ enum Command {
         /// Timed repetitions (after 20 warm-up steps).
         #[arg(long, default_value_t = 200)]
         reps: usize,
+        /// Where to compute: cpu, gpu or gpu:N.
+        #[arg(long, default_value = "cpu")]
+        device: String,
     },
 }
 
@@ -134,6 +137,9 @@ struct TrainArgs {
     /// Write a checkpoint every this many steps.
     #[arg(long, default_value_t = 100)]
     checkpoint_every: u64,
+    /// Where to compute: cpu, gpu (the first adapter) or gpu:N (needs the `wgpu` feature).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -156,6 +162,9 @@ struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Where to compute: cpu, gpu or gpu:N.
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn main() -> ExitCode {
@@ -207,7 +216,9 @@ fn run(command: Command) -> Result<()> {
             model,
             tasks,
             reps,
+            device,
         } => {
+            let device = msr_runtime::device::by_name(&device)?;
             let mut c = TrainConfig::new(problem, model);
             c.tasks_per_step = tasks;
             let mut fo = c.clone();
@@ -215,8 +226,16 @@ fn run(command: Command) -> Result<()> {
             // Both in this process, interleaved in rounds, so machine noise hits both alike.
             let (mut exact, mut first) = (Vec::new(), Vec::new());
             for _ in 0..5 {
-                exact.push(msr_trainer::train::bench_outer_step(c.clone(), reps / 5)?);
-                first.push(msr_trainer::train::bench_outer_step(fo.clone(), reps / 5)?);
+                exact.push(msr_trainer::train::bench_outer_step(
+                    c.clone(),
+                    device.clone(),
+                    reps / 5,
+                )?);
+                first.push(msr_trainer::train::bench_outer_step(
+                    fo.clone(),
+                    device.clone(),
+                    reps / 5,
+                )?);
             }
             let med = |rs: &[msr_trainer::train::BenchResult]| {
                 let mut m: Vec<f64> = rs.iter().map(|r| r.median_ms).collect();
@@ -262,15 +281,16 @@ fn train(args: TrainArgs) -> Result<TrainOutcome> {
         .ok_or("--support must be below 20")?;
     config.first_order = args.first_order;
 
+    let device = msr_runtime::device::by_name(&args.device)?;
     let (dir, mut trainer) = match (&args.resume, &args.out) {
         (Some(dir), _) => {
-            let t = Trainer::resume(&dir.join("checkpoint.bin"), Some(&config))?;
+            let t = Trainer::resume_on(&dir.join("checkpoint.bin"), Some(&config), device)?;
             info!("resuming {} at step {}", dir.display(), t.step);
             (dir.clone(), t)
         }
         (None, Some(dir)) => {
             fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            (dir.clone(), Trainer::new(config.clone())?)
+            (dir.clone(), Trainer::on_device(config.clone(), device)?)
         }
         (None, None) => return Err("give --out DIR (or --resume DIR)".into()),
     };
@@ -358,7 +378,7 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
             if step.is_multiple_of(opts.eval_every) || done || step == 1 {
                 let model = Model::from_record(
                     &trainer.record(),
-                    &msr_runtime::device::cpu(),
+                    trainer.device(),
                     msr_runtime::DType::F32,
                 )?;
                 let e = evaluate(
@@ -401,11 +421,8 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
     let eval = match last_eval {
         Some(e) => e,
         None => {
-            let model = Model::from_record(
-                &trainer.record(),
-                &msr_runtime::device::cpu(),
-                msr_runtime::DType::F32,
-            )?;
+            let model =
+                Model::from_record(&trainer.record(), trainer.device(), msr_runtime::DType::F32)?;
             evaluate(
                 &model,
                 trainer.family(),
@@ -429,7 +446,8 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    let model = Model::load(&args.model, &msr_runtime::device::cpu())?;
+    let device = msr_runtime::device::by_name(&args.device)?;
+    let model = Model::load(&args.model, &device)?;
     let problem = match args.problem {
         Some(p) => p,
         None => model.info().task_family.parse::<Problem>()?,
@@ -483,6 +501,7 @@ fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
             eval_every: steps.max(1),
             eval_tasks: 300,
             checkpoint_every: steps.max(1),
+            device: "cpu".into(),
         };
         let outcome = train(args)?;
         // Reload the exported file through the runtime, as a robot would, and evaluate.

@@ -165,6 +165,8 @@ impl DeviceBatch {
 pub struct Trainer {
     /// Its configuration.
     pub config: TrainConfig,
+    /// Where it computes (without autodiff; the outer loop adds it).
+    device: Device,
     family: Family,
     net: Net,
     params: MetaParams,
@@ -224,8 +226,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 }
 
 impl Trainer {
-    /// A fresh run: parameters initialised from the seed.
+    /// A fresh run on the CPU: parameters initialised from the seed.
     pub fn new(config: TrainConfig) -> Result<Self, TrainError> {
+        Self::on_device(config, msr_runtime::device::cpu())
+    }
+
+    /// A fresh run on `device` (see `msr_runtime::device`).
+    pub fn on_device(config: TrainConfig, device: Device) -> Result<Self, TrainError> {
         let (problem, kind) = config.kinds().map_err(TrainError::Config)?;
         if config.tasks_per_step == 0 || config.support == 0 || config.query == 0 {
             return Err(TrainError::Config(
@@ -235,7 +242,7 @@ impl Trainer {
         let spec = models::spec(kind, problem, config.k).map_err(TrainError::Config)?;
         let init = models::init(&spec, config.inner_lr, &mut Rng::derive(&[config.seed, 0]))
             .map_err(msr_runtime::Error::from)?;
-        Self::from_parts(config, spec, &init, None, 0)
+        Self::from_parts(config, spec, &init, None, 0, device)
     }
 
     fn from_parts(
@@ -244,9 +251,10 @@ impl Trainer {
         layers: &[LayerRecord],
         adam_state: Option<AdamState>,
         step: u64,
+        plain: Device,
     ) -> Result<Self, TrainError> {
         let (problem, _) = config.kinds().map_err(TrainError::Config)?;
-        let device = msr_runtime::device::cpu().autodiff();
+        let device = plain.clone().autodiff();
         let net = Net::new(spec, &device).map_err(msr_runtime::Error::from)?;
         let params = params_from_record(&net, layers, DType::F32).map(|t| t.require_grad());
         let mut adam = Adam::new(config.outer_lr, &params);
@@ -258,10 +266,7 @@ impl Trainer {
                 ));
             }
             let up = |xs: &Vec<f32>, s: [usize; 2]| {
-                Tensor::from_data(
-                    TensorData::new(xs.clone(), s),
-                    (&msr_runtime::device::cpu(), DType::F32),
-                )
+                Tensor::from_data(TensorData::new(xs.clone(), s), (&plain, DType::F32))
             };
             for (i, s) in shapes.iter().enumerate() {
                 if m[i].len() != s[0] * s[1] || v[i].len() != s[0] * s[1] {
@@ -274,12 +279,18 @@ impl Trainer {
         }
         Ok(Trainer {
             family: Family::new(problem),
+            device: plain,
             config,
             net,
             params,
             adam,
             step,
         })
+    }
+
+    /// The device it computes on (without autodiff).
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// The task family.
@@ -374,9 +385,18 @@ impl Trainer {
         std::fs::rename(&tmp, path).map_err(io(path))
     }
 
+    /// Resumes from a checkpoint on the CPU; see [`Trainer::resume_on`].
+    pub fn resume(path: &Path, expected: Option<&TrainConfig>) -> Result<Self, TrainError> {
+        Self::resume_on(path, expected, msr_runtime::device::cpu())
+    }
+
     /// Resumes from a checkpoint; refuses a corrupt one or one of another configuration
     /// (`expected`, when given, must match except for the total number of steps).
-    pub fn resume(path: &Path, expected: Option<&TrainConfig>) -> Result<Self, TrainError> {
+    pub fn resume_on(
+        path: &Path,
+        expected: Option<&TrainConfig>,
+        device: Device,
+    ) -> Result<Self, TrainError> {
         let bad = |reason: String| TrainError::Checkpoint {
             path: path.to_path_buf(),
             reason,
@@ -422,6 +442,7 @@ impl Trainer {
             &ck.params,
             Some((ck.adam_t, ck.adam_m, ck.adam_v)),
             ck.step,
+            device,
         )
     }
 }
@@ -491,8 +512,12 @@ pub struct BenchResult {
 
 /// Times `reps` outer steps (after 20 warm-up steps) on pre-generated batches, so that only
 /// the meta-gradient and the update are timed.
-pub fn bench_outer_step(config: TrainConfig, reps: usize) -> Result<BenchResult, TrainError> {
-    let mut t = Trainer::new(config)?;
+pub fn bench_outer_step(
+    config: TrainConfig,
+    device: Device,
+    reps: usize,
+) -> Result<BenchResult, TrainError> {
+    let mut t = Trainer::on_device(config, device)?;
     let fam = t.family().clone();
     let batches: Vec<DeviceBatch> = (0..8u64)
         .map(|s| {
