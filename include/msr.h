@@ -53,8 +53,13 @@ typedef enum msr_loss {
 typedef enum msr_backend {
   // The allocation-free CPU engine (the default; the real-time path).
   MSR_BACKEND_CPU = 0,
-  // The GPU (burn-wgpu). Not yet available through the C ABI: `MSR_ERR_BACKEND`.
+  // The first GPU adapter, through burn-wgpu. Needs a libmsr built with the `wgpu`
+  // feature and an adapter (`MSR_ERR_BACKEND` otherwise; the library never falls back
+  // to the CPU on its own). Not allocation-free.
   MSR_BACKEND_GPU = 1,
+  // burn-ndarray on the CPU: the reference path the GPU shares (for checking results
+  // against the real-time engine). Not allocation-free.
+  MSR_BACKEND_CPU_BURN = 2,
 } msr_backend;
 
 // A loaded model (opaque). Immutable; share it freely across threads.

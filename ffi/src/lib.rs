@@ -20,6 +20,9 @@ use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
+mod burn_engine;
+
+use burn_engine::BurnSession;
 use msr_runtime::realtime::{RtModel, Session};
 use msr_runtime::{DataError, Error, FormatError, Loss, ModelRecord};
 
@@ -68,8 +71,13 @@ pub enum msr_loss {
 pub enum msr_backend {
     /// The allocation-free CPU engine (the default; the real-time path).
     MSR_BACKEND_CPU = 0,
-    /// The GPU (burn-wgpu). Not yet available through the C ABI: `MSR_ERR_BACKEND`.
+    /// The first GPU adapter, through burn-wgpu. Needs a libmsr built with the `wgpu`
+    /// feature and an adapter (`MSR_ERR_BACKEND` otherwise; the library never falls back
+    /// to the CPU on its own). Not allocation-free.
     MSR_BACKEND_GPU = 1,
+    /// burn-ndarray on the CPU: the reference path the GPU shares (for checking results
+    /// against the real-time engine). Not allocation-free.
+    MSR_BACKEND_CPU_BURN = 2,
 }
 
 /// Facts about a model.
@@ -110,12 +118,53 @@ pub struct msr_session_options {
 /// A loaded model (opaque). Immutable; share it freely across threads.
 pub struct msr_model {
     rt: Arc<RtModel>,
-    max_classes_label_buf: usize,
+    /// Kept for burn-backed sessions, which build their own tensors from it.
+    record: ModelRecord,
+}
+
+enum Engine {
+    Realtime(Session),
+    Burn(Box<BurnSession>),
+}
+
+impl Engine {
+    fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        match self {
+            Engine::Realtime(s) => s.adapt(x, y, n),
+            Engine::Burn(s) => s.adapt(x, y, n),
+        }
+    }
+    fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error> {
+        match self {
+            Engine::Realtime(s) => s.predict(x, n, out),
+            Engine::Burn(s) => s.predict(x, n, out),
+        }
+    }
+    fn reset(&mut self) {
+        match self {
+            Engine::Realtime(s) => s.reset(),
+            Engine::Burn(s) => s.reset(),
+        }
+    }
+    fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        match self {
+            Engine::Realtime(s) => s.save_state(buf),
+            Engine::Burn(s) => s.save_state(buf),
+        }
+    }
+    fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
+        match self {
+            Engine::Realtime(s) => s.load_state(buf),
+            Engine::Burn(s) => s.load_state(buf),
+        }
+    }
 }
 
 /// One task's adapted state (opaque). One thread at a time.
 pub struct msr_session {
-    session: Session,
+    session: Engine,
+    loss: Loss,
+    classes: usize,
     /// One-hot targets built from labels, preallocated for `capacity` examples and grown
     /// (outside the real-time guarantee) only for larger label sets.
     onehot: Vec<f32>,
@@ -205,10 +254,9 @@ pub extern "C" fn msr_last_error() -> *const c_char {
 fn new_model(record: &ModelRecord, out: *mut *mut msr_model) -> msr_status {
     match RtModel::new(record) {
         Ok(rt) => {
-            let classes = rt.output_len();
             let model = Box::new(msr_model {
                 rt,
-                max_classes_label_buf: classes,
+                record: record.clone(),
             });
             // SAFETY: `out` was checked non-NULL by the caller.
             unsafe { *out = Box::into_raw(model) };
@@ -326,21 +374,6 @@ pub extern "C" fn msr_session_new(
             // SAFETY: checked non-NULL.
             unsafe { *options }
         };
-        match opts.backend {
-            0 => {}
-            1 => {
-                return fail(
-                    msr_status::MSR_ERR_BACKEND,
-                    "the GPU backend is not available through the C ABI in this build; use MSR_BACKEND_CPU",
-                );
-            }
-            b => {
-                return fail(
-                    msr_status::MSR_ERR_INVALID_ARGUMENT,
-                    format!("unknown backend {b}"),
-                );
-            }
-        }
         if !opts.lr_scale.is_finite() || opts.lr_scale < 0.0 {
             return fail(
                 msr_status::MSR_ERR_INVALID_ARGUMENT,
@@ -354,16 +387,52 @@ pub extern "C" fn msr_session_new(
         } else {
             opts.capacity
         };
-        let mut session = Session::new(m.rt.clone(), capacity);
-        if opts.inner_steps > 0 {
-            session.inner_steps = opts.inner_steps;
-        }
-        if opts.lr_scale > 0.0 {
-            session.lr_scale = opts.lr_scale;
-        }
+        let burn = |device: msr_runtime::Device| -> Result<Engine, msr_status> {
+            let mut b =
+                BurnSession::new(&m.record, &device, m.rt.fingerprint(), m.rt.adapted_len())
+                    .map_err(from_error)?;
+            if opts.inner_steps > 0 {
+                b.inner_steps = opts.inner_steps;
+            }
+            if opts.lr_scale > 0.0 {
+                b.lr_scale = opts.lr_scale as f64;
+            }
+            Ok(Engine::Burn(Box::new(b)))
+        };
+        let session = match opts.backend {
+            0 => {
+                let mut session = Session::new(m.rt.clone(), capacity);
+                if opts.inner_steps > 0 {
+                    session.inner_steps = opts.inner_steps;
+                }
+                if opts.lr_scale > 0.0 {
+                    session.lr_scale = opts.lr_scale;
+                }
+                Engine::Realtime(session)
+            }
+            1 => match msr_runtime::device::gpu(0) {
+                Ok(device) => match burn(device) {
+                    Ok(e) => e,
+                    Err(status) => return status,
+                },
+                Err(e) => return fail(msr_status::MSR_ERR_BACKEND, e.to_string()),
+            },
+            2 => match burn(msr_runtime::device::cpu()) {
+                Ok(e) => e,
+                Err(status) => return status,
+            },
+            b => {
+                return fail(
+                    msr_status::MSR_ERR_INVALID_ARGUMENT,
+                    format!("unknown backend {b}"),
+                );
+            }
+        };
         let s = Box::new(msr_session {
             session,
-            onehot: vec![0.0; capacity * m.max_classes_label_buf],
+            loss: m.rt.loss(),
+            classes: m.rt.output_len(),
+            onehot: vec![0.0; capacity * m.rt.output_len()],
         });
         // SAFETY: checked non-NULL.
         unsafe { *out = Box::into_raw(s) };
@@ -410,7 +479,7 @@ pub extern "C" fn msr_session_adapt(
     guard(|| {
         non_null!(session, x, y);
         let s = session_mut(session);
-        if s.session.model().loss() != Loss::Mse {
+        if s.loss != Loss::Mse {
             return fail(
                 msr_status::MSR_ERR_UNSUPPORTED,
                 "this is a classification model: adapt it with msr_session_adapt_labels",
@@ -446,8 +515,8 @@ pub extern "C" fn msr_session_adapt_labels(
     guard(|| {
         non_null!(session, x, labels);
         let s = session_mut(session);
-        let classes = s.session.model().output_len();
-        if s.session.model().loss() != Loss::CrossEntropy {
+        let classes = s.classes;
+        if s.loss != Loss::CrossEntropy {
             return fail(
                 msr_status::MSR_ERR_UNSUPPORTED,
                 "this is a regression model: adapt it with msr_session_adapt",

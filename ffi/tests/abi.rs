@@ -418,3 +418,110 @@ fn eight_threads_on_one_model_match_one_thread() {
     let mut m = m;
     msr_model_free(&mut m);
 }
+
+/// The burn path (what a GPU session runs, here on burn-ndarray) and the real-time engine
+/// agree through the C ABI, and their saved states are interchangeable.
+#[test]
+fn the_burn_path_agrees_with_the_real_time_engine() {
+    let (_, mut m) = load(&record(Loss::Mse).to_bytes());
+    let burn_opts = msr_session_options {
+        backend: msr_backend::MSR_BACKEND_CPU_BURN as i32,
+        ..Default::default()
+    };
+    let (mut rt, mut bn) = (ptr::null_mut(), ptr::null_mut());
+    assert_eq!(msr_session_new(m, ptr::null(), &mut rt), msr_status::MSR_OK);
+    assert_eq!(
+        msr_session_new(m, &burn_opts, &mut bn),
+        msr_status::MSR_OK,
+        "{}",
+        last_error()
+    );
+    let (x, y) = (data(5, 6, 0.2), data(5, 3, 0.9));
+    let (mut l_rt, mut l_bn) = (0.0f32, 0.0f32);
+    assert_eq!(
+        msr_session_adapt(rt, x.as_ptr(), 30, y.as_ptr(), 15, 5, &mut l_rt),
+        msr_status::MSR_OK
+    );
+    assert_eq!(
+        msr_session_adapt(bn, x.as_ptr(), 30, y.as_ptr(), 15, 5, &mut l_bn),
+        msr_status::MSR_OK
+    );
+    assert!(
+        (l_rt - l_bn).abs() < 1e-5 * l_rt.abs().max(1.0),
+        "{l_rt} vs {l_bn}"
+    );
+    let (mut p_rt, mut p_bn) = (vec![0.0f32; 15], vec![0.0f32; 15]);
+    msr_session_predict(rt, x.as_ptr(), 30, 5, p_rt.as_mut_ptr(), 15);
+    assert_eq!(
+        msr_session_predict(bn, x.as_ptr(), 30, 5, p_bn.as_mut_ptr(), 15),
+        msr_status::MSR_OK
+    );
+    for (a, b) in p_rt.iter().zip(&p_bn) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+
+    // State saved on burn loads into the real-time engine, and vice versa.
+    let mut info = msr_model_info::default();
+    msr_model_get_info(m, &mut info);
+    let mut buf = vec![0u8; info.state_len];
+    let mut written = 0;
+    assert_eq!(
+        msr_session_save_state(bn, buf.as_mut_ptr(), buf.len(), &mut written),
+        msr_status::MSR_OK
+    );
+    msr_session_reset(rt);
+    assert_eq!(
+        msr_session_load_state(rt, buf.as_ptr(), written),
+        msr_status::MSR_OK
+    );
+    let mut p = vec![0.0f32; 15];
+    msr_session_predict(rt, x.as_ptr(), 30, 5, p.as_mut_ptr(), 15);
+    for (a, b) in p.iter().zip(&p_bn) {
+        assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    }
+    msr_session_reset(bn);
+    assert_eq!(
+        msr_session_load_state(bn, buf.as_ptr(), written),
+        msr_status::MSR_OK
+    );
+    msr_session_predict(bn, x.as_ptr(), 30, 5, p.as_mut_ptr(), 15);
+    assert_eq!(p, p_bn);
+
+    // Bad input on the burn path: typed errors, nothing changes.
+    let st = msr_session_adapt(bn, x.as_ptr(), 29, y.as_ptr(), 15, 5, ptr::null_mut());
+    assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    let mut nan = x.clone();
+    nan[2] = f32::NAN;
+    let st = msr_session_adapt(bn, nan.as_ptr(), 30, y.as_ptr(), 15, 5, ptr::null_mut());
+    assert_eq!(st, msr_status::MSR_ERR_NON_FINITE);
+    let hot_opts = msr_session_options {
+        backend: msr_backend::MSR_BACKEND_CPU_BURN as i32,
+        lr_scale: 1e9,
+        ..Default::default()
+    };
+    let mut hot = ptr::null_mut();
+    msr_session_new(m, &hot_opts, &mut hot);
+    let st = msr_session_adapt(hot, x.as_ptr(), 30, y.as_ptr(), 15, 5, ptr::null_mut());
+    assert_eq!(st, msr_status::MSR_ERR_DIVERGED, "{}", last_error());
+    msr_session_predict(bn, x.as_ptr(), 30, 5, p.as_mut_ptr(), 15);
+    assert_eq!(p, p_bn);
+
+    // The GPU: present only in a `wgpu` build with an adapter; never a silent CPU fallback.
+    let gpu_opts = msr_session_options {
+        backend: msr_backend::MSR_BACKEND_GPU as i32,
+        ..Default::default()
+    };
+    let mut g = ptr::null_mut();
+    let st = msr_session_new(m, &gpu_opts, &mut g);
+    if msr_runtime::device::gpus().is_empty() {
+        assert_eq!(st, msr_status::MSR_ERR_BACKEND);
+        assert!(last_error().contains("GPU"), "{}", last_error());
+        assert!(g.is_null());
+    } else {
+        assert_eq!(st, msr_status::MSR_OK, "{}", last_error());
+    }
+    for s in [&mut rt, &mut bn, &mut hot, &mut g] {
+        msr_session_free(s);
+    }
+    msr_model_free(&mut m);
+}

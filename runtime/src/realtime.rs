@@ -638,76 +638,28 @@ impl Session {
         }
     }
 
-    /// Writes the adapted parameters to `buf` (exactly [`RtModel::state_len`] bytes):
-    /// `"MSRS"`, u16 version, u16 reserved, u32 model fingerprint, f32 values, u32 CRC.
+    /// Writes the adapted parameters to `buf` (at least [`RtModel::state_len`] bytes); see
+    /// [`encode_state`]. Returns the bytes written.
     pub fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error> {
-        let len = self.model.state_len();
-        if buf.len() < len {
-            return Err(DataError::Shape(ShapeError::Mismatch {
-                what: "state buffer length".into(),
-                expected: format!("at least {len}"),
-                got: buf.len().to_string(),
-            })
-            .into());
-        }
-        buf[0..4].copy_from_slice(STATE_MAGIC);
-        buf[4..6].copy_from_slice(&STATE_VERSION.to_le_bytes());
-        buf[6..8].copy_from_slice(&0u16.to_le_bytes());
-        buf[8..12].copy_from_slice(&self.model.fingerprint.to_le_bytes());
-        let mut at = STATE_HEADER;
-        for v in self.adapted.iter().flatten().flatten() {
-            buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
-            at += 4;
-        }
-        let crc = crc32fast::hash(&buf[..at]);
-        buf[at..at + 4].copy_from_slice(&crc.to_le_bytes());
-        Ok(len)
+        encode_state(
+            self.model.fingerprint,
+            self.adapted.iter().flatten().flatten().copied(),
+            self.model.adapted_len(),
+            buf,
+        )
     }
 
     /// Restores parameters saved by [`Session::save_state`] for the same model. On any error
-    /// the session is left as it was.
+    /// the session is left as it was. Allocation-free.
     pub fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
-        use crate::error::FormatError;
-        let len = self.model.state_len();
-        if buf.len() != len {
-            return Err(FormatError::Truncated {
-                needed: len,
-                got: buf.len(),
-            }
-            .into());
-        }
-        let magic: [u8; 4] = buf[0..4].try_into().expect("4 bytes");
-        if &magic != STATE_MAGIC {
-            return Err(FormatError::BadMagic { found: magic }.into());
-        }
-        let version = u16::from_le_bytes([buf[4], buf[5]]);
-        if version != STATE_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                found: version,
-                supported: STATE_VERSION,
-            }
-            .into());
-        }
-        let stored = u32::from_le_bytes(buf[len - 4..].try_into().expect("4 bytes"));
-        let computed = crc32fast::hash(&buf[..len - 4]);
-        if stored != computed {
-            return Err(FormatError::Checksum { stored, computed }.into());
-        }
-        let fp = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
-        if fp != self.model.fingerprint {
-            return Err(FormatError::Body(format!(
-                "the state belongs to another model (fingerprint {fp:#010x}, this model {:#010x})",
-                self.model.fingerprint
-            ))
-            .into());
-        }
-        let values = buf[STATE_HEADER..len - 4]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")));
-        if values.clone().any(|v| !v.is_finite()) {
-            return Err(FormatError::NonFinite("saved session state".into()).into());
-        }
-        for (dst, v) in self.adapted.iter_mut().flatten().flatten().zip(values) {
+        check_state(self.model.fingerprint, self.model.adapted_len(), buf)?;
+        for (dst, v) in self
+            .adapted
+            .iter_mut()
+            .flatten()
+            .flatten()
+            .zip(state_values(buf))
+        {
             *dst = v;
         }
         self.materialize_all();
@@ -723,6 +675,94 @@ impl Session {
 const STATE_MAGIC: &[u8; 4] = b"MSRS";
 const STATE_VERSION: u16 = 1;
 const STATE_HEADER: usize = 12;
+
+impl RtModel {
+    /// The model file's CRC: saved states carry it, so a state is never loaded into
+    /// another model.
+    pub fn fingerprint(&self) -> u32 {
+        self.fingerprint
+    }
+}
+
+/// Encodes a session state: `"MSRS"`, u16 version, u16 reserved, u32 model fingerprint,
+/// `count` f32 values (little-endian), u32 CRC-32 of everything before it.
+pub fn encode_state(
+    fingerprint: u32,
+    values: impl Iterator<Item = f32>,
+    count: usize,
+    buf: &mut [u8],
+) -> Result<usize, Error> {
+    let len = STATE_HEADER + 4 * count + 4;
+    if buf.len() < len {
+        return Err(DataError::Shape(ShapeError::Mismatch {
+            what: "state buffer length".into(),
+            expected: format!("at least {len}"),
+            got: buf.len().to_string(),
+        })
+        .into());
+    }
+    buf[0..4].copy_from_slice(STATE_MAGIC);
+    buf[4..6].copy_from_slice(&STATE_VERSION.to_le_bytes());
+    buf[6..8].copy_from_slice(&0u16.to_le_bytes());
+    buf[8..12].copy_from_slice(&fingerprint.to_le_bytes());
+    let mut at = STATE_HEADER;
+    for v in values.take(count) {
+        buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
+        at += 4;
+    }
+    debug_assert_eq!(at, len - 4);
+    let crc = crc32fast::hash(&buf[..at]);
+    buf[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    Ok(len)
+}
+
+/// Checks a state for a model with `fingerprint` and `count` adapted values.
+pub fn check_state(fingerprint: u32, count: usize, buf: &[u8]) -> Result<(), Error> {
+    use crate::error::FormatError;
+    let len = STATE_HEADER + 4 * count + 4;
+    if buf.len() != len {
+        return Err(FormatError::Truncated {
+            needed: len,
+            got: buf.len(),
+        }
+        .into());
+    }
+    let magic: [u8; 4] = buf[0..4].try_into().expect("4 bytes");
+    if &magic != STATE_MAGIC {
+        return Err(FormatError::BadMagic { found: magic }.into());
+    }
+    let version = u16::from_le_bytes([buf[4], buf[5]]);
+    if version != STATE_VERSION {
+        return Err(FormatError::UnsupportedVersion {
+            found: version,
+            supported: STATE_VERSION,
+        }
+        .into());
+    }
+    let stored = u32::from_le_bytes(buf[len - 4..].try_into().expect("4 bytes"));
+    let computed = crc32fast::hash(&buf[..len - 4]);
+    if stored != computed {
+        return Err(FormatError::Checksum { stored, computed }.into());
+    }
+    let fp = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+    if fp != fingerprint {
+        return Err(FormatError::Body(format!(
+            "the state belongs to another model (fingerprint {fp:#010x}, this model {fingerprint:#010x})"
+        ))
+        .into());
+    }
+    if state_values(buf).any(|v| !v.is_finite()) {
+        return Err(FormatError::NonFinite("saved session state".into()).into());
+    }
+    Ok(())
+}
+
+/// The values of a state that passed [`check_state`].
+pub fn state_values(buf: &[u8]) -> impl Iterator<Item = f32> + '_ {
+    buf[STATE_HEADER..buf.len() - 4]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+}
 
 // The kernels below are plain Rust written so the compiler can vectorise them; each is
 // compiled twice (baseline x86-64 and AVX2+FMA) and the best is picked at run time.

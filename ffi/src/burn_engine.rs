@@ -1,0 +1,155 @@
+//! Sessions on burn (the GPU, or burn-ndarray as a reference path): the same API as the
+//! real-time engine, through `msr_runtime::Model`. Not allocation-free: tensors are
+//! created per call, so the real-time guarantees are the CPU engine's only.
+
+use msr_runtime::realtime::{EXPLODE_FACTOR, check_state, encode_state, state_values};
+use msr_runtime::{
+    DType, DataError, Device, DivergedError, Error, Model, ModelRecord, ShapeError, TaskParams,
+    Tensor, TensorData,
+};
+
+pub struct BurnSession {
+    model: Model,
+    task: TaskParams,
+    fingerprint: u32,
+    adapted_len: usize,
+    pub inner_steps: usize,
+    pub lr_scale: f64,
+}
+
+fn tensor(values: &[f32], n: usize, f: usize, device: &Device) -> Tensor<3> {
+    Tensor::from_data(
+        TensorData::new(values.to_vec(), [1, n, f]),
+        (device, DType::F32),
+    )
+}
+
+fn check_len(what: &'static str, len: usize, n: usize, per: usize) -> Result<(), Error> {
+    if n == 0 {
+        return Err(DataError::Empty(what).into());
+    }
+    if len != n * per {
+        return Err(DataError::Shape(ShapeError::Mismatch {
+            what: format!("{what} length ({n} examples x {per})"),
+            expected: (n * per).to_string(),
+            got: len.to_string(),
+        })
+        .into());
+    }
+    Ok(())
+}
+
+fn host(t: Tensor<3>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .expect("converted to f32")
+}
+
+impl BurnSession {
+    pub fn new(
+        record: &ModelRecord,
+        device: &Device,
+        fingerprint: u32,
+        adapted_len: usize,
+    ) -> Result<Self, Error> {
+        let model = Model::from_record(record, device, DType::F32)?;
+        let task = model.initial(1);
+        Ok(BurnSession {
+            inner_steps: record.info.inner_steps as usize,
+            lr_scale: 1.0,
+            model,
+            task,
+            fingerprint,
+            adapted_len,
+        })
+    }
+
+    pub fn reset(&mut self) {
+        self.task = self.model.initial(1);
+    }
+
+    pub fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        let net = self.model.net();
+        let (fi, fo) = (net.input_len(), net.output_len());
+        check_len("inputs", x.len(), n, fi)?;
+        check_len("targets", y.len(), n, fo)?;
+        let device = net.device().clone();
+        let (xt, yt) = (tensor(x, n, fi, &device), tensor(y, n, fo, &device));
+        self.model.check_set(&xt, Some(&yt))?;
+        let params = self.model.params();
+        let mut task = self.model.initial(1);
+        let mut initial = f32::NAN;
+        for step in 1..=self.inner_steps {
+            let (loss, grads) = net.loss_and_grad(params, &task, xt.clone(), yt.clone());
+            if step == 1 {
+                initial = loss.clone().into_scalar::<f32>();
+            }
+            task = net.sgd_step(params, task, grads, self.lr_scale);
+        }
+        let out = net.forward(params, &task, xt);
+        let loss = net.loss(out, yt).into_scalar::<f32>();
+        if self.inner_steps > 0 && (!loss.is_finite() || loss > initial * EXPLODE_FACTOR + 1.0) {
+            return Err(DivergedError {
+                step: self.inner_steps,
+                loss: loss as f64,
+                initial: initial as f64,
+            }
+            .into());
+        }
+        self.task = task;
+        Ok(loss)
+    }
+
+    pub fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error> {
+        let net = self.model.net();
+        let (fi, fo) = (net.input_len(), net.output_len());
+        check_len("inputs", x.len(), n, fi)?;
+        check_len("output buffer", out.len(), n, fo)?;
+        let pred = self
+            .model
+            .predict(&self.task, tensor(x, n, fi, net.device()))?;
+        out.copy_from_slice(&host(pred));
+        Ok(())
+    }
+
+    fn values(&self) -> Vec<f32> {
+        self.task
+            .layers
+            .iter()
+            .flatten()
+            .flat_map(|t| msr_runtime::model::download(t))
+            .collect()
+    }
+
+    pub fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        encode_state(
+            self.fingerprint,
+            self.values().into_iter(),
+            self.adapted_len,
+            buf,
+        )
+    }
+
+    pub fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
+        check_state(self.fingerprint, self.adapted_len, buf)?;
+        let mut values = state_values(buf);
+        let device = self.model.net().device().clone();
+        let layers = self
+            .task
+            .layers
+            .iter()
+            .map(|l| {
+                l.iter()
+                    .map(|t| {
+                        let n = t.dims()[1];
+                        let v: Vec<f32> = values.by_ref().take(n).collect();
+                        Tensor::from_data(TensorData::new(v, [1, n]), (&device, DType::F32))
+                    })
+                    .collect()
+            })
+            .collect();
+        self.task = TaskParams { layers };
+        Ok(())
+    }
+}
