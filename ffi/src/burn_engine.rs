@@ -118,7 +118,7 @@ impl BurnSession {
             .layers
             .iter()
             .flatten()
-            .flat_map(|t| msr_runtime::model::download(t))
+            .flat_map(msr_runtime::model::download)
             .collect()
     }
 
