@@ -32,7 +32,7 @@ fn a_trained_msr_model_adapts_after_a_round_trip_through_a_file() {
     );
 
     // One task by hand: adapt on 1 example, predict 19, compare with the true convolution.
-    let batch = family.batch(&Family::test_ids(1), 1, 19);
+    let batch = family.batch(&family.test_ids(1), 1, 19);
     let t = |v: &Vec<f32>, n: usize, f: usize| {
         Tensor::<3>::from_data(TensorData::new(v.clone(), [1, n, f]), (&device, DType::F32))
     };

@@ -89,9 +89,9 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Task family: rank1, rank2, rank5.
+    /// Task family: rank1, rank2, rank5, rot8, rot8-flip, or npz:PATH (your own tasks).
     #[arg(long)]
-    problem: Problem,
+    problem: String,
     /// Meta-learner: msr-fc, maml-fc, maml-lc, maml-conv.
     #[arg(long)]
     model: ModelKind,
@@ -122,7 +122,7 @@ struct TrainArgs {
     /// Tasks per outer step.
     #[arg(long, default_value_t = 32)]
     tasks_per_step: usize,
-    /// Support examples per task (the rest of the 20 are queries).
+    /// Support examples per task (the rest are queries).
     #[arg(long, default_value_t = 1)]
     support: usize,
     /// Detach the inner gradient (first-order MAML).
@@ -149,7 +149,7 @@ struct EvalArgs {
     model: PathBuf,
     /// Task family (default: the one the model was trained on).
     #[arg(long)]
-    problem: Option<Problem>,
+    problem: Option<String>,
     /// Test tasks.
     #[arg(long, default_value_t = 300)]
     tasks: usize,
@@ -264,7 +264,9 @@ struct TrainOutcome {
 }
 
 fn train(args: TrainArgs) -> Result<TrainOutcome> {
-    let mut config = TrainConfig::new(args.problem, args.model);
+    let family = Family::open(&args.problem)?;
+    let mut config = TrainConfig::new(family.problem(), args.model);
+    config.problem = args.problem.clone();
     config.steps = args.steps;
     config.seed = args.seed;
     if let Some(k) = args.k {
@@ -275,10 +277,11 @@ fn train(args: TrainArgs) -> Result<TrainOutcome> {
     config.outer_lr = args.outer_lr;
     config.tasks_per_step = args.tasks_per_step;
     config.support = args.support;
-    config.query = msr_trainer::tasks::EXAMPLES_PER_TASK
+    let examples = family.examples_per_task();
+    config.query = examples
         .checked_sub(args.support)
         .filter(|&q| q > 0)
-        .ok_or("--support must be below 20")?;
+        .ok_or_else(|| format!("--support must be below the {examples} examples per task"))?;
     config.first_order = args.first_order;
 
     let device = msr_runtime::device::by_name(&args.device)?;
@@ -448,15 +451,15 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
 fn eval(args: EvalArgs) -> Result<()> {
     let device = msr_runtime::device::by_name(&args.device)?;
     let model = Model::load(&args.model, &device)?;
-    let problem = match args.problem {
-        Some(p) => p,
-        None => model.info().task_family.parse::<Problem>()?,
-    };
-    let family = Family::new(problem);
-    let query = msr_trainer::tasks::EXAMPLES_PER_TASK
+    let problem = args
+        .problem
+        .unwrap_or_else(|| model.info().task_family.clone());
+    let family = Family::open(&problem)?;
+    let examples = family.examples_per_task();
+    let query = examples
         .checked_sub(args.support)
         .filter(|&q| q > 0)
-        .ok_or("--support must be below 20")?;
+        .ok_or_else(|| format!("--support must be below the {examples} examples per task"))?;
     let steps = args
         .inner_steps
         .unwrap_or(model.info().inner_steps as usize);
@@ -485,7 +488,7 @@ fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
             let _ = fs::remove_file(dir.join("metrics.jsonl"));
         }
         let args = TrainArgs {
-            problem: Problem::Rank1,
+            problem: "rank1".into(),
             model: kind,
             steps,
             seed,

@@ -8,7 +8,7 @@ use msr_runtime::format::LayerRecord;
 use msr_runtime::{Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op};
 
 use crate::rng::Rng;
-use crate::tasks::{IMG, Problem, SEQ_IN, SEQ_OUT, TAPS};
+use crate::tasks::{Family, IMG, Problem, SEQ_IN, SEQ_OUT, TAPS};
 
 /// Which meta-learner.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,11 +63,43 @@ pub fn default_k(problem: Problem) -> usize {
         // msr-conv's Kronecker factors are square (the reference code's choice): k is the
         // filter bank size, not a free choice.
         Problem::Rot8 | Problem::Rot8Flip => 0,
+        // A user's task set: a small latent size; set --k to taste.
+        Problem::Npz => 8,
     }
 }
 
-/// Architecture of `kind` for `problem` (no biases, as the reference synthetic models).
-pub fn spec(kind: ModelKind, problem: Problem, k: usize) -> Result<NetSpec, String> {
+/// Architecture of `kind` for `family` (no biases, as the reference synthetic models).
+pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, String> {
+    let problem = family.problem();
+    if problem == Problem::Npz {
+        let (inputs, outputs) = (family.input_len(), family.output_len());
+        let op = match kind {
+            ModelKind::MsrFc => Op::ShareLinear {
+                inputs,
+                outputs,
+                k,
+                bias: false,
+            },
+            ModelKind::MamlFc => Op::Linear {
+                inputs,
+                outputs,
+                bias: false,
+            },
+            other => {
+                return Err(format!(
+                    "model {other} needs a known spatial layout; a task file supports msr-fc and maml-fc"
+                ));
+            }
+        };
+        return Ok(NetSpec {
+            input: FeatureShape(vec![inputs]),
+            layers: vec![LayerSpec {
+                op,
+                activation: Activation::Identity,
+            }],
+            loss: Loss::Mse,
+        });
+    }
     if problem.is_2d() {
         let c = crate::tasks::rot::channels(problem);
         let geom = ConvGeom::d2(1, c, 3, 1, 0);

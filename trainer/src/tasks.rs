@@ -44,6 +44,8 @@ pub enum Problem {
     Rot8,
     /// 2-D: 32x32 inputs, 48 output channels of a D8-equivariant 3x3 convolution.
     Rot8Flip,
+    /// A user's task set from a `.npz` file (`npz:PATH`; see [`npz`]).
+    Npz,
 }
 
 impl Problem {
@@ -62,8 +64,9 @@ impl FromStr for Problem {
             "rank5" => Ok(Problem::Rank5),
             "rot8" => Ok(Problem::Rot8),
             "rot8-flip" => Ok(Problem::Rot8Flip),
+            other if other.starts_with("npz:") => Ok(Problem::Npz),
             other => Err(format!(
-                "unknown problem '{other}' (available: rank1, rank2, rank5, rot8, rot8-flip)"
+                "unknown problem '{other}' (available: rank1, rank2, rank5, rot8, rot8-flip, npz:PATH)"
             )),
         }
     }
@@ -77,6 +80,7 @@ impl fmt::Display for Problem {
             Problem::Rank5 => "rank5",
             Problem::Rot8 => "rot8",
             Problem::Rot8Flip => "rot8-flip",
+            Problem::Npz => "npz",
         })
     }
 }
@@ -104,10 +108,26 @@ pub struct Family {
     problem: Problem,
     /// rank-r families: softmax(randn(68, r)), row-major `[68, r]`.
     connectivity: Vec<f64>,
+    /// The task set of `npz:PATH` problems.
+    file: Option<std::sync::Arc<npz::NpzTasks>>,
 }
 
 impl Family {
-    /// The family of `problem`.
+    /// The family named `name`: a synthetic problem, or `npz:PATH` (read and checked now).
+    pub fn open(name: &str) -> Result<Self, String> {
+        let problem: Problem = name.parse()?;
+        if problem != Problem::Npz {
+            return Ok(Self::new(problem));
+        }
+        let path = std::path::Path::new(&name["npz:".len()..]);
+        Ok(Family {
+            problem,
+            connectivity: Vec::new(),
+            file: Some(std::sync::Arc::new(npz::NpzTasks::open(path)?)),
+        })
+    }
+
+    /// The family of a synthetic `problem` (for `npz:PATH`, use [`Family::open`]).
     pub fn new(problem: Problem) -> Self {
         let rank = match problem {
             Problem::Rank2 => 2,
@@ -126,7 +146,18 @@ impl Family {
         Family {
             problem,
             connectivity,
+            file: None,
         }
+    }
+
+    /// Examples available per task (support + query).
+    pub fn examples_per_task(&self) -> usize {
+        self.file.as_ref().map_or(EXAMPLES_PER_TASK, |f| f.examples)
+    }
+
+    /// The task file, for `npz:PATH` families.
+    pub fn file(&self) -> Option<&npz::NpzTasks> {
+        self.file.as_deref()
     }
 
     /// The problem.
@@ -135,14 +166,17 @@ impl Family {
     }
     /// Scalars per input example.
     pub fn input_len(&self) -> usize {
-        if self.problem.is_2d() {
-            IMG * IMG
-        } else {
-            SEQ_IN
+        match &self.file {
+            Some(f) => f.input_len(),
+            None if self.problem.is_2d() => IMG * IMG,
+            None => SEQ_IN,
         }
     }
     /// Scalars per output example.
     pub fn output_len(&self) -> usize {
+        if let Some(f) = &self.file {
+            return f.output_len();
+        }
         if self.problem.is_2d() {
             rot::channels(self.problem) * IMG_OUT * IMG_OUT
         } else {
@@ -151,10 +185,11 @@ impl Family {
     }
 
     /// The task's filters: per-position `[68, 3]` (1-D), or the filter bank
-    /// `[channels, 3, 3]` (2-D).
+    /// `[channels, 3, 3]` (2-D); empty for a task file (its targets are data).
     pub fn filters(&self, id: u64) -> Vec<f64> {
         let mut rng = Rng::derive(&[self.problem as u64, id, 1]);
         match self.problem {
+            Problem::Npz => Vec::new(),
             Problem::Rot8 | Problem::Rot8Flip => rot::filter_bank(self.problem, &mut rng),
             Problem::Rank1 => {
                 let f: Vec<f64> = (0..TAPS).map(|_| rng.normal()).collect();
@@ -208,8 +243,12 @@ impl Family {
         }
     }
 
-    /// The tasks with the given ids, each split into `support` + `query` examples.
+    /// The tasks with the given ids, each split into `support` + `query` examples (from a
+    /// file: the first `support` examples of the task, then the next `query`).
     pub fn batch(&self, ids: &[u64], support: usize, query: usize) -> Batch {
+        if let Some(f) = &self.file {
+            return file_batch(f, ids, support, query);
+        }
         let mut b = Batch {
             tasks: ids.len(),
             support,
@@ -229,16 +268,54 @@ impl Family {
     }
 
     /// `n` training tasks for outer step `step` of a run seeded with `seed`.
-    pub fn train_ids(seed: u64, step: u64, n: usize) -> Vec<u64> {
+    pub fn train_ids(&self, seed: u64, step: u64, n: usize) -> Vec<u64> {
         let mut rng = Rng::derive(&[seed, step, 3]);
-        (0..n).map(|_| rng.next_u64() % TEST_TASK_BASE).collect()
+        match &self.file {
+            Some(f) => (0..n)
+                .map(|_| f.train[rng.below(f.train.len())] as u64)
+                .collect(),
+            None => (0..n).map(|_| rng.next_u64() % TEST_TASK_BASE).collect(),
+        }
     }
 
-    /// The first `n` test tasks (the same for every run and model).
-    pub fn test_ids(n: usize) -> Vec<u64> {
-        (0..n as u64).map(|i| TEST_TASK_BASE + i).collect()
+    /// The first `n` test tasks (the same for every run and model; from a file, at most
+    /// its test tasks).
+    pub fn test_ids(&self, n: usize) -> Vec<u64> {
+        match &self.file {
+            Some(f) => f.test.iter().take(n).map(|&t| t as u64).collect(),
+            None => (0..n as u64).map(|i| TEST_TASK_BASE + i).collect(),
+        }
     }
 }
+
+fn file_batch(f: &npz::NpzTasks, ids: &[u64], support: usize, query: usize) -> Batch {
+    assert!(
+        support + query <= f.examples,
+        "support + query exceeds the file's examples"
+    );
+    let (fi, fo) = (f.input_len(), f.output_len());
+    let mut b = Batch {
+        tasks: ids.len(),
+        support,
+        query,
+        xs: Vec::with_capacity(ids.len() * support * fi),
+        ys: Vec::with_capacity(ids.len() * support * fo),
+        xq: Vec::with_capacity(ids.len() * query * fi),
+        yq: Vec::with_capacity(ids.len() * query * fo),
+    };
+    for &id in ids {
+        let t = id as usize;
+        let x = &f.x[t * f.examples * fi..(t + 1) * f.examples * fi];
+        let y = &f.y[t * f.examples * fo..(t + 1) * f.examples * fo];
+        b.xs.extend_from_slice(&x[..support * fi]);
+        b.ys.extend_from_slice(&y[..support * fo]);
+        b.xq.extend_from_slice(&x[support * fi..(support + query) * fi]);
+        b.yq.extend_from_slice(&y[support * fo..(support + query) * fo]);
+    }
+    b
+}
+
+pub mod npz;
 
 pub mod rot;
 
@@ -272,9 +349,10 @@ mod tests {
             let row_sums = fam.connectivity.chunks(rank).map(|r| r.iter().sum::<f64>());
             assert!(row_sums.into_iter().all(|s| (s - 1.0).abs() < 1e-12));
         }
-        let train = Family::train_ids(1, 0, 1000);
+        let fam = Family::new(Problem::Rank1);
+        let train = fam.train_ids(1, 0, 1000);
         assert!(train.iter().all(|&id| id < TEST_TASK_BASE));
-        assert!(Family::test_ids(300).iter().all(|&id| id >= TEST_TASK_BASE));
-        assert_ne!(Family::train_ids(1, 0, 4), Family::train_ids(1, 1, 4));
+        assert!(fam.test_ids(300).iter().all(|&id| id >= TEST_TASK_BASE));
+        assert_ne!(fam.train_ids(1, 0, 4), fam.train_ids(1, 1, 4));
     }
 }

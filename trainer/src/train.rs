@@ -127,7 +127,7 @@ impl Adam {
 /// The training tasks of outer step `step`: a pure function of the family, the seed and the
 /// step, so a resumed run sees the same tasks as an uninterrupted one.
 pub fn train_batch(family: &Family, config: &TrainConfig, step: u64) -> Batch {
-    let ids = Family::train_ids(config.seed, step, config.tasks_per_step);
+    let ids = family.train_ids(config.seed, step, config.tasks_per_step);
     family.batch(&ids, config.support, config.query)
 }
 
@@ -233,27 +233,37 @@ impl Trainer {
 
     /// A fresh run on `device` (see `msr_runtime::device`).
     pub fn on_device(config: TrainConfig, device: Device) -> Result<Self, TrainError> {
-        let (problem, kind) = config.kinds().map_err(TrainError::Config)?;
+        let (_, kind) = config.kinds().map_err(TrainError::Config)?;
+        let family = Family::open(&config.problem).map_err(TrainError::Config)?;
         if config.tasks_per_step == 0 || config.support == 0 || config.query == 0 {
             return Err(TrainError::Config(
                 "tasks per step, support and query sizes must be positive".into(),
             ));
         }
-        let spec = models::spec(kind, problem, config.k).map_err(TrainError::Config)?;
+        if config.support + config.query > family.examples_per_task() {
+            return Err(TrainError::Config(format!(
+                "{} support + {} query examples, but tasks have {}",
+                config.support,
+                config.query,
+                family.examples_per_task()
+            )));
+        }
+        let spec = models::spec(kind, &family, config.k).map_err(TrainError::Config)?;
         let init = models::init(&spec, config.inner_lr, &mut Rng::derive(&[config.seed, 0]))
             .map_err(msr_runtime::Error::from)?;
-        Self::from_parts(config, spec, &init, None, 0, device)
+        Self::from_parts(config, family, spec, &init, None, 0, device)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn from_parts(
         config: TrainConfig,
+        family: Family,
         spec: NetSpec,
         layers: &[LayerRecord],
         adam_state: Option<AdamState>,
         step: u64,
         plain: Device,
     ) -> Result<Self, TrainError> {
-        let (problem, _) = config.kinds().map_err(TrainError::Config)?;
         let device = plain.clone().autodiff();
         let net = Net::new(spec, &device).map_err(msr_runtime::Error::from)?;
         let params = params_from_record(&net, layers, DType::F32).map(|t| t.require_grad());
@@ -278,7 +288,7 @@ impl Trainer {
             adam.t = t;
         }
         Ok(Trainer {
-            family: Family::new(problem),
+            family,
             device: plain,
             config,
             net,
@@ -423,8 +433,9 @@ impl Trainer {
             }
             config.steps = exp.steps;
         }
-        let (problem, kind) = config.kinds().map_err(&bad)?;
-        let spec = models::spec(kind, problem, config.k).map_err(bad)?;
+        let (_, kind) = config.kinds().map_err(&bad)?;
+        let family = Family::open(&config.problem).map_err(&bad)?;
+        let spec = models::spec(kind, &family, config.k).map_err(bad)?;
         let record = ModelRecord {
             info: ModelInfo {
                 name: String::new(),
@@ -438,6 +449,7 @@ impl Trainer {
         record.validate().map_err(|e| bad(e.to_string()))?;
         Self::from_parts(
             config,
+            family,
             spec,
             &ck.params,
             Some((ck.adam_t, ck.adam_m, ck.adam_v)),
@@ -472,7 +484,7 @@ pub fn evaluate(
 ) -> Result<EvalResult, msr_runtime::Error> {
     let mut losses = Vec::with_capacity(n);
     // Chunks bound memory; tasks are independent, so chunking does not change results.
-    for ids in Family::test_ids(n).chunks(100) {
+    for ids in family.test_ids(n).chunks(100) {
         let batch = family.batch(ids, support, query);
         let b = DeviceBatch::new(
             &batch,
@@ -489,7 +501,7 @@ pub fn evaluate(
     Ok(EvalResult {
         mse,
         ci95,
-        tasks: n,
+        tasks: losses.len(),
         inner_steps,
     })
 }
@@ -521,7 +533,7 @@ pub fn bench_outer_step(
     let fam = t.family().clone();
     let batches: Vec<DeviceBatch> = (0..8u64)
         .map(|s| {
-            let ids = Family::train_ids(t.config.seed, s, t.config.tasks_per_step);
+            let ids = fam.train_ids(t.config.seed, s, t.config.tasks_per_step);
             let b = fam.batch(&ids, t.config.support, t.config.query);
             DeviceBatch::new(&b, fam.input_len(), fam.output_len(), t.net.device())
         })
