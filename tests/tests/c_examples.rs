@@ -22,8 +22,12 @@ fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     if !dir.join("libmsr.so").exists() {
+        // `cargo test` builds msr-ffi as an rlib only. Build the workspace with every
+        // target, as `cargo test --workspace --release` resolved it: the same features,
+        // so this only links libmsr.so/.a (building `-p msr-ffi` alone would resolve
+        // other features and rebuild burn).
         let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "-p", "msr-ffi"])
+            .args(["build", "--release", "--workspace", "--all-targets"])
             .current_dir(root())
             .status()
             .unwrap();
