@@ -464,6 +464,20 @@ fn session_mut<'a>(session: *mut msr_session) -> &'a mut msr_session {
     unsafe { &mut *session }
 }
 
+/// The status of an adaptation; on success the loss goes to `*loss_out` unless it is NULL.
+fn adapted(result: Result<f32, Error>, loss_out: *mut f32) -> msr_status {
+    match result {
+        Ok(loss) => {
+            if !loss_out.is_null() {
+                // SAFETY: checked non-NULL; a writable float by contract.
+                unsafe { *loss_out = loss };
+            }
+            msr_status::MSR_OK
+        }
+        Err(e) => from_error(e),
+    }
+}
+
 /// Adapts the meta-learned initialisation to a regression support set: `x` `[n, input_len]`,
 /// `y` `[n, output_len]`, with the session's inner steps. If `loss_out` is not NULL it
 /// receives the support loss after adapting. On `MSR_ERR_DIVERGED` the session keeps its
@@ -489,16 +503,7 @@ pub extern "C" fn msr_session_adapt(
         }
         // SAFETY: pointers and lengths by contract.
         let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
-        match s.session.adapt(xs, ys, n) {
-            Ok(loss) => {
-                if !loss_out.is_null() {
-                    // SAFETY: checked non-NULL.
-                    unsafe { *loss_out = loss };
-                }
-                msr_status::MSR_OK
-            }
-            Err(e) => from_error(e),
-        }
+        adapted(s.session.adapt(xs, ys, n), loss_out)
     })
 }
 
@@ -544,16 +549,7 @@ pub extern "C" fn msr_session_adapt_labels(
         for (r, l) in ls.iter().enumerate() {
             y[r * classes + *l as usize] = 1.0;
         }
-        match s.session.adapt(xs, y, n) {
-            Ok(loss) => {
-                if !loss_out.is_null() {
-                    // SAFETY: checked non-NULL.
-                    unsafe { *loss_out = loss };
-                }
-                msr_status::MSR_OK
-            }
-            Err(e) => from_error(e),
-        }
+        adapted(s.session.adapt(xs, y, n), loss_out)
     })
 }
 

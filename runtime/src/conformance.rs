@@ -6,7 +6,7 @@
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
-use crate::format::{LayerRecord, ModelInfo, ModelRecord};
+use crate::format::{ModelInfo, ModelRecord};
 use crate::model::Model;
 use crate::net::{MetaParams, Net, TaskParams};
 use crate::spec::{Loss, NetSpec};
@@ -209,7 +209,7 @@ fn every_backend_computes_what_the_f64_cpu_computes() {
                     trainer_version: "test".into(),
                 },
                 net: case.spec.clone(),
-                layers: record_of(&case.host, &net64),
+                layers: layer_records(&case.host, &net64),
             };
             let model = Model::from_record(&rec, device, DType::F32).unwrap();
             let bytes = model.to_record().to_bytes();
@@ -220,22 +220,6 @@ fn every_backend_computes_what_the_f64_cpu_computes() {
             );
         }
     }
-}
-
-fn record_of(host: &HostParams, net: &Net) -> Vec<LayerRecord> {
-    let mut it = host
-        .0
-        .iter()
-        .map(|(v, _)| v.iter().map(|&x| x as f32).collect::<Vec<f32>>());
-    net.shapes()
-        .params
-        .iter()
-        .map(|l| LayerRecord {
-            shared: l.shared.iter().map(|_| it.next().unwrap()).collect(),
-            adapted0: l.adapted.iter().map(|_| it.next().unwrap()).collect(),
-            lr: it.next().unwrap()[0],
-        })
-        .collect()
 }
 
 #[test]

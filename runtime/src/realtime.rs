@@ -1149,29 +1149,16 @@ fn backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{LayerRecord, ModelInfo};
+    use crate::format::ModelInfo;
     use crate::net::Net;
-    use crate::test_support::{HostParams, Rng, nets, rel_err, targets};
+    use crate::test_support::{HostParams, Rng, layer_records, nets, rel_err, targets};
     use crate::{DType, Model, Tensor, TensorData};
 
     fn record(spec: crate::NetSpec, seed: u64) -> ModelRecord {
         let dev = crate::device::cpu();
         let net = Net::new(spec.clone(), &dev).unwrap();
         let host = HostParams::random(&net, &mut Rng::new(seed));
-        let mut it = host
-            .0
-            .into_iter()
-            .map(|(v, _)| v.iter().map(|&x| x as f32).collect::<Vec<f32>>());
-        let layers = net
-            .shapes()
-            .params
-            .iter()
-            .map(|l| LayerRecord {
-                shared: l.shared.iter().map(|_| it.next().unwrap()).collect(),
-                adapted0: l.adapted.iter().map(|_| it.next().unwrap()).collect(),
-                lr: it.next().unwrap()[0],
-            })
-            .collect();
+        let layers = layer_records(&host, &net);
         ModelRecord {
             info: ModelInfo {
                 name: "t".into(),

@@ -317,3 +317,20 @@ pub fn nets(loss: Loss) -> Vec<(&'static str, NetSpec)> {
         ),
     ]
 }
+
+/// Host parameters as stored layer records (f32).
+pub fn layer_records(host: &HostParams, net: &Net) -> Vec<crate::format::LayerRecord> {
+    let mut it = host
+        .0
+        .iter()
+        .map(|(v, _)| v.iter().map(|&x| x as f32).collect::<Vec<f32>>());
+    net.shapes()
+        .params
+        .iter()
+        .map(|l| crate::format::LayerRecord {
+            shared: l.shared.iter().map(|_| it.next().unwrap()).collect(),
+            adapted0: l.adapted.iter().map(|_| it.next().unwrap()).collect(),
+            lr: it.next().unwrap()[0],
+        })
+        .collect()
+}
