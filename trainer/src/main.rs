@@ -379,19 +379,7 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
                 "elapsed_s": elapsed(start),
             });
             if step.is_multiple_of(opts.eval_every) || done || step == 1 {
-                let model = Model::from_record(
-                    &trainer.record(),
-                    trainer.device(),
-                    msr_runtime::DType::F32,
-                )?;
-                let e = evaluate(
-                    &model,
-                    trainer.family(),
-                    opts.eval_tasks,
-                    cfg.support,
-                    cfg.query,
-                    cfg.inner_steps,
-                )?;
+                let e = trainer.evaluate(opts.eval_tasks)?;
                 line["test_loss"] = e.mse.into();
                 line["test_ci95"] = e.ci95.into();
                 last_eval = Some(e);
@@ -423,18 +411,7 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
     let steps_per_s = (trainer.step - first) as f64 / wall_s.max(1e-9);
     let eval = match last_eval {
         Some(e) => e,
-        None => {
-            let model =
-                Model::from_record(&trainer.record(), trainer.device(), msr_runtime::DType::F32)?;
-            evaluate(
-                &model,
-                trainer.family(),
-                opts.eval_tasks,
-                cfg.support,
-                cfg.query,
-                cfg.inner_steps,
-            )?
-        }
+        None => trainer.evaluate(opts.eval_tasks)?,
     };
     info!(
         "{} {}: test loss {:.4} ± {:.4} after {} steps ({:.1} steps/s)",

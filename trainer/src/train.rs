@@ -360,6 +360,20 @@ impl Trainer {
         total.into_scalar::<f64>() / tasks
     }
 
+    /// Evaluates the current model through the runtime on `tasks` test tasks, as a device
+    /// would (plain device, the run's support/query sizes and inner steps).
+    pub fn evaluate(&self, tasks: usize) -> Result<EvalResult, msr_runtime::Error> {
+        let model = Model::from_record(&self.record(), &self.device, DType::F32)?;
+        evaluate(
+            &model,
+            &self.family,
+            tasks,
+            self.config.support,
+            self.config.query,
+            self.config.inner_steps,
+        )
+    }
+
     /// The current model, as a record ready to save.
     pub fn record(&self) -> ModelRecord {
         ModelRecord {
