@@ -385,7 +385,7 @@ pub extern "C" fn msr_session_new(
         // SAFETY: checked non-NULL; a live model by contract.
         let m = unsafe { &*model };
         let capacity = if opts.capacity == 0 {
-            32
+            msr_runtime::realtime::DEFAULT_CAPACITY
         } else {
             opts.capacity
         };

@@ -5,7 +5,7 @@
 //! device with the meta-parameters tracked (the trainer: burn differentiates through the
 //! hand-written gradient, which gives the exact second-order meta-gradient).
 
-use burn::tensor::{DType, Device, Tensor, activation};
+use burn::tensor::{Device, Tensor, activation};
 
 use crate::error::{DataError, ShapeError};
 use crate::layer::{self, ApplyCache, Plan};
@@ -429,9 +429,6 @@ fn loss_and_grad(
         }
     }
 }
-
-/// The dtype parameters are created in when a device has not been configured otherwise.
-pub const DEFAULT_DTYPE: DType = DType::F32;
 
 #[cfg(test)]
 #[path = "net_tests.rs"]

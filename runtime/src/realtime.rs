@@ -1004,20 +1004,14 @@ fn forward(
         }
         Kind::Patches {
             gather,
-            in_channels,
-            out_channels,
-            in_positions,
-            positions,
-            taps,
+            in_channels: c,
+            out_channels: o_n,
+            in_positions: s,
+            positions: p_n,
+            taps: k,
             local,
         } => {
-            let (c, s, o_n, p_n, k) = (
-                *in_channels,
-                *in_positions,
-                *out_channels,
-                *positions,
-                *taps,
-            );
+            let (c, s, o_n, p_n, k) = (*c, *s, *o_n, *p_n, *k);
             let j = c * k;
             let patch = &mut patch[..j];
             for n in 0..m {
@@ -1084,20 +1078,14 @@ fn backward(
         }
         Kind::Patches {
             gather,
-            in_channels,
-            out_channels,
-            in_positions,
-            positions,
-            taps,
+            in_channels: c,
+            out_channels: o_n,
+            in_positions: s,
+            positions: p_n,
+            taps: k,
             local,
         } => {
-            let (c, s, o_n, p_n, k) = (
-                *in_channels,
-                *in_positions,
-                *out_channels,
-                *positions,
-                *taps,
-            );
+            let (c, s, o_n, p_n, k) = (*c, *s, *o_n, *p_n, *k);
             let j = c * k;
             let patch = &mut patch[..j];
             let dpatch = &mut dpatch[..j];
