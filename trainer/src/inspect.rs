@@ -165,3 +165,57 @@ pub fn write_png(record: &ModelRecord, path: &Path) -> Result<(), Box<dyn std::e
     enc.write_header()?.write_image_data(&img)?;
     Ok(())
 }
+
+/// A contact sheet of a glyph data set: one row per character (`rows` characters drawn
+/// from every `split`'s alphabets in turn), `cols` instances, then `cols` augmented
+/// instances (Algorithm 2's query augmentation) after a gap. Ink is dark on white.
+pub fn write_glyph_sheet(
+    glyphs: &crate::tasks::glyphs::Glyphs,
+    rows: usize,
+    cols: usize,
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use crate::tasks::glyphs::{Augment, SIDE, Split};
+    let gap = 4;
+    let width = 2 * cols * SIDE + gap;
+    let height = rows * SIDE;
+    let mut img = vec![255u8; width * height];
+    let classes: Vec<(usize, usize)> = [Split::Train, Split::Val, Split::Test]
+        .iter()
+        .flat_map(|&s| {
+            let c = glyphs.classes(s);
+            let step = (c.len() / rows.div_ceil(3)).max(1);
+            c.iter()
+                .step_by(step)
+                .take(rows.div_ceil(3))
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .take(rows)
+        .collect();
+    let mut rng = crate::rng::Rng::new(7);
+    let mut tile = vec![0.0f32; SIDE * SIDE];
+    for (r, &(alphabet, ch)) in classes.iter().enumerate() {
+        for c in 0..2 * cols {
+            let aug = if c < cols {
+                Augment::NONE
+            } else {
+                Augment::random(&mut rng)
+            };
+            glyphs.render(alphabet, ch, c % cols, aug, &mut tile);
+            let x0 = c * SIDE + if c < cols { 0 } else { gap };
+            for y in 0..SIDE {
+                for x in 0..SIDE {
+                    img[(r * SIDE + y) * width + x0 + x] =
+                        (255.0 * (1.0 - tile[y * SIDE + x])).round() as u8;
+                }
+            }
+        }
+    }
+    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
+    enc.set_color(png::ColorType::Grayscale);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()?.write_image_data(&img)?;
+    Ok(())
+}

@@ -55,6 +55,16 @@ enum Command {
         #[arg(long)]
         png: Option<PathBuf>,
     },
+    /// Describe a glyph data set (alphabets per split, characters, styles) and optionally
+    /// draw a contact sheet of its instances and augmented instances.
+    Glyphs {
+        /// glyphs (Debian's fonts-noto-core) or glyphs-mini (the committed subset).
+        #[arg(long, default_value = "glyphs-mini")]
+        set: String,
+        /// Write a PNG: rows of characters, 10 instances, then 10 augmented instances.
+        #[arg(long)]
+        png: Option<PathBuf>,
+    },
     /// The end-to-end demo: meta-train MSR-FC and MAML-FC on rank1, export, reload, evaluate.
     Demo {
         /// Outer steps per model.
@@ -89,10 +99,12 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Task family: rank1, rank2, rank5, rot8, rot8-flip, or npz:PATH (your own tasks).
+    /// Task family: rank1, rank2, rank5, rot8, rot8-flip, glyphs, glyphs-mini, or npz:PATH
+    /// (your own tasks).
     #[arg(long)]
     problem: String,
-    /// Meta-learner: msr-fc, maml-fc, maml-lc, maml-conv.
+    /// Meta-learner: msr-fc, maml-fc, maml-lc, maml-conv, msr-conv; on glyphs: maml-conv,
+    /// msr-conv, anil, protonet.
     #[arg(long)]
     model: ModelKind,
     /// Outer steps.
@@ -122,9 +134,18 @@ struct TrainArgs {
     /// Tasks per outer step.
     #[arg(long, default_value_t = 32)]
     tasks_per_step: usize,
-    /// Support examples per task (the rest are queries).
+    /// Support examples per task (the rest are queries); on glyphs: per class (shots).
     #[arg(long, default_value_t = 1)]
     support: usize,
+    #[command(flatten)]
+    episodes: EpisodeArgs,
+    /// Augment the query examples of training episodes: random rotations, flips and resizes
+    /// (the paper's Algorithm 2; classification only; the runtime never augments).
+    #[arg(long)]
+    augment_query: bool,
+    /// Filters per conv block of the glyph nets.
+    #[arg(long, default_value_t = 32)]
+    channels: usize,
     /// Detach the inner gradient (first-order MAML).
     #[arg(long)]
     first_order: bool,
@@ -142,6 +163,17 @@ struct TrainArgs {
     device: String,
 }
 
+/// Episode shape of the classification families (ignored by regression families).
+#[derive(Args, Clone, Copy)]
+struct EpisodeArgs {
+    /// Classes per episode.
+    #[arg(long, default_value_t = 5)]
+    ways: usize,
+    /// Query examples per class.
+    #[arg(long, default_value_t = 5)]
+    queries: usize,
+}
+
 #[derive(Args)]
 struct EvalArgs {
     /// Model file.
@@ -153,9 +185,15 @@ struct EvalArgs {
     /// Test tasks.
     #[arg(long, default_value_t = 300)]
     tasks: usize,
-    /// Support examples per task.
+    /// Support examples per task; on glyphs: per class (shots).
     #[arg(long, default_value_t = 1)]
     support: usize,
+    #[command(flatten)]
+    episodes: EpisodeArgs,
+    /// Augment the query examples (random rotations, flips and resizes), as Aug-Omniglot's
+    /// test episodes.
+    #[arg(long)]
+    augment_query: bool,
     /// Inner steps (default: the model's).
     #[arg(long)]
     inner_steps: Option<usize>,
@@ -211,6 +249,39 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Demo { steps, out, seed } => demo(steps, &out, seed),
+        Command::Glyphs { set, png } => {
+            let family = Family::open(&set)?;
+            let g = family
+                .glyphs()
+                .ok_or_else(|| format!("{set} is not a glyph set (glyphs, glyphs-mini)"))?;
+            use msr_trainer::tasks::glyphs::{INSTANCES, Split};
+            println!(
+                "{set}: {} alphabets, {} characters, {INSTANCES} instances each",
+                g.alphabets.len(),
+                g.num_chars()
+            );
+            for split in [Split::Train, Split::Val, Split::Test] {
+                let names: Vec<String> = g
+                    .split_alphabets(split)
+                    .iter()
+                    .map(|&a| {
+                        let al = &g.alphabets[a];
+                        format!("{} ({} chars, {} fonts)", al.name, al.chars.len(), al.fonts)
+                    })
+                    .collect();
+                println!(
+                    "{split:?}: {} alphabets, {} characters: {}",
+                    names.len(),
+                    g.classes(split).len(),
+                    names.join(", ")
+                );
+            }
+            if let Some(path) = png {
+                inspect::write_glyph_sheet(g, 24, 10, &path)?;
+                println!("contact sheet written to {}", path.display());
+            }
+            Ok(())
+        }
         Command::Bench {
             problem,
             model,
@@ -276,12 +347,14 @@ fn train(args: TrainArgs) -> Result<TrainOutcome> {
     config.inner_lr = args.inner_lr;
     config.outer_lr = args.outer_lr;
     config.tasks_per_step = args.tasks_per_step;
-    config.support = args.support;
-    let examples = family.examples_per_task();
-    config.query = examples
-        .checked_sub(args.support)
-        .filter(|&q| q > 0)
-        .ok_or_else(|| format!("--support must be below the {examples} examples per task"))?;
+    config.channels = args.channels;
+    config.augment_query = args.augment_query;
+    (config.support, config.query) = split_sizes(&family, args.support, args.episodes)?;
+    if family.is_classification() {
+        config.ways = args.episodes.ways;
+    } else if args.augment_query {
+        return Err("--augment-query is for the classification families (glyphs)".into());
+    }
     config.first_order = args.first_order;
 
     let device = msr_runtime::device::by_name(&args.device)?;
@@ -303,6 +376,28 @@ fn train(args: TrainArgs) -> Result<TrainOutcome> {
         checkpoint_every: args.checkpoint_every,
     };
     run_training(&mut trainer, &dir, &opts)
+}
+
+/// Support and query examples per task: for classification, `support` shots and
+/// `queries` queries per class; for regression, `support` examples and the rest as queries.
+fn split_sizes(family: &Family, support: usize, ep: EpisodeArgs) -> Result<(usize, usize)> {
+    if family.is_classification() {
+        let per_class = msr_trainer::tasks::glyphs::INSTANCES;
+        if support == 0 || ep.queries == 0 || support + ep.queries > per_class {
+            return Err(format!(
+                "--support ({support}) and --queries ({}) must be positive and add up to at most {per_class} per class",
+                ep.queries
+            )
+            .into());
+        }
+        return Ok((ep.ways * support, ep.ways * ep.queries));
+    }
+    let examples = family.examples_per_task();
+    let query = examples
+        .checked_sub(support)
+        .filter(|&q| q > 0)
+        .ok_or_else(|| format!("--support must be below the {examples} examples per task"))?;
+    Ok((support, query))
 }
 
 struct RunOpts {
@@ -382,6 +477,10 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
                 let e = trainer.evaluate(opts.eval_tasks)?;
                 line["test_loss"] = e.mse.into();
                 line["test_ci95"] = e.ci95.into();
+                if let Some(a) = e.accuracy {
+                    line["test_accuracy"] = a.into();
+                    line["test_accuracy_ci95"] = e.accuracy_ci95.into();
+                }
                 last_eval = Some(e);
             }
             writeln!(metrics, "{line}")?;
@@ -390,7 +489,14 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
                 running / count as f64,
                 last_eval
                     .as_ref()
-                    .map(|e| format!(" test {:.4}±{:.4}", e.mse, e.ci95))
+                    .map(|e| match e.accuracy {
+                        Some(a) => format!(
+                            " val acc {:.1}%±{:.1}",
+                            100.0 * a,
+                            100.0 * e.accuracy_ci95.unwrap_or(0.0)
+                        ),
+                        None => format!(" test {:.4}±{:.4}", e.mse, e.ci95),
+                    })
                     .unwrap_or_default()
             ));
             running = 0.0;
@@ -432,17 +538,34 @@ fn eval(args: EvalArgs) -> Result<()> {
         .problem
         .unwrap_or_else(|| model.info().task_family.clone());
     let family = Family::open(&problem)?;
-    let examples = family.examples_per_task();
-    let query = examples
-        .checked_sub(args.support)
-        .filter(|&q| q > 0)
-        .ok_or_else(|| format!("--support must be below the {examples} examples per task"))?;
+    let family = if family.is_classification() {
+        family.with_episodes(args.episodes.ways, args.augment_query)?
+    } else {
+        family
+    };
+    let (support, query) = split_sizes(&family, args.support, args.episodes)?;
     let steps = args
         .inner_steps
         .unwrap_or(model.info().inner_steps as usize);
-    let r = evaluate(&model, &family, args.tasks, args.support, query, steps)?;
+    let r = evaluate(&model, &family, args.tasks, support, query, steps)?;
     if args.json {
         println!("{}", serde_json::to_string(&r)?);
+    } else if let (Some(a), Some(ci)) = (r.accuracy, r.accuracy_ci95) {
+        println!(
+            "{} on {problem}, {}-way {}-shot{}: test accuracy {:.2}% ± {:.2}% (95% CI, {} episodes, {} inner step(s))",
+            model.info().name,
+            family.ways(),
+            args.support,
+            if args.augment_query {
+                ", augmented queries"
+            } else {
+                ""
+            },
+            100.0 * a,
+            100.0 * ci,
+            r.tasks,
+            r.inner_steps
+        );
     } else {
         println!(
             "{} on {problem}: test MSE {:.4} ± {:.4} (95% CI, {} tasks, {} inner step(s))",
@@ -477,6 +600,12 @@ fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
             outer_lr: 1e-3,
             tasks_per_step: 32,
             support: 1,
+            episodes: EpisodeArgs {
+                ways: 5,
+                queries: 5,
+            },
+            augment_query: false,
+            channels: 32,
             first_order: false,
             eval_every: steps.max(1),
             eval_tasks: 300,

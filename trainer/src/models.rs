@@ -24,6 +24,24 @@ pub enum ModelKind {
     /// MSR's hybrid for images: a convolution whose filter bank is (A ⊗ B ⊗ C) v, with the
     /// Kronecker factors meta-learned (translation built in, rotation/reflection learned).
     MsrConv,
+    /// ANIL (glyphs): MAML's conv net whose body is meta-learned but frozen in the inner
+    /// loop; only the head adapts.
+    Anil,
+    /// Prototypical networks (glyphs): the conv body embeds; a query's class is its nearest
+    /// class mean of the support embeddings. No inner loop.
+    ProtoNet,
+}
+
+impl ModelKind {
+    /// Whether layer `layer` of this kind's network adapts in the inner loop (ANIL: only
+    /// the head; ProtoNets: nothing).
+    pub fn adapts(self, layer: usize, layers: usize) -> bool {
+        match self {
+            ModelKind::Anil => layer + 1 == layers,
+            ModelKind::ProtoNet => false,
+            _ => true,
+        }
+    }
 }
 
 impl FromStr for ModelKind {
@@ -35,8 +53,10 @@ impl FromStr for ModelKind {
             "maml-lc" => Ok(ModelKind::MamlLc),
             "maml-conv" => Ok(ModelKind::MamlConv),
             "msr-conv" => Ok(ModelKind::MsrConv),
+            "anil" => Ok(ModelKind::Anil),
+            "protonet" => Ok(ModelKind::ProtoNet),
             other => Err(format!(
-                "unknown model '{other}' (available: msr-fc, maml-fc, maml-lc, maml-conv, msr-conv)"
+                "unknown model '{other}' (available: msr-fc, maml-fc, maml-lc, maml-conv, msr-conv, anil, protonet)"
             )),
         }
     }
@@ -50,6 +70,8 @@ impl fmt::Display for ModelKind {
             ModelKind::MamlLc => "maml-lc",
             ModelKind::MamlConv => "maml-conv",
             ModelKind::MsrConv => "msr-conv",
+            ModelKind::Anil => "anil",
+            ModelKind::ProtoNet => "protonet",
         })
     }
 }
@@ -65,12 +87,76 @@ pub fn default_k(problem: Problem) -> usize {
         Problem::Rot8 | Problem::Rot8Flip => 0,
         // A user's task set: a small latent size; set --k to taste.
         Problem::Npz => 8,
+        // The glyph nets' MSR-Conv layers have square Kronecker factors, as on rot8.
+        Problem::Glyphs => 0,
     }
+}
+
+/// MAML's 4-block conv net for Omniglot (strided 3x3 convolutions, ReLU; 28 -> 14 -> 7 ->
+/// 4 -> 2) with `channels` filters per block and a linear `ways`-way head; MSR-Conv
+/// replaces each convolution by a Kronecker-factored share-conv (square factors, identity
+/// initialised: training starts from the plain net). ProtoNets has no head: its output is
+/// the embedding. No batch norm (see docs/results.md).
+pub fn glyph_spec(kind: ModelKind, ways: usize, channels: usize) -> Result<NetSpec, String> {
+    if !matches!(
+        kind,
+        ModelKind::MamlConv | ModelKind::MsrConv | ModelKind::Anil | ModelKind::ProtoNet
+    ) {
+        return Err(format!(
+            "model {kind} is not a classifier; on glyphs use maml-conv, msr-conv, anil or protonet"
+        ));
+    }
+    let side = crate::tasks::glyphs::SIDE;
+    let mut layers = Vec::new();
+    let mut cin = 1;
+    for _ in 0..4 {
+        let geom = ConvGeom::d2(cin, channels, 3, 2, 1);
+        let op = if kind == ModelKind::MsrConv {
+            Op::ShareConv {
+                geom,
+                sharing: ConvSharing::Kronecker {
+                    ka: channels,
+                    kb: cin,
+                    kc: 9,
+                },
+                bias: true,
+            }
+        } else {
+            Op::Conv { geom, bias: true }
+        };
+        layers.push(LayerSpec {
+            op,
+            activation: Activation::Relu,
+        });
+        cin = channels;
+    }
+    layers.push(LayerSpec {
+        op: Op::Flatten,
+        activation: Activation::Identity,
+    });
+    if kind != ModelKind::ProtoNet {
+        layers.push(LayerSpec {
+            op: Op::Linear {
+                inputs: channels * 2 * 2,
+                outputs: ways,
+                bias: true,
+            },
+            activation: Activation::Identity,
+        });
+    }
+    Ok(NetSpec {
+        input: FeatureShape(vec![1, side, side]),
+        layers,
+        loss: Loss::CrossEntropy,
+    })
 }
 
 /// Architecture of `kind` for `family` (no biases, as the reference synthetic models).
 pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, String> {
     let problem = family.problem();
+    if matches!(kind, ModelKind::Anil | ModelKind::ProtoNet) && problem != Problem::Glyphs {
+        return Err(format!("model {kind} is for the glyph problems"));
+    }
     if problem == Problem::Npz {
         let (inputs, outputs) = (family.input_len(), family.output_len());
         let op = match kind {
@@ -166,6 +252,7 @@ pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, Strin
                 "msr-conv is for the 2-D problems; on {problem} use msr-fc"
             ));
         }
+        ModelKind::Anil | ModelKind::ProtoNet => unreachable!("refused above"),
     };
     Ok(NetSpec {
         input: FeatureShape(input),
@@ -177,12 +264,14 @@ pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, Strin
     })
 }
 
-/// Initial meta-parameters for `spec`, with inner learning rate `lr0`:
+/// Initial meta-parameters for `spec`, with inner learning rate `lr0` (0 for layers that
+/// `adapts` says do not adapt):
 /// U ~ N(0, 0.01^2), v ~ N(0, 1/out^2) (reference ShareLinearFull); plain weights
 /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default); biases zero.
 pub fn init(
     spec: &NetSpec,
     lr0: f32,
+    adapts: impl Fn(usize) -> bool,
     rng: &mut Rng,
 ) -> Result<Vec<LayerRecord>, msr_runtime::ShapeError> {
     let shapes = spec.shapes()?;
@@ -228,7 +317,14 @@ pub fn init(
                 let out = shapes.activations[i + 1].numel().max(1);
                 rng.normals(*n, 1.0 / out as f64)
             } else {
-                let bound = 1.0 / (fan_in(&layer.op) as f64).sqrt();
+                // PyTorch's default, U(+-1/sqrt(fan_in)); He's U(+-sqrt(6/fan_in)) before a
+                // ReLU, so that a deep net's activations keep their scale without batch norm.
+                let gain = if layer.activation == Activation::Relu {
+                    6.0
+                } else {
+                    1.0
+                };
+                let bound = (gain / fan_in(&layer.op) as f64).sqrt();
                 (0..*n).map(|_| rng.range(-bound, bound) as f32).collect()
             };
             adapted0.push(v);
@@ -236,7 +332,11 @@ pub fn init(
         out.push(LayerRecord {
             shared,
             adapted0,
-            lr: if layout.adapted.is_empty() { 0.0 } else { lr0 },
+            lr: if layout.adapted.is_empty() || !adapts(i) {
+                0.0
+            } else {
+                lr0
+            },
         });
     }
     Ok(out)

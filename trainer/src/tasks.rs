@@ -11,6 +11,9 @@ use crate::rng::Rng;
 
 /// Test task ids start here; train task ids are drawn below it.
 pub const TEST_TASK_BASE: u64 = 1 << 62;
+/// Validation task ids start here (above the test ids); only the glyph families have a
+/// separate validation split, the others validate on their test tasks.
+pub const VAL_TASK_BASE: u64 = TEST_TASK_BASE + (1 << 61);
 
 /// A batch of tasks, host-side, row-major f32.
 #[derive(Clone, Debug, PartialEq)]
@@ -46,6 +49,9 @@ pub enum Problem {
     Rot8Flip,
     /// A user's task set from a `.npz` file (`npz:PATH`; see [`npz`]).
     Npz,
+    /// Few-shot classification of glyphs rendered from real fonts (`glyphs`: Debian's
+    /// fonts-noto-core; `glyphs-mini`: the committed subset; see [`glyphs`]).
+    Glyphs,
 }
 
 impl Problem {
@@ -64,9 +70,10 @@ impl FromStr for Problem {
             "rank5" => Ok(Problem::Rank5),
             "rot8" => Ok(Problem::Rot8),
             "rot8-flip" => Ok(Problem::Rot8Flip),
+            "glyphs" | "glyphs-mini" => Ok(Problem::Glyphs),
             other if other.starts_with("npz:") => Ok(Problem::Npz),
             other => Err(format!(
-                "unknown problem '{other}' (available: rank1, rank2, rank5, rot8, rot8-flip, npz:PATH)"
+                "unknown problem '{other}' (available: rank1, rank2, rank5, rot8, rot8-flip, glyphs, glyphs-mini, npz:PATH)"
             )),
         }
     }
@@ -81,6 +88,7 @@ impl fmt::Display for Problem {
             Problem::Rot8 => "rot8",
             Problem::Rot8Flip => "rot8-flip",
             Problem::Npz => "npz",
+            Problem::Glyphs => "glyphs",
         })
     }
 }
@@ -110,12 +118,33 @@ pub struct Family {
     connectivity: Vec<f64>,
     /// The task set of `npz:PATH` problems.
     file: Option<std::sync::Arc<npz::NpzTasks>>,
+    /// The glyph data set of the classification problems.
+    glyphs: Option<std::sync::Arc<glyphs::Glyphs>>,
+    /// Classes per episode (classification only).
+    ways: usize,
+    /// Augment query examples (Algorithm 2; classification only).
+    augment_query: bool,
 }
 
 impl Family {
     /// The family named `name`: a synthetic problem, or `npz:PATH` (read and checked now).
     pub fn open(name: &str) -> Result<Self, String> {
         let problem: Problem = name.parse()?;
+        if problem == Problem::Glyphs {
+            let set = if name == "glyphs-mini" {
+                glyphs::Glyphs::mini()
+            } else {
+                glyphs::Glyphs::system()
+            };
+            return Ok(Family {
+                problem,
+                connectivity: Vec::new(),
+                file: None,
+                glyphs: Some(std::sync::Arc::new(set.map_err(|e| e.to_string())?)),
+                ways: 5,
+                augment_query: false,
+            });
+        }
         if problem != Problem::Npz {
             return Ok(Self::new(problem));
         }
@@ -124,6 +153,9 @@ impl Family {
             problem,
             connectivity: Vec::new(),
             file: Some(std::sync::Arc::new(npz::NpzTasks::open(path)?)),
+            glyphs: None,
+            ways: 0,
+            augment_query: false,
         })
     }
 
@@ -147,11 +179,55 @@ impl Family {
             problem,
             connectivity,
             file: None,
+            glyphs: None,
+            ways: 0,
+            augment_query: false,
         }
+    }
+
+    /// Whether tasks are classification episodes (one-hot targets over [`Family::ways`]).
+    pub fn is_classification(&self) -> bool {
+        self.glyphs.is_some()
+    }
+
+    /// Classes per episode (0 for regression).
+    pub fn ways(&self) -> usize {
+        self.ways
+    }
+
+    /// The same family with `ways`-way episodes and, if `augment_query`, augmented queries.
+    /// Regression families ignore both.
+    pub fn with_episodes(mut self, ways: usize, augment_query: bool) -> Result<Self, String> {
+        if let Some(g) = &self.glyphs {
+            if ways < 2 {
+                return Err(format!("--ways must be at least 2 (got {ways})"));
+            }
+            for split in [
+                glyphs::Split::Train,
+                glyphs::Split::Val,
+                glyphs::Split::Test,
+            ] {
+                let have = g.classes(split).len();
+                if have < ways {
+                    return Err(glyphs::GlyphError::TooFewClasses { split, have, ways }.to_string());
+                }
+            }
+            self.ways = ways;
+            self.augment_query = augment_query;
+        }
+        Ok(self)
+    }
+
+    /// The glyph data set, for the classification families.
+    pub fn glyphs(&self) -> Option<&glyphs::Glyphs> {
+        self.glyphs.as_deref()
     }
 
     /// Examples available per task (support + query).
     pub fn examples_per_task(&self) -> usize {
+        if self.glyphs.is_some() {
+            return self.ways * glyphs::INSTANCES;
+        }
         self.file.as_ref().map_or(EXAMPLES_PER_TASK, |f| f.examples)
     }
 
@@ -166,6 +242,9 @@ impl Family {
     }
     /// Scalars per input example.
     pub fn input_len(&self) -> usize {
+        if self.glyphs.is_some() {
+            return glyphs::SIDE * glyphs::SIDE;
+        }
         match &self.file {
             Some(f) => f.input_len(),
             None if self.problem.is_2d() => IMG * IMG,
@@ -174,6 +253,9 @@ impl Family {
     }
     /// Scalars per output example.
     pub fn output_len(&self) -> usize {
+        if self.glyphs.is_some() {
+            return self.ways;
+        }
         if let Some(f) = &self.file {
             return f.output_len();
         }
@@ -189,7 +271,7 @@ impl Family {
     pub fn filters(&self, id: u64) -> Vec<f64> {
         let mut rng = Rng::derive(&[self.problem as u64, id, 1]);
         match self.problem {
-            Problem::Npz => Vec::new(),
+            Problem::Npz | Problem::Glyphs => Vec::new(),
             Problem::Rot8 | Problem::Rot8Flip => rot::filter_bank(self.problem, &mut rng),
             Problem::Rank1 => {
                 let f: Vec<f64> = (0..TAPS).map(|_| rng.normal()).collect();
@@ -249,6 +331,9 @@ impl Family {
         if let Some(f) = &self.file {
             return file_batch(f, ids, support, query);
         }
+        if let Some(g) = &self.glyphs {
+            return self.episodes(g, ids, support, query);
+        }
         let mut b = Batch {
             tasks: ids.len(),
             support,
@@ -276,6 +361,92 @@ impl Family {
                 .collect(),
             None => (0..n).map(|_| rng.next_u64() % TEST_TASK_BASE).collect(),
         }
+    }
+
+    /// The first `n` validation tasks: the glyph families' meta-validation alphabets; the
+    /// other families have no separate validation split and return their test tasks.
+    pub fn val_ids(&self, n: usize) -> Vec<u64> {
+        if self.glyphs.is_some() {
+            return (0..n as u64).map(|i| VAL_TASK_BASE + i).collect();
+        }
+        self.test_ids(n)
+    }
+
+    /// Classification episodes: `ways` distinct characters of the id's split (train, test or
+    /// validation alphabets), `support / ways` and `query / ways` distinct instances of each;
+    /// targets one-hot; queries augmented if the family says so.
+    fn episodes(&self, g: &glyphs::Glyphs, ids: &[u64], support: usize, query: usize) -> Batch {
+        let ways = self.ways;
+        assert!(
+            support.is_multiple_of(ways) && query.is_multiple_of(ways),
+            "support and query must be multiples of the ways"
+        );
+        let (shots, queries) = (support / ways, query / ways);
+        assert!(
+            shots + queries <= glyphs::INSTANCES,
+            "too many examples per class"
+        );
+        let px = glyphs::SIDE * glyphs::SIDE;
+        let mut b = Batch {
+            tasks: ids.len(),
+            support,
+            query,
+            xs: vec![0.0; ids.len() * support * px],
+            ys: vec![0.0; ids.len() * support * ways],
+            xq: vec![0.0; ids.len() * query * px],
+            yq: vec![0.0; ids.len() * query * ways],
+        };
+        for (t, &id) in ids.iter().enumerate() {
+            let split = if id < TEST_TASK_BASE {
+                glyphs::Split::Train
+            } else if id < VAL_TASK_BASE {
+                glyphs::Split::Test
+            } else {
+                glyphs::Split::Val
+            };
+            let classes = g.classes(split);
+            let mut rng = Rng::derive(&[self.problem as u64, id, 4]);
+            let mut chosen: Vec<usize> = Vec::with_capacity(ways);
+            while chosen.len() < ways {
+                let c = rng.below(classes.len());
+                if !chosen.contains(&c) {
+                    chosen.push(c);
+                }
+            }
+            for (label, &c) in chosen.iter().enumerate() {
+                let (alphabet, ch) = classes[c];
+                let mut inst: Vec<usize> = (0..glyphs::INSTANCES).collect();
+                for i in 0..shots + queries {
+                    let j = i + rng.below(glyphs::INSTANCES - i);
+                    inst.swap(i, j);
+                }
+                for (i, &instance) in inst[..shots + queries].iter().enumerate() {
+                    let (x, y, row) = if i < shots {
+                        (&mut b.xs, &mut b.ys, t * support + label * shots + i)
+                    } else {
+                        (
+                            &mut b.xq,
+                            &mut b.yq,
+                            t * query + label * queries + i - shots,
+                        )
+                    };
+                    let aug = if i >= shots && self.augment_query {
+                        glyphs::Augment::random(&mut rng)
+                    } else {
+                        glyphs::Augment::NONE
+                    };
+                    g.render(
+                        alphabet,
+                        ch,
+                        instance,
+                        aug,
+                        &mut x[row * px..(row + 1) * px],
+                    );
+                    y[row * ways + label] = 1.0;
+                }
+            }
+        }
+        b
     }
 
     /// The first `n` test tasks (the same for every run and model; from a file, at most
@@ -317,6 +488,7 @@ fn file_batch(f: &npz::NpzTasks, ids: &[u64], support: usize, query: usize) -> B
 
 pub mod npz;
 
+pub mod glyphs;
 pub mod rot;
 
 #[cfg(test)]

@@ -43,6 +43,12 @@ pub struct TrainConfig {
     pub query: usize,
     /// Detach the inner gradient (first-order MAML) instead of the exact meta-gradient.
     pub first_order: bool,
+    /// Classes per episode (classification families; 0 for regression).
+    pub ways: usize,
+    /// Augment the query examples of training episodes (Algorithm 2).
+    pub augment_query: bool,
+    /// Filters per conv block of the glyph nets.
+    pub channels: usize,
 }
 
 impl TrainConfig {
@@ -61,7 +67,22 @@ impl TrainConfig {
             support: 1,
             query: 19,
             first_order: false,
+            ways: 0,
+            augment_query: false,
+            channels: 32,
         }
+    }
+
+    /// The family (with its episode shape) and the network this configuration trains.
+    pub fn family_and_spec(&self) -> Result<(Family, NetSpec, ModelKind), String> {
+        let (_, kind) = self.kinds()?;
+        let family = Family::open(&self.problem)?.with_episodes(self.ways, self.augment_query)?;
+        let spec = if family.is_classification() {
+            models::glyph_spec(kind, self.ways, self.channels)?
+        } else {
+            models::spec(kind, &family, self.k)?
+        };
+        Ok((family, spec, kind))
     }
 
     /// Parsed problem and model.
@@ -80,10 +101,13 @@ struct Adam {
     t: u64,
     m: Vec<Tensor<2>>,
     v: Vec<Tensor<2>>,
+    /// Tensors the outer loop leaves alone (the zero learning rates of layers that do not
+    /// adapt: ANIL's body, ProtoNets).
+    frozen: Vec<bool>,
 }
 
 impl Adam {
-    fn new(lr: f64, params: &MetaParams) -> Self {
+    fn new(lr: f64, params: &MetaParams, frozen: Vec<bool>) -> Self {
         let zeros: Vec<Tensor<2>> = params
             .tensors()
             .iter()
@@ -97,6 +121,7 @@ impl Adam {
             t: 0,
             m: zeros.clone(),
             v: zeros,
+            frozen,
         }
     }
 
@@ -107,6 +132,10 @@ impl Adam {
         let bc2 = 1.0 - self.beta2.powi(self.t as i32);
         let mut i = 0;
         params.map(|p| {
+            if self.frozen[i] {
+                i += 1;
+                return p;
+            }
             let g = grads[i].clone();
             let m =
                 self.m[i].clone().mul_scalar(self.beta1) + g.clone().mul_scalar(1.0 - self.beta1);
@@ -171,6 +200,7 @@ pub struct Trainer {
     net: Net,
     params: MetaParams,
     adam: Adam,
+    kind: ModelKind,
     /// Outer steps done.
     pub step: u64,
 }
@@ -189,7 +219,7 @@ struct Checkpoint {
 /// Adam's step count and first and second moments, as stored in a checkpoint.
 type AdamState = (u64, Vec<Vec<f32>>, Vec<Vec<f32>>);
 
-const CHECKPOINT_MAGIC: &[u8; 8] = b"MSRCKPT1";
+const CHECKPOINT_MAGIC: &[u8; 8] = b"MSRCKPT2";
 
 /// Errors of the training loop's files.
 #[derive(Debug, thiserror::Error)]
@@ -233,8 +263,7 @@ impl Trainer {
 
     /// A fresh run on `device` (see `msr_runtime::device`).
     pub fn on_device(config: TrainConfig, device: Device) -> Result<Self, TrainError> {
-        let (_, kind) = config.kinds().map_err(TrainError::Config)?;
-        let family = Family::open(&config.problem).map_err(TrainError::Config)?;
+        let (family, spec, kind) = config.family_and_spec().map_err(TrainError::Config)?;
         if config.tasks_per_step == 0 || config.support == 0 || config.query == 0 {
             return Err(TrainError::Config(
                 "tasks per step, support and query sizes must be positive".into(),
@@ -248,9 +277,14 @@ impl Trainer {
                 family.examples_per_task()
             )));
         }
-        let spec = models::spec(kind, &family, config.k).map_err(TrainError::Config)?;
-        let init = models::init(&spec, config.inner_lr, &mut Rng::derive(&[config.seed, 0]))
-            .map_err(msr_runtime::Error::from)?;
+        let layers = spec.layers.len();
+        let init = models::init(
+            &spec,
+            config.inner_lr,
+            |l| kind.adapts(l, layers),
+            &mut Rng::derive(&[config.seed, 0]),
+        )
+        .map_err(msr_runtime::Error::from)?;
         Self::from_parts(config, family, spec, &init, None, 0, device)
     }
 
@@ -267,7 +301,18 @@ impl Trainer {
         let device = plain.clone().autodiff();
         let net = Net::new(spec, &device).map_err(msr_runtime::Error::from)?;
         let params = params_from_record(&net, layers, DType::F32).map(|t| t.require_grad());
-        let mut adam = Adam::new(config.outer_lr, &params);
+        let (_, kind) = config.kinds().map_err(TrainError::Config)?;
+        let n = params.layers.len();
+        let frozen = params
+            .layers
+            .iter()
+            .enumerate()
+            .flat_map(|(l, lp)| {
+                let group = lp.shared.len() + lp.adapted0.len();
+                std::iter::repeat_n(false, group).chain([!kind.adapts(l, n)])
+            })
+            .collect();
+        let mut adam = Adam::new(config.outer_lr, &params, frozen);
         if let Some((t, m, v)) = adam_state {
             let shapes: Vec<[usize; 2]> = params.tensors().iter().map(|p| p.dims()).collect();
             if m.len() != shapes.len() || v.len() != shapes.len() {
@@ -294,6 +339,7 @@ impl Trainer {
             net,
             params,
             adam,
+            kind,
             step,
         })
     }
@@ -330,16 +376,20 @@ impl Trainer {
 
     /// Meta-gradient and Adam update on one uploaded batch; returns the mean query loss.
     pub fn meta_step(&mut self, b: &DeviceBatch) -> f64 {
-        let task = self.net.initial(&self.params, b.xs.dims()[0]);
-        let task = self.net.adapt_from(
-            &self.params,
-            task,
-            b.xs.clone(),
-            b.ys.clone(),
-            self.config.inner_steps,
-            self.config.first_order,
-        );
-        let out = self.net.forward(&self.params, &task, b.xq.clone());
+        let out = if self.kind == ModelKind::ProtoNet {
+            proto_logits(&self.net, &self.params, b)
+        } else {
+            let task = self.net.initial(&self.params, b.xs.dims()[0]);
+            let task = self.net.adapt_from(
+                &self.params,
+                task,
+                b.xs.clone(),
+                b.ys.clone(),
+                self.config.inner_steps,
+                self.config.first_order,
+            );
+            self.net.forward(&self.params, &task, b.xq.clone())
+        };
         // The meta-gradient is the SUM of the per-task gradients, as the reference code's
         // per-task backward() accumulates (Adam is nearly scale-free: only its epsilon sees
         // the difference from the mean; rank2 curves were the same within 0.001).
@@ -364,10 +414,10 @@ impl Trainer {
     /// would (plain device, the run's support/query sizes and inner steps).
     pub fn evaluate(&self, tasks: usize) -> Result<EvalResult, msr_runtime::Error> {
         let model = Model::from_record(&self.record(), &self.device, DType::F32)?;
-        evaluate(
+        evaluate_on(
             &model,
             &self.family,
-            tasks,
+            &self.family.val_ids(tasks),
             self.config.support,
             self.config.query,
             self.config.inner_steps,
@@ -447,9 +497,7 @@ impl Trainer {
             }
             config.steps = exp.steps;
         }
-        let (_, kind) = config.kinds().map_err(&bad)?;
-        let family = Family::open(&config.problem).map_err(&bad)?;
-        let spec = models::spec(kind, &family, config.k).map_err(bad)?;
+        let (family, spec, _) = config.family_and_spec().map_err(&bad)?;
         let record = ModelRecord {
             info: ModelInfo {
                 name: String::new(),
@@ -476,18 +524,25 @@ impl Trainer {
 /// Result of evaluating a model on test tasks.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalResult {
-    /// Mean query loss over tasks (MSE for regression).
+    /// Mean query loss over tasks (MSE for regression, cross-entropy for classification).
     pub mse: f64,
     /// 95% confidence half-width of the mean.
     pub ci95: f64,
+    /// Mean query accuracy over tasks (classification only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Its 95% confidence half-width.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy_ci95: Option<f64>,
     /// Number of test tasks.
     pub tasks: usize,
     /// Inner steps used.
     pub inner_steps: usize,
 }
 
-/// Adapts `model` through the runtime, exactly as a device would (plain device, no
-/// augmentation), on the first `n` test tasks of `family`, and reports the query loss.
+/// Adapts `model` through the runtime, exactly as a device would (plain device; the
+/// runtime never augments: a family with query augmentation generates augmented queries),
+/// on the first `n` test tasks of `family`, and reports the query loss (and accuracy).
 pub fn evaluate(
     model: &Model,
     family: &Family,
@@ -496,9 +551,35 @@ pub fn evaluate(
     query: usize,
     inner_steps: usize,
 ) -> Result<EvalResult, msr_runtime::Error> {
-    let mut losses = Vec::with_capacity(n);
+    evaluate_on(
+        model,
+        family,
+        &family.test_ids(n),
+        support,
+        query,
+        inner_steps,
+    )
+}
+
+/// [`evaluate`] on the tasks `ids`.
+pub fn evaluate_on(
+    model: &Model,
+    family: &Family,
+    ids: &[u64],
+    support: usize,
+    query: usize,
+    inner_steps: usize,
+) -> Result<EvalResult, msr_runtime::Error> {
+    let mut losses = Vec::with_capacity(ids.len());
+    let mut accuracies = Vec::new();
+    // A classifier without a head (its last op is Flatten) embeds: prototypes classify.
+    let proto = family.is_classification()
+        && matches!(
+            model.spec().layers.last().map(|l| &l.op),
+            Some(msr_runtime::Op::Flatten)
+        );
     // Chunks bound memory; tasks are independent, so chunking does not change results.
-    for ids in family.test_ids(n).chunks(100) {
+    for ids in ids.chunks(if family.is_classification() { 20 } else { 100 }) {
         let batch = family.batch(ids, support, query);
         let b = DeviceBatch::new(
             &batch,
@@ -506,18 +587,51 @@ pub fn evaluate(
             family.output_len(),
             model.net().device(),
         );
-        let task = model.adapt(b.xs, b.ys, inner_steps)?;
-        let out = model.predict(&task, b.xq)?;
+        let out = if proto {
+            model.check_set(&b.xs, None)?;
+            model.check_set(&b.xq, None)?;
+            proto_logits(model.net(), model.params(), &b)
+        } else {
+            let task = model.adapt(b.xs, b.ys, inner_steps)?;
+            model.predict(&task, b.xq)?
+        };
+        if family.is_classification() {
+            let hit = out
+                .clone()
+                .argmax(2)
+                .equal(b.yq.clone().argmax(2))
+                .float()
+                .mean_dim(1);
+            accuracies.extend(hit.to_data().convert::<f64>().iter::<f64>());
+        }
         let l = model.net().loss(out, b.yq);
         losses.extend(l.to_data().convert::<f64>().iter::<f64>());
     }
     let (mse, ci95) = mean_ci95(&losses);
+    let acc = (!accuracies.is_empty()).then(|| mean_ci95(&accuracies));
     Ok(EvalResult {
         mse,
         ci95,
+        accuracy: acc.map(|a| a.0),
+        accuracy_ci95: acc.map(|a| a.1),
         tasks: losses.len(),
         inner_steps,
     })
+}
+
+/// Prototypical networks' logits: `net` embeds support and query examples; each class's
+/// prototype is the mean of its support embeddings; a query's logit for a class is minus
+/// its squared Euclidean distance to the prototype. `[tasks, query, ways]`.
+pub fn proto_logits(net: &Net, params: &MetaParams, b: &DeviceBatch) -> Tensor<3> {
+    let task = net.initial(params, b.xs.dims()[0]);
+    let es = net.forward(params, &task, b.xs.clone()); // [T, S, D]
+    let eq = net.forward(params, &task, b.xq.clone()); // [T, Q, D]
+    let counts = b.ys.clone().sum_dim(1).swap_dims(1, 2); // [T, N, 1]
+    let protos = b.ys.clone().swap_dims(1, 2).matmul(es) / counts; // [T, N, D]
+    let qq = eq.clone().square().sum_dim(2); // [T, Q, 1]
+    let pp = protos.clone().square().sum_dim(2).swap_dims(1, 2); // [T, 1, N]
+    let cross = eq.matmul(protos.swap_dims(1, 2)); // [T, Q, N]
+    cross.mul_scalar(2.0) - qq - pp
 }
 
 /// Seconds since `start`.
