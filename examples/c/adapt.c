@@ -1,11 +1,14 @@
 /* Load an msr model, adapt it to a new task from a few examples, predict, print.
  *
- *   adapt MODEL.msr [regress|classify]
+ *   adapt MODEL.msr [regress | classify [EPISODE]]
  *
  * Regression (the default): the task is a 1-D valid convolution with a filter the model has
  * never seen (the rank1 family); the program adapts on 1 example and reports the error on
- * 19 others, before and after adapting. Classification: a synthetic task whose class is the
- * strongest of the first `classes` inputs; it adapts on labels.
+ * 19 others, before and after adapting. Classification: adapts on labelled support examples
+ * and reports the query accuracy. The episode comes from a file written by
+ * `trainer episode` (e.g. 5 glyph classes never seen in training, 1 image each, and 25
+ * query images), or, without one, is a synthetic task whose class is the strongest of the
+ * first `classes` inputs.
  */
 #include <math.h>
 #include <stdio.h>
@@ -33,6 +36,47 @@ static float normal(void) {
         }                                                                       \
     } while (0)
 
+/* Reads an episode file ("MSREPIS1", u32 support, query, input length, classes, then support
+ * inputs f32, support labels i32, query inputs, query labels; little-endian, as on x86 and
+ * ARM). Returns 0 on success; *x and *labels are malloc'ed, support first. */
+static int read_episode(const char *path, size_t input_len, size_t *support, size_t *query,
+                        float **x, int32_t **labels) {
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "%s: cannot open\n", path);
+        return 1;
+    }
+    char magic[8];
+    uint32_t head[4];
+    int rc = 1;
+    if (fread(magic, 1, 8, f) != 8 || memcmp(magic, "MSREPIS1", 8) != 0 ||
+        fread(head, sizeof head[0], 4, f) != 4) {
+        fprintf(stderr, "%s: not an episode file\n", path);
+        goto out;
+    }
+    if (head[2] != input_len) {
+        fprintf(stderr, "%s: inputs of %u values, the model takes %zu\n", path, head[2], input_len);
+        goto out;
+    }
+    *support = head[0];
+    *query = head[1];
+    size_t n = *support + *query;
+    *x = malloc(n * input_len * sizeof **x);
+    *labels = malloc(n * sizeof **labels);
+    if (!*x || !*labels) goto out;
+    if (fread(*x, sizeof **x, *support * input_len, f) != *support * input_len ||
+        fread(*labels, sizeof **labels, *support, f) != *support ||
+        fread(*x + *support * input_len, sizeof **x, *query * input_len, f) != *query * input_len ||
+        fread(*labels + *support, sizeof **labels, *query, f) != *query) {
+        fprintf(stderr, "%s: truncated\n", path);
+        goto out;
+    }
+    rc = 0;
+out:
+    fclose(f);
+    return rc;
+}
+
 static double mse(const float *a, const float *b, size_t n) {
     double s = 0.0;
     for (size_t i = 0; i < n; i++) s += (double)(a[i] - b[i]) * (a[i] - b[i]);
@@ -41,7 +85,7 @@ static double mse(const float *a, const float *b, size_t n) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL.msr [regress|classify]\n", argv[0]);
+        fprintf(stderr, "usage: %s MODEL.msr [regress | classify [EPISODE]]\n", argv[0]);
         return 2;
     }
     int classify = argc > 2 && strcmp(argv[2], "classify") == 0;
@@ -62,14 +106,21 @@ int main(int argc, char **argv) {
     memset(&options, 0, sizeof options); /* zeros: defaults */
     CHECK(msr_session_new(model, &options, &session));
 
-    const size_t support = classify ? 5 : 1, query = classify ? 20 : 19, n = support + query;
+    size_t support = classify ? 5 : 1, query = classify ? 20 : 19;
     const size_t fi = info.input_len, fo = info.output_len;
-    x = malloc(n * fi * sizeof *x);
+    const char *episode = classify && argc > 3 ? argv[3] : NULL;
+    if (episode) {
+        if (read_episode(episode, fi, &support, &query, &x, &labels) != 0) goto done;
+    } else {
+        x = malloc((support + query) * fi * sizeof *x);
+        labels = malloc((support + query) * sizeof *labels);
+        if (!x || !labels) goto done;
+        for (size_t i = 0; i < (support + query) * fi; i++) x[i] = normal();
+    }
+    const size_t n = support + query;
     y = malloc(n * fo * sizeof *y);
     pred = malloc(query * fo * sizeof *pred);
-    labels = malloc(n * sizeof *labels);
-    if (!x || !y || !pred || !labels) goto done;
-    for (size_t i = 0; i < n * fi; i++) x[i] = normal();
+    if (!y || !pred) goto done;
 
     if (!classify) {
         if (info.loss != MSR_LOSS_MSE || fi != fo + 2) {
@@ -94,7 +145,7 @@ int main(int argc, char **argv) {
             fprintf(stderr, "classification mode needs a classification model\n");
             goto done;
         }
-        for (size_t e = 0; e < n; e++) {
+        for (size_t e = 0; e < n && !episode; e++) {
             size_t best = 0;
             for (size_t c = 1; c < fo && c < fi; c++)
                 if (x[e * fi + c] > x[e * fi + best]) best = c;

@@ -6,8 +6,9 @@ use std::process::Command;
 
 use msr_runtime::format::{LayerRecord, ModelInfo};
 use msr_runtime::{Activation, FeatureShape, LayerSpec, Loss, ModelRecord, NetSpec, Op};
+use msr_runtime::{DType, Model, Tensor, TensorData};
 use msr_trainer::models::ModelKind;
-use msr_trainer::tasks::Problem;
+use msr_trainer::tasks::{Family, Problem};
 use msr_trainer::train::{TrainConfig, Trainer};
 
 fn root() -> PathBuf {
@@ -111,6 +112,56 @@ fn classifier(dir: &Path) -> PathBuf {
     path
 }
 
+/// A small glyph classifier (MSR-Conv, 8 channels, a few outer steps on the committed font
+/// set), a 5-way 1-shot test episode with augmented queries written as an episode file, and
+/// how many of its queries the runtime (burn path) classifies correctly after adapting.
+fn glyph_classifier(dir: &Path) -> (PathBuf, PathBuf, usize) {
+    let mut config = TrainConfig::new(Problem::Glyphs, ModelKind::MsrConv);
+    config.problem = "glyphs-mini".into();
+    (config.ways, config.support, config.query) = (5, 5, 25);
+    (config.channels, config.tasks_per_step, config.steps) = (8, 4, 30);
+    let mut t = Trainer::new(config.clone()).unwrap();
+    for _ in 0..config.steps {
+        t.outer_step();
+    }
+    let model_path = dir.join("glyphs.msr");
+    std::fs::write(&model_path, t.record().to_bytes()).unwrap();
+
+    let family = Family::open("glyphs-mini")
+        .unwrap()
+        .with_episodes(5, true)
+        .unwrap();
+    let b = family.batch(&family.test_ids(1), 5, 25);
+    let episode = dir.join("episode.bin");
+    std::fs::write(&episode, b.episode_bytes(5)).unwrap();
+
+    let device = msr_runtime::device::cpu();
+    let model = Model::load(&model_path, &device).unwrap();
+    let t3 = |v: &Vec<f32>, n: usize, f: usize| {
+        Tensor::<3>::from_data(TensorData::new(v.clone(), [1, n, f]), (&device, DType::F32))
+    };
+    let task = model
+        .adapt(
+            t3(&b.xs, 5, 784),
+            t3(&b.ys, 5, 5),
+            model.info().inner_steps as usize,
+        )
+        .unwrap();
+    let logits = model.predict(&task, t3(&b.xq, 25, 784)).unwrap();
+    let pred: Vec<i64> = logits
+        .argmax(2)
+        .to_data()
+        .convert::<i64>()
+        .iter::<i64>()
+        .collect();
+    let truth: Vec<i64> =
+        b.yq.chunks(5)
+            .map(|r| r.iter().position(|&v| v == 1.0).unwrap() as i64)
+            .collect();
+    let correct = pred.iter().zip(&truth).filter(|(p, t)| p == t).count();
+    (model_path, episode, correct)
+}
+
 fn number_after(text: &str, label: &str) -> f64 {
     let at = text
         .find(label)
@@ -120,7 +171,9 @@ fn number_after(text: &str, label: &str) -> f64 {
         .split_whitespace()
         .next()
         .and_then(|w| {
-            w.trim_end_matches(|c: char| !c.is_ascii_digit())
+            w.split('/')
+                .next()?
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
                 .parse()
                 .ok()
         })
@@ -166,6 +219,21 @@ fn c_and_cpp_examples_build_run_and_are_valgrind_clean() {
 
     let out = run(Command::new(&adapt).arg(classifier(&dir)).arg("classify"));
     assert!(out.contains("query accuracy"), "{out}");
+
+    // Glyph classification through the whole stack: trainer -> model file -> libmsr's
+    // real-time engine from C, on an episode file; it must classify exactly the queries the
+    // runtime's burn path classifies.
+    let (glyphs, episode, expected) = glyph_classifier(&dir);
+    let out = run(Command::new(&adapt)
+        .arg(&glyphs)
+        .arg("classify")
+        .arg(&episode));
+    let correct = number_after(&out, "query accuracy");
+    assert_eq!(
+        correct as usize, expected,
+        "C and the runtime disagree:\n{out}"
+    );
+    assert!(out.contains("/25"), "{out}");
 
     let out = Command::new(&adapt)
         .arg(dir.join("missing.msr"))

@@ -65,6 +65,29 @@ enum Command {
         #[arg(long)]
         png: Option<PathBuf>,
     },
+    /// Write one test episode of a classification family to a file a C program can read
+    /// (the C example's classification mode): magic "MSREPIS1", then u32 little-endian
+    /// support count, query count, input length, classes; support inputs (f32), support
+    /// labels (i32), query inputs, query labels.
+    Episode {
+        /// Classification family: glyphs or glyphs-mini.
+        #[arg(long, default_value = "glyphs-mini")]
+        problem: String,
+        /// Shots per class.
+        #[arg(long, default_value_t = 1)]
+        support: usize,
+        #[command(flatten)]
+        episodes: EpisodeArgs,
+        /// Augment the queries.
+        #[arg(long)]
+        augment_query: bool,
+        /// Which test episode.
+        #[arg(long, default_value_t = 0)]
+        index: u64,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// The end-to-end demo: meta-train MSR-FC and MAML-FC on rank1, export, reload, evaluate.
     Demo {
         /// Outer steps per model.
@@ -249,6 +272,31 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Demo { steps, out, seed } => demo(steps, &out, seed),
+        Command::Episode {
+            problem,
+            support,
+            episodes,
+            augment_query,
+            index,
+            out,
+        } => {
+            let family = Family::open(&problem)?;
+            if !family.is_classification() {
+                return Err(format!("{problem} is not a classification family").into());
+            }
+            let family = family.with_episodes(episodes.ways, augment_query)?;
+            let (s, q) = split_sizes(&family, support, episodes)?;
+            let id = family.test_ids(index as usize + 1)[index as usize];
+            let b = family.batch(&[id], s, q);
+            let bytes = b.episode_bytes(episodes.ways);
+            fs::write(&out, bytes).map_err(|e| format!("{}: {e}", out.display()))?;
+            println!(
+                "test episode {index} of {problem}: {}-way, {s} support, {q} query examples -> {}",
+                episodes.ways,
+                out.display()
+            );
+            Ok(())
+        }
         Command::Glyphs { set, png } => {
             let family = Family::open(&set)?;
             let g = family

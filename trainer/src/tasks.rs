@@ -34,6 +34,31 @@ pub struct Batch {
     pub yq: Vec<f32>,
 }
 
+impl Batch {
+    /// The first task of a classification batch in the episode file format the C example
+    /// reads: magic `MSREPIS1`, then u32 little-endian support count, query count, input
+    /// length and classes; support inputs (f32), support labels (i32), query inputs, query
+    /// labels. Labels are the positions of the one-hot targets.
+    pub fn episode_bytes(&self, ways: usize) -> Vec<u8> {
+        let fin = self.xs.len() / (self.tasks * self.support);
+        let labels = |y: &[f32]| -> Vec<i32> {
+            y.chunks(ways)
+                .map(|row| row.iter().position(|&v| v == 1.0).unwrap_or(0) as i32)
+                .collect()
+        };
+        let mut bytes = b"MSREPIS1".to_vec();
+        for v in [self.support, self.query, fin, ways] {
+            bytes.extend_from_slice(&(v as u32).to_le_bytes());
+        }
+        let (s, q) = (self.support, self.query);
+        for (x, y, n) in [(&self.xs, &self.ys, s), (&self.xq, &self.yq, q)] {
+            bytes.extend(x[..n * fin].iter().flat_map(|v| v.to_le_bytes()));
+            bytes.extend(labels(&y[..n * ways]).iter().flat_map(|v| v.to_le_bytes()));
+        }
+        bytes
+    }
+}
+
 /// The synthetic 1-D families of the paper.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Problem {
@@ -406,6 +431,9 @@ impl Family {
             };
             let classes = g.classes(split);
             let mut rng = Rng::derive(&[self.problem as u64, id, 4]);
+            // Augmentations draw from their own stream: the episode's classes and instances
+            // are the same with and without them.
+            let mut aug_rng = Rng::derive(&[self.problem as u64, id, 5]);
             let mut chosen: Vec<usize> = Vec::with_capacity(ways);
             while chosen.len() < ways {
                 let c = rng.below(classes.len());
@@ -431,7 +459,7 @@ impl Family {
                         )
                     };
                     let aug = if i >= shots && self.augment_query {
-                        glyphs::Augment::random(&mut rng)
+                        glyphs::Augment::random(&mut aug_rng)
                     } else {
                         glyphs::Augment::NONE
                     };
@@ -526,5 +554,55 @@ mod tests {
         assert!(train.iter().all(|&id| id < TEST_TASK_BASE));
         assert!(fam.test_ids(300).iter().all(|&id| id >= TEST_TASK_BASE));
         assert_ne!(fam.train_ids(1, 0, 4), fam.train_ids(1, 1, 4));
+    }
+
+    #[test]
+    fn glyph_episodes_have_distinct_classes_one_hot_labels_and_augmented_queries_only() {
+        let plain = Family::open("glyphs-mini")
+            .unwrap()
+            .with_episodes(5, false)
+            .unwrap();
+        let aug = plain.clone().with_episodes(5, true).unwrap();
+        assert!(plain.is_classification());
+        assert_eq!((plain.input_len(), plain.output_len()), (784, 5));
+        let ids = [3, TEST_TASK_BASE + 1, VAL_TASK_BASE + 2];
+        let (p, a) = (plain.batch(&ids, 10, 15), aug.batch(&ids, 10, 15));
+        assert!(p == plain.batch(&ids, 10, 15), "deterministic");
+        assert_eq!(
+            (p.xs.len(), p.ys.len(), p.yq.len()),
+            (3 * 10 * 784, 3 * 10 * 5, 3 * 15 * 5)
+        );
+        // Augmentation touches the queries only: the runtime adapts on clean support sets.
+        assert!(p.xs == a.xs && p.ys == a.ys && p.yq == a.yq);
+        assert!(p.xq != a.xq);
+        for t in 0..3 {
+            // One-hot targets; every class has 2 support and 3 query examples.
+            let counts = |y: &[f32], n: usize| -> Vec<usize> {
+                let mut c = vec![0; 5];
+                for row in y[t * n * 5..(t + 1) * n * 5].chunks(5) {
+                    assert_eq!(row.iter().filter(|&&v| v == 1.0).count(), 1);
+                    assert_eq!(row.iter().filter(|&&v| v == 0.0).count(), 4);
+                    c[row.iter().position(|&v| v == 1.0).unwrap()] += 1;
+                }
+                c
+            };
+            assert_eq!(counts(&p.ys, 10), vec![2; 5]);
+            assert_eq!(counts(&p.yq, 15), vec![3; 5]);
+            // Support and query images of a class are different instances.
+            let img = |x: &[f32], i: usize| x[i * 784..(i + 1) * 784].to_vec();
+            let s0 = img(&p.xs, t * 10);
+            assert!((0..15).all(|q| img(&p.xq, t * 15 + q) != s0));
+        }
+        // Train, test and validation episodes draw their classes from disjoint alphabets.
+        let g = plain.glyphs().unwrap();
+        let train: std::collections::HashSet<_> = g.classes(glyphs::Split::Train).iter().collect();
+        assert!(
+            g.classes(glyphs::Split::Test)
+                .iter()
+                .all(|c| !train.contains(c))
+        );
+        assert_eq!(plain.val_ids(2), vec![VAL_TASK_BASE, VAL_TASK_BASE + 1]);
+        assert!(plain.clone().with_episodes(10_000, false).is_err());
+        assert!(plain.clone().with_episodes(1, false).is_err());
     }
 }

@@ -793,4 +793,97 @@ mod tests {
         assert_eq!(a.mse, b.mse);
         assert!(a.mse.is_finite() && a.ci95 > 0.0);
     }
+
+    fn glyph_config(model: ModelKind) -> TrainConfig {
+        let mut c = TrainConfig::new(Problem::Glyphs, model);
+        c.problem = "glyphs-mini".into();
+        (c.ways, c.support, c.query) = (5, 5, 10);
+        (c.channels, c.tasks_per_step, c.steps) = (4, 2, 3);
+        c.augment_query = true;
+        c
+    }
+
+    #[test]
+    fn every_classifier_trains_and_anil_and_protonets_keep_their_inner_loop_off() {
+        for kind in [
+            ModelKind::MsrConv,
+            ModelKind::MamlConv,
+            ModelKind::Anil,
+            ModelKind::ProtoNet,
+        ] {
+            let mut t = Trainer::new(glyph_config(kind)).unwrap();
+            let before = t.record();
+            for _ in 0..3 {
+                let l = t.outer_step();
+                assert!(l.is_finite() && l > 0.0, "{kind}: {l}");
+            }
+            let after = t.record();
+            let n = after.layers.len();
+            for (l, (a, b)) in before.layers.iter().zip(&after.layers).enumerate() {
+                let adapts = kind.adapts(l, n) && !b.adapted0.is_empty();
+                // Layers that do not adapt keep a zero learning rate, untouched by Adam;
+                // their weights are still meta-learned.
+                assert_eq!(b.lr == 0.0, !adapts, "{kind} layer {l}: lr {}", b.lr);
+                if !adapts {
+                    assert_eq!(a.lr, b.lr, "{kind} layer {l}");
+                }
+                if !b.adapted0.is_empty() {
+                    assert_ne!(
+                        a.adapted0, b.adapted0,
+                        "{kind} layer {l} must be meta-learned"
+                    );
+                }
+            }
+            let e = t.evaluate(6).unwrap();
+            let acc = e.accuracy.expect("classification reports accuracy");
+            assert!((0.0..=1.0).contains(&acc) && e.accuracy_ci95.is_some());
+        }
+        // MSR-Conv's Kronecker factors start at the identity and are meta-learned.
+        let mut t = Trainer::new(glyph_config(ModelKind::MsrConv)).unwrap();
+        let a0 = t.record().layers[1].shared.clone();
+        t.outer_step();
+        assert_ne!(a0, t.record().layers[1].shared);
+        assert!(Trainer::new(glyph_config(ModelKind::MsrFc)).is_err());
+    }
+
+    #[test]
+    fn prototype_logits_are_minus_squared_distances_to_class_means() {
+        let device = msr_runtime::device::cpu();
+        let t = Trainer::new(glyph_config(ModelKind::ProtoNet)).unwrap();
+        let model = Model::from_record(&t.record(), &device, DType::F32).unwrap();
+        let fam = t.family();
+        let batch = fam.batch(&fam.test_ids(1), 5, 10);
+        let b = DeviceBatch::new(&batch, fam.input_len(), fam.output_len(), &device);
+        let logits = proto_logits(model.net(), model.params(), &b);
+        assert_eq!(logits.dims(), [1, 10, 5]);
+        let got: Vec<f64> = logits.to_data().convert::<f64>().iter::<f64>().collect();
+        // Independent computation on the host from the embeddings.
+        let task = model.initial(1);
+        let emb = |x: Tensor<3>| -> Vec<Vec<f64>> {
+            let e = model.predict(&task, x).unwrap();
+            let d = e.dims()[2];
+            let v: Vec<f64> = e.to_data().convert::<f64>().iter::<f64>().collect();
+            v.chunks(d).map(|c| c.to_vec()).collect()
+        };
+        let (es, eq) = (emb(b.xs.clone()), emb(b.xq.clone()));
+        let label = |y: &[f32]| y.iter().position(|&v| v == 1.0).unwrap();
+        let d = es[0].len();
+        let mut protos = vec![vec![0.0; d]; 5];
+        for (i, e) in es.iter().enumerate() {
+            let c = label(&batch.ys[i * 5..i * 5 + 5]);
+            for (p, v) in protos[c].iter_mut().zip(e) {
+                *p += v; // one shot: the mean is the example
+            }
+        }
+        for (q, e) in eq.iter().enumerate() {
+            for (c, p) in protos.iter().enumerate() {
+                let want: f64 = -e.iter().zip(p).map(|(a, b)| (a - b).powi(2)).sum::<f64>();
+                let g = got[q * 5 + c];
+                assert!(
+                    (g - want).abs() <= 1e-3 * want.abs().max(1.0),
+                    "{g} vs {want}"
+                );
+            }
+        }
+    }
 }
