@@ -11,6 +11,7 @@ set_name=${2:-glyphs}
 trainer=${TRAINER:-target/release/trainer}
 models=${MODELS:-"msr-conv maml-conv anil protonet"}
 settings=${SETTINGS:-"5:1:5:8:1000 5:5:5:8:500 20:1:2:4:500 20:5:2:4:500"}
+mkdir -p "$out"
 for setting in $settings; do
   IFS=: read -r ways shots queries tasks steps <<<"$setting"
   for model in $models; do

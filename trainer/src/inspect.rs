@@ -171,6 +171,7 @@ pub fn write_png(record: &ModelRecord, path: &Path) -> Result<(), Box<dyn std::e
 /// instances (Algorithm 2's query augmentation) after a gap. Ink is dark on white.
 pub fn write_glyph_sheet(
     glyphs: &crate::tasks::glyphs::Glyphs,
+    alphabet: Option<&str>,
     rows: usize,
     cols: usize,
     path: &Path,
@@ -178,21 +179,37 @@ pub fn write_glyph_sheet(
     use crate::tasks::glyphs::{Augment, SIDE, Split};
     let gap = 4;
     let width = 2 * cols * SIDE + gap;
+    let only = match alphabet {
+        Some(name) => Some(
+            glyphs
+                .alphabets
+                .iter()
+                .position(|a| a.name == name)
+                .ok_or_else(|| format!("no alphabet named '{name}'"))?,
+        ),
+        None => None,
+    };
+    let classes: Vec<(usize, usize)> = match only {
+        Some(a) => (0..glyphs.alphabets[a].chars.len().min(rows))
+            .map(|c| (a, c))
+            .collect(),
+        None => [Split::Train, Split::Val, Split::Test]
+            .iter()
+            .flat_map(|&s| {
+                let c = glyphs.classes(s);
+                let step = (c.len() / rows.div_ceil(3)).max(1);
+                c.iter()
+                    .step_by(step)
+                    .take(rows.div_ceil(3))
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .take(rows)
+            .collect(),
+    };
+    let rows = classes.len();
     let height = rows * SIDE;
     let mut img = vec![255u8; width * height];
-    let classes: Vec<(usize, usize)> = [Split::Train, Split::Val, Split::Test]
-        .iter()
-        .flat_map(|&s| {
-            let c = glyphs.classes(s);
-            let step = (c.len() / rows.div_ceil(3)).max(1);
-            c.iter()
-                .step_by(step)
-                .take(rows.div_ceil(3))
-                .copied()
-                .collect::<Vec<_>>()
-        })
-        .take(rows)
-        .collect();
     let mut rng = crate::rng::Rng::new(7);
     let mut tile = vec![0.0f32; SIDE * SIDE];
     for (r, &(alphabet, ch)) in classes.iter().enumerate() {

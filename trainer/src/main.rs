@@ -64,6 +64,9 @@ enum Command {
         /// Write a PNG: rows of characters, 10 instances, then 10 augmented instances.
         #[arg(long)]
         png: Option<PathBuf>,
+        /// Draw only this alphabet's characters (e.g. "Runic", "Latin (Hershey)").
+        #[arg(long)]
+        alphabet: Option<String>,
     },
     /// Write one test episode of a classification family to a file a C program can read
     /// (the C example's classification mode): magic "MSREPIS1", then u32 little-endian
@@ -297,7 +300,7 @@ fn run(command: Command) -> Result<()> {
             );
             Ok(())
         }
-        Command::Glyphs { set, png } => {
+        Command::Glyphs { set, png, alphabet } => {
             let family = Family::open(&set)?;
             let g = family
                 .glyphs()
@@ -325,7 +328,7 @@ fn run(command: Command) -> Result<()> {
                 );
             }
             if let Some(path) = png {
-                inspect::write_glyph_sheet(g, 24, 10, &path)?;
+                inspect::write_glyph_sheet(g, alphabet.as_deref(), 24, 10, &path)?;
                 println!("contact sheet written to {}", path.display());
             }
             Ok(())

@@ -51,6 +51,46 @@ pub fn mini_dir() -> PathBuf {
 
 /// Where Debian's fonts-noto-core puts its fonts.
 pub const SYSTEM_NOTO_DIR: &str = "/usr/share/fonts/truetype/noto";
+/// Where Debian's hershey-fonts-data puts its stroke fonts.
+pub const SYSTEM_HERSHEY_DIR: &str = "/usr/share/hershey-fonts";
+/// Stroke width of Hershey glyphs, canvas pixels.
+const HERSHEY_STROKE: f32 = 3.5;
+
+/// The Hershey alphabets: name, font files (styles), and which glyphs are its letters
+/// (`None`: the ASCII letter positions A-Z, a-z; `Some`: every glyph but the first).
+const HERSHEY_ALPHABETS: [(&str, &[&str], bool); 4] = [
+    (
+        "Latin (Hershey)",
+        &[
+            "futural",
+            "futuram",
+            "rowmans",
+            "rowmand",
+            "rowmant",
+            "timesr",
+            "timesrb",
+            "timesi",
+            "timesib",
+            "scripts",
+            "scriptc",
+            "cursive",
+            "gothiceng",
+            "gothicger",
+            "gothicita",
+            "gothgbt",
+            "gothgrt",
+            "gothitt",
+        ],
+        false,
+    ),
+    (
+        "Greek (Hershey)",
+        &["greek", "greekc", "greeks", "timesg"],
+        false,
+    ),
+    ("Cyrillic (Hershey)", &["cyrillic", "cyrilc_1"], false),
+    ("Japanese (Hershey)", &["japanese"], true),
+];
 
 /// A meta-split of the alphabets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -233,16 +273,23 @@ impl Glyphs {
         )
     }
 
-    /// The full set from Debian's fonts-noto-core.
+    /// The full set: Debian's fonts-noto-core (outline fonts, one alphabet per script) and
+    /// hershey-fonts-data (stroke fonts: Latin, Greek, Cyrillic and Japanese alphabets).
     pub fn system() -> Result<Self, GlyphError> {
-        Self::from_dir(
-            Path::new(SYSTEM_NOTO_DIR),
-            "install Debian's fonts-noto-core (apt-get install fonts-noto-core), or use glyphs-mini",
-        )
+        let hint = "install Debian's fonts-noto-core and hershey-fonts-data \
+                    (apt-get install fonts-noto-core hershey-fonts-data), or use glyphs-mini";
+        let mut alphabets = Self::noto_alphabets(Path::new(SYSTEM_NOTO_DIR), hint)?;
+        alphabets.extend(hershey_alphabets(Path::new(SYSTEM_HERSHEY_DIR), hint)?);
+        alphabets.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self::with_splits(alphabets))
     }
 
     /// Every `*.ttf` / `*.otf` Noto font in `dir`, grouped by script.
     pub fn from_dir(dir: &Path, hint: &str) -> Result<Self, GlyphError> {
+        Ok(Self::with_splits(Self::noto_alphabets(dir, hint)?))
+    }
+
+    fn noto_alphabets(dir: &Path, hint: &str) -> Result<Vec<Alphabet>, GlyphError> {
         let no_fonts = || GlyphError::NoFonts {
             dir: dir.display().to_string(),
             hint: hint.to_string(),
@@ -295,7 +342,7 @@ impl Glyphs {
         if alphabets.len() < 3 {
             return Err(no_fonts());
         }
-        Ok(Self::with_splits(alphabets))
+        Ok(alphabets)
     }
 
     fn with_splits(alphabets: Vec<Alphabet>) -> Self {
@@ -548,6 +595,158 @@ fn characters(fonts: &[FontVec]) -> Vec<Character> {
     out
 }
 
+/// The Hershey alphabets of `dir` (see [`HERSHEY_ALPHABETS`]). A character's code is its
+/// ASCII position (Latin, Greek, Cyrillic) or a private-use code point (Japanese glyph
+/// index); either way it only names the class.
+fn hershey_alphabets(dir: &Path, hint: &str) -> Result<Vec<Alphabet>, GlyphError> {
+    let mut out = Vec::new();
+    for (name, files, all) in HERSHEY_ALPHABETS {
+        let fonts = files
+            .iter()
+            .map(|f| {
+                let path = dir.join(format!("{f}.jhf"));
+                let text = std::fs::read_to_string(&path).map_err(|_| GlyphError::NoFonts {
+                    dir: dir.display().to_string(),
+                    hint: hint.to_string(),
+                })?;
+                parse_jhf(&text).map_err(|why| GlyphError::BadFont {
+                    path: path.display().to_string(),
+                    why,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let slots: Vec<(usize, char)> = if all {
+            (1..fonts[0].len())
+                .map(|i| (i, char::from_u32(0xE000 + i as u32).unwrap_or('?')))
+                .collect()
+        } else {
+            (b'A'..=b'Z')
+                .chain(b'a'..=b'z')
+                .map(|c| (c as usize - 32, c as char))
+                .collect()
+        };
+        let mut seen: HashSet<Vec<u8>> = HashSet::new();
+        let mut chars = Vec::new();
+        for (slot, code) in slots {
+            if chars.len() == MAX_CHARS {
+                break;
+            }
+            let styles: Vec<Vec<u8>> = fonts
+                .iter()
+                .filter_map(|f| f.get(slot).and_then(|g| render_strokes(g)))
+                .collect();
+            if let Some(first) = styles.first()
+                && seen.insert(first.clone())
+            {
+                chars.push(Character { code, styles });
+            }
+        }
+        out.push(Alphabet {
+            name: name.to_string(),
+            fonts: fonts.len(),
+            chars,
+        });
+    }
+    Ok(out)
+}
+
+/// A Hershey glyph: strokes of points (font units, y down).
+type Strokes = Vec<Vec<(f32, f32)>>;
+
+/// Parses a `.jhf` file: per glyph, a 5-column number, a 3-column vertex count, then that
+/// many coordinate pairs (each a character minus 'R'); the first pair is the horizontal
+/// margins, " R" lifts the pen. A record may continue on following lines.
+fn parse_jhf(text: &str) -> Result<Vec<Strokes>, String> {
+    let mut glyphs = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((no, line)) = lines.next() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let head = line
+            .get(5..8)
+            .ok_or(format!("line {}: short header", no + 1))?;
+        let count: usize = head
+            .trim()
+            .parse()
+            .map_err(|_| format!("line {}: bad vertex count '{head}'", no + 1))?;
+        let mut data: Vec<u8> = line.as_bytes()[8..].to_vec();
+        while data.len() < 2 * count {
+            let (_, more) = lines
+                .next()
+                .ok_or(format!("line {}: truncated glyph", no + 1))?;
+            data.extend_from_slice(more.as_bytes());
+        }
+        let mut strokes: Strokes = vec![Vec::new()];
+        for pair in data[..2 * count].chunks(2).skip(1) {
+            if pair == b" R" {
+                strokes.push(Vec::new());
+            } else {
+                let x = pair[0] as f32 - b'R' as f32;
+                let y = pair[1] as f32 - b'R' as f32;
+                strokes.last_mut().expect("one stroke").push((x, y));
+            }
+        }
+        strokes.retain(|s| !s.is_empty());
+        glyphs.push(strokes);
+    }
+    Ok(glyphs)
+}
+
+/// A Hershey glyph drawn with round pen strokes of [`HERSHEY_STROKE`] canvas pixels, its
+/// bounding box scaled to [`GLYPH_BOX`] and centred; `None` for an empty or tiny glyph.
+fn render_strokes(strokes: &Strokes) -> Option<Vec<u8>> {
+    let pts = strokes.iter().flatten();
+    let (mut x0, mut y0, mut x1, mut y1) = (f32::MAX, f32::MAX, f32::MIN, f32::MIN);
+    for &(x, y) in pts {
+        (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+    }
+    let side = (x1 - x0).max(y1 - y0);
+    if !side.is_finite() || side < 4.0 {
+        return None; // punctuation-sized or empty
+    }
+    let k = (GLYPH_BOX - HERSHEY_STROKE) / side;
+    let c = CANVAS as f32 / 2.0;
+    let map = |(x, y): (f32, f32)| (c + (x - (x0 + x1) / 2.0) * k, c + (y - (y0 + y1) / 2.0) * k);
+    let segments: Vec<((f32, f32), (f32, f32))> = strokes
+        .iter()
+        .flat_map(|s| {
+            let p: Vec<_> = s.iter().map(|&q| map(q)).collect();
+            if p.len() == 1 {
+                vec![(p[0], p[0])]
+            } else {
+                p.windows(2).map(|w| (w[0], w[1])).collect()
+            }
+        })
+        .collect();
+    let mut canvas = vec![0u8; CANVAS * CANVAS];
+    for py in 0..CANVAS {
+        for px in 0..CANVAS {
+            let (x, y) = (px as f32 + 0.5, py as f32 + 0.5);
+            let d = segments
+                .iter()
+                .map(|&(a, b)| segment_distance((x, y), a, b))
+                .fold(f32::MAX, f32::min);
+            let cover = (HERSHEY_STROKE / 2.0 + 0.5 - d).clamp(0.0, 1.0);
+            canvas[py * CANVAS + px] = (cover * 255.0).round() as u8;
+        }
+    }
+    Some(canvas)
+}
+
+/// Distance from `p` to the segment `a`-`b`.
+fn segment_distance(p: (f32, f32), a: (f32, f32), b: (f32, f32)) -> f32 {
+    let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+    let len2 = dx * dx + dy * dy;
+    let t = if len2 > 0.0 {
+        (((p.0 - a.0) * dx + (p.1 - a.1) * dy) / len2).clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
+    let (qx, qy) = (a.0 + t * dx - p.0, a.1 + t * dy - p.1);
+    (qx * qx + qy * qy).sqrt()
+}
+
 /// `code` drawn by `font`, its bounding box scaled to [`GLYPH_BOX`] and centred on the
 /// canvas; `None` if the font lacks it or it is a mark (no advance) or small punctuation.
 fn render_base(font: &FontVec, code: char) -> Option<Vec<u8>> {
@@ -751,6 +950,28 @@ mod tests {
             assert!(a.angle.abs() <= Augment::MAX_DEGREES.to_radians() + 1e-6);
             assert!((Augment::SCALES.0..=Augment::SCALES.1).contains(&a.scale));
         }
+    }
+
+    #[test]
+    fn hershey_records_parse_and_draw_their_strokes() {
+        // 'A' of Hershey's simplex Greek: margins, two legs, the bar; then a record that
+        // continues on a second line.
+        let text = "12345  9I[RFJ[ RRFZ[ RMTWT\n12345  3\nJZRFR[\n";
+        let g = parse_jhf(text).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].len(), 3, "three strokes");
+        assert_eq!(g[0][0], vec![(0.0, -12.0), (-8.0, 9.0)]);
+        assert_eq!(g[1], vec![vec![(0.0, -12.0), (0.0, 9.0)]]);
+        assert!(parse_jhf("12345 xx\n").is_err());
+        assert!(parse_jhf("12345 10IZRF\n").is_err(), "truncated");
+        // The vertical stroke: ink on the centre column, none in the corners.
+        let img = render_strokes(&g[1]).unwrap();
+        let at = |x: usize, y: usize| img[y * CANVAS + x];
+        assert_eq!(at(CANVAS / 2, CANVAS / 2), 255);
+        assert_eq!(at(2, 2), 0);
+        assert_eq!(at(CANVAS / 2 + 4, CANVAS / 2), 0);
+        assert!((segment_distance((1.0, 1.0), (0.0, 0.0), (2.0, 0.0)) - 1.0).abs() < 1e-6);
+        assert!((segment_distance((3.0, 0.0), (0.0, 0.0), (2.0, 0.0)) - 1.0).abs() < 1e-6);
     }
 
     #[test]
