@@ -633,7 +633,7 @@ fn hershey_alphabets(dir: &Path, hint: &str) -> Result<Vec<Alphabet>, GlyphError
             }
             let styles: Vec<Vec<u8>> = fonts
                 .iter()
-                .filter_map(|f| f.get(slot).and_then(|g| render_strokes(g)))
+                .filter_map(|f| f.get(slot).and_then(render_strokes))
                 .collect();
             if let Some(first) = styles.first()
                 && seen.insert(first.clone())
