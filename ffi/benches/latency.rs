@@ -244,5 +244,79 @@ fn mlp_predict(c: &mut Criterion) {
     msr_model_free(&mut m);
 }
 
-criterion_group!(benches, rank1_adapt_predict, mlp_predict);
+/// The glyph classifier of docs/results.md (MSR-Conv, 4 stride-2 blocks of 32 channels, a
+/// 5-way head; freshly initialised: latency does not depend on the values).
+fn glyph_classifier() -> ModelRecord {
+    let net = msr_trainer::models::glyph_spec(msr_trainer::models::ModelKind::MsrConv, 5, 32)
+        .expect("a glyph net");
+    let mut rng = msr_trainer::rng::Rng::new(3);
+    let layers = msr_trainer::models::init(&net, 0.1, |_| true, &mut rng).expect("init");
+    ModelRecord {
+        info: ModelInfo {
+            name: "glyphs-msr-conv".into(),
+            task_family: "glyphs".into(),
+            inner_steps: 1,
+            trainer_version: "bench".into(),
+        },
+        net,
+        layers,
+    }
+}
+
+fn glyph_classify(c: &mut Criterion) {
+    let rec = glyph_classifier();
+    let x = values(6 * 784, 0.5, 12);
+    let (xs, xq) = (&x[..5 * 784], &x[5 * 784..]);
+    let labels: Vec<i32> = (0..5).collect();
+    let mut out = vec![0.0f32; 5];
+    let (mut m, mut s) = c_session(&rec);
+    let mut adapt = || {
+        let st = msr_session_adapt_labels(
+            s,
+            xs.as_ptr(),
+            xs.len(),
+            labels.as_ptr(),
+            5,
+            ptr::null_mut(),
+        );
+        assert_eq!(st, msr_status::MSR_OK);
+    };
+    let mut predict = || {
+        let st = msr_session_predict(s, xq.as_ptr(), 784, 1, out.as_mut_ptr(), 5);
+        assert_eq!(st, msr_status::MSR_OK);
+        black_box(&out);
+    };
+    let device = msr_runtime::device::cpu();
+    let model = Model::from_record(&rec, &device, DType::F32).unwrap();
+    let t = |v: &[f32], n: usize, f: usize| {
+        Tensor::<3>::from_data(
+            TensorData::new(v.to_vec(), [1, n, f]),
+            (&device, DType::F32),
+        )
+    };
+    let onehot: Vec<f32> = (0..25)
+        .map(|i| if i / 5 == i % 5 { 1.0 } else { 0.0 })
+        .collect();
+    let (txs, tys, txq) = (t(xs, 5, 784), t(&onehot, 5, 5), t(xq, 1, 784));
+    let mut burn = || {
+        let task = model
+            .net()
+            .adapt(model.params(), txs.clone(), tys.clone(), 1);
+        let pred = model.net().forward(model.params(), &task, txq.clone());
+        black_box(pred.into_data());
+    };
+    let mut g = c.benchmark_group("glyph msr-conv 5-way: adapt (1 step, 5 labelled images)");
+    g.sample_size(20);
+    g.bench_function("C ABI, real-time engine", |b| b.iter(&mut adapt));
+    g.bench_function("burn-ndarray, adapt + predict 1", |b| b.iter(&mut burn));
+    g.finish();
+    let mut g = c.benchmark_group("glyph msr-conv 5-way: predict 1 image");
+    g.bench_function("C ABI, real-time engine", |b| b.iter(&mut predict));
+    g.finish();
+    tails("glyph predict 1 image, C ABI", &mut predict);
+    msr_session_free(&mut s);
+    msr_model_free(&mut m);
+}
+
+criterion_group!(benches, rank1_adapt_predict, mlp_predict, glyph_classify);
 criterion_main!(benches);
