@@ -104,6 +104,11 @@ fn mlp() -> ModelRecord {
     }
 }
 
+/// One task's `[1, n, f]` tensor on `device`.
+fn tensor(device: &msr_runtime::Device, v: &[f32], n: usize, f: usize) -> Tensor<3> {
+    Tensor::from_data(TensorData::new(v.to_vec(), [1, n, f]), (device, DType::F32))
+}
+
 fn c_session(rec: &ModelRecord) -> (*mut msr_model, *mut msr_session) {
     let bytes = rec.to_bytes();
     let mut m = ptr::null_mut();
@@ -155,12 +160,7 @@ fn rank1_adapt_predict(c: &mut Criterion) {
 
     let device = msr_runtime::device::cpu();
     let model = Model::from_record(&rec, &device, DType::F32).unwrap();
-    let t = |v: &[f32], n: usize, f: usize| {
-        Tensor::<3>::from_data(
-            TensorData::new(v.to_vec(), [1, n, f]),
-            (&device, DType::F32),
-        )
-    };
+    let t = |v: &[f32], n: usize, f: usize| tensor(&device, v, n, f);
     let (txs, tys, txq) = (t(xs, 1, 70), t(ys, 1, 68), t(xq, 19, 70));
     let mut burn = || {
         // The same work, on burn-ndarray: adapt (1 step, 1 example), predict 19, read back.
@@ -208,10 +208,7 @@ fn mlp_predict(c: &mut Criterion) {
     let device = msr_runtime::device::cpu();
     let model = Model::from_record(&rec, &device, DType::F32).unwrap();
     let task = model.initial(1);
-    let tx = Tensor::<3>::from_data(
-        TensorData::new(x.clone(), [1, 1, 64]),
-        (&device, DType::F32),
-    );
+    let tx = tensor(&device, &x, 1, 64);
     let mut burn = || {
         let pred = model.net().forward(model.params(), &task, tx.clone());
         black_box(pred.into_data());
@@ -288,12 +285,7 @@ fn glyph_classify(c: &mut Criterion) {
     };
     let device = msr_runtime::device::cpu();
     let model = Model::from_record(&rec, &device, DType::F32).unwrap();
-    let t = |v: &[f32], n: usize, f: usize| {
-        Tensor::<3>::from_data(
-            TensorData::new(v.to_vec(), [1, n, f]),
-            (&device, DType::F32),
-        )
-    };
+    let t = |v: &[f32], n: usize, f: usize| tensor(&device, v, n, f);
     let onehot: Vec<f32> = (0..25)
         .map(|i| if i / 5 == i % 5 { 1.0 } else { 0.0 })
         .collect();
