@@ -478,17 +478,29 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
     let mut last_eval: Option<EvalResult> = None;
     let mut running = 0.0;
     let mut count = 0;
+    let inner = if cfg.model == ModelKind::ProtoNet.to_string() {
+        "no inner loop".to_string()
+    } else {
+        format!(
+            "{} inner step(s), {}",
+            cfg.inner_steps,
+            if cfg.first_order {
+                "first order"
+            } else {
+                "exact second order"
+            }
+        )
+    };
     info!(
-        "training {} on {} for {} outer steps ({} tasks/step, {} inner step(s), {}) into {}",
+        "training {} on {} for {} outer steps ({} tasks/step, {inner}{}) into {}",
         cfg.model,
         cfg.problem,
         cfg.steps,
         cfg.tasks_per_step,
-        cfg.inner_steps,
-        if cfg.first_order {
-            "first order"
+        if cfg.augment_query {
+            ", augmented queries"
         } else {
-            "exact second order"
+            ""
         },
         dir.display()
     );
@@ -570,9 +582,15 @@ fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<Tra
         Some(e) => e,
         None => trainer.evaluate(opts.eval_tasks)?,
     };
+    let score = match (eval.accuracy, eval.accuracy_ci95) {
+        (Some(a), Some(ci)) => {
+            format!("validation accuracy {:.2}% ± {:.2}%", 100.0 * a, 100.0 * ci)
+        }
+        _ => format!("test loss {:.4} ± {:.4}", eval.mse, eval.ci95),
+    };
     info!(
-        "{} {}: test loss {:.4} ± {:.4} after {} steps ({:.1} steps/s)",
-        cfg.problem, cfg.model, eval.mse, eval.ci95, trainer.step, steps_per_s
+        "{} {}: {score} after {} steps ({:.1} steps/s)",
+        cfg.problem, cfg.model, trainer.step, steps_per_s
     );
     Ok(TrainOutcome {
         dir: dir.to_path_buf(),
