@@ -1101,9 +1101,6 @@ fn backward(
                     dpatch.fill(0.0);
                     for o in 0..o_n {
                         let d = dzn[o * p_n + p];
-                        if d == 0.0 {
-                            continue; // a ReLU-masked output: nothing to accumulate
-                        }
                         let range = if *local {
                             (p * o_n + o) * j..(p * o_n + o + 1) * j
                         } else {
