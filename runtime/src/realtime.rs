@@ -949,15 +949,18 @@ fn kron3(
             s0[p * m3 + r] = acc;
         }
     }
-    // Mode 2: s1[i1, r2, r3] = sum_j f2[r2, j] s0[i1, j, r3]
+    // Mode 2: s1[i1, r2, r3] = sum_j f2[r2, j] s0[i1, j, r3], accumulated over j in
+    // order along contiguous r3 rows (the strided scalar loop was the adaptation hotspot).
     for i1 in 0..n1 {
-        for r2 in 0..m2 {
-            for r3 in 0..m3 {
-                let mut acc = 0.0;
-                for j in 0..n2 {
-                    acc += at(f2, r2, j, m2, n2) * s0[(i1 * n2 + j) * m3 + r3];
+        let src = &s0[i1 * n2 * m3..(i1 + 1) * n2 * m3];
+        let dst = &mut s1[i1 * m2 * m3..(i1 + 1) * m2 * m3];
+        for (r2, row) in dst.chunks_exact_mut(m3).enumerate() {
+            row.fill(0.0);
+            for (j, s) in src.chunks_exact(m3).enumerate() {
+                let f = at(f2, r2, j, m2, n2);
+                for (o, v) in row.iter_mut().zip(s) {
+                    *o += f * v;
                 }
-                s1[(i1 * m2 + r2) * m3 + r3] = acc;
             }
         }
     }
