@@ -109,6 +109,20 @@ fn tensor(device: &msr_runtime::Device, v: &[f32], n: usize, f: usize) -> Tensor
     Tensor::from_data(TensorData::new(v.to_vec(), [1, n, f]), (device, DType::F32))
 }
 
+/// One inner step on `(xs, ys)` through burn, then a prediction of `xq`, read back.
+fn burn_adapt_predict(
+    model: &Model,
+    xs: Tensor<3>,
+    ys: Tensor<3>,
+    xq: Tensor<3>,
+) -> impl FnMut() + '_ {
+    move || {
+        let task = model.net().adapt(model.params(), xs.clone(), ys.clone(), 1);
+        let pred = model.net().forward(model.params(), &task, xq.clone());
+        black_box(pred.into_data());
+    }
+}
+
 fn c_session(rec: &ModelRecord) -> (*mut msr_model, *mut msr_session) {
     let bytes = rec.to_bytes();
     let mut m = ptr::null_mut();
@@ -162,14 +176,8 @@ fn rank1_adapt_predict(c: &mut Criterion) {
     let model = Model::from_record(&rec, &device, DType::F32).unwrap();
     let t = |v: &[f32], n: usize, f: usize| tensor(&device, v, n, f);
     let (txs, tys, txq) = (t(xs, 1, 70), t(ys, 1, 68), t(xq, 19, 70));
-    let mut burn = || {
-        // The same work, on burn-ndarray: adapt (1 step, 1 example), predict 19, read back.
-        let task = model
-            .net()
-            .adapt(model.params(), txs.clone(), tys.clone(), 1);
-        let pred = model.net().forward(model.params(), &task, txq.clone());
-        black_box(pred.into_data());
-    };
+    // The same work, on burn-ndarray: adapt (1 step, 1 example), predict 19, read back.
+    let mut burn = burn_adapt_predict(&model, txs, tys, txq);
 
     let mut g = c.benchmark_group("rank1 msr-fc: adapt (1 step, 1 example) + predict 19");
     g.bench_function("C ABI, real-time engine", |b| b.iter(&mut c_abi));
@@ -290,13 +298,7 @@ fn glyph_classify(c: &mut Criterion) {
         .map(|i| if i / 5 == i % 5 { 1.0 } else { 0.0 })
         .collect();
     let (txs, tys, txq) = (t(xs, 5, 784), t(&onehot, 5, 5), t(xq, 1, 784));
-    let mut burn = || {
-        let task = model
-            .net()
-            .adapt(model.params(), txs.clone(), tys.clone(), 1);
-        let pred = model.net().forward(model.params(), &task, txq.clone());
-        black_box(pred.into_data());
-    };
+    let mut burn = burn_adapt_predict(&model, txs, tys, txq);
     let mut g = c.benchmark_group("glyph msr-conv 5-way: adapt (1 step, 5 labelled images)");
     g.sample_size(20);
     g.bench_function("C ABI, real-time engine", |b| b.iter(&mut adapt));
