@@ -579,13 +579,25 @@ fn characters(fonts: &[FontVec]) -> Vec<Character> {
         .collect();
     codes.sort_unstable();
     codes.dedup();
+    distinct_characters(codes.into_iter().map(|c| (c, c)), |code| {
+        fonts.iter().filter_map(|f| render_base(f, code)).collect()
+    })
+}
+
+/// The first [`MAX_CHARS`] candidates `(code, key)` that render (`styles(key)`: one canvas
+/// per style that has the character) differently from every earlier one (compared in the
+/// first style). Renders lazily: stops at the cap.
+fn distinct_characters<K>(
+    candidates: impl IntoIterator<Item = (char, K)>,
+    styles: impl Fn(K) -> Vec<Vec<u8>>,
+) -> Vec<Character> {
     let mut seen: HashSet<Vec<u8>> = HashSet::new();
     let mut out = Vec::new();
-    for code in codes {
+    for (code, key) in candidates {
         if out.len() == MAX_CHARS {
             break;
         }
-        let styles: Vec<Vec<u8>> = fonts.iter().filter_map(|f| render_base(f, code)).collect();
+        let styles = styles(key);
         if let Some(first) = styles.first()
             && seen.insert(first.clone())
         {
@@ -625,22 +637,13 @@ fn hershey_alphabets(dir: &Path, hint: &str) -> Result<Vec<Alphabet>, GlyphError
                 .map(|c| (c as usize - 32, c as char))
                 .collect()
         };
-        let mut seen: HashSet<Vec<u8>> = HashSet::new();
-        let mut chars = Vec::new();
-        for (slot, code) in slots {
-            if chars.len() == MAX_CHARS {
-                break;
-            }
-            let styles: Vec<Vec<u8>> = fonts
-                .iter()
-                .filter_map(|f| f.get(slot).and_then(render_strokes))
-                .collect();
-            if let Some(first) = styles.first()
-                && seen.insert(first.clone())
-            {
-                chars.push(Character { code, styles });
-            }
-        }
+        let chars =
+            distinct_characters(slots.into_iter().map(|(slot, code)| (code, slot)), |slot| {
+                fonts
+                    .iter()
+                    .filter_map(|f| f.get(slot).and_then(render_strokes))
+                    .collect()
+            });
         out.push(Alphabet {
             name: name.to_string(),
             fonts: fonts.len(),
@@ -804,29 +807,18 @@ mod tests {
 
     #[test]
     fn script_names_group_fonts_and_skip_non_alphabets() {
-        assert_eq!(
-            script_of("NotoSansRunic-Regular.ttf").as_deref(),
-            Some("Runic")
-        );
-        assert_eq!(
-            script_of("NotoSerifHebrew-Bold.ttf").as_deref(),
-            Some("Hebrew")
-        );
-        assert_eq!(
-            script_of("NotoRashiHebrew-Regular.ttf").as_deref(),
-            Some("Hebrew")
-        );
-        assert_eq!(
-            script_of("NotoNastaliqUrdu-Regular.ttf").as_deref(),
-            Some("Arabic")
-        );
-        assert_eq!(
-            script_of("NotoSansTifinaghAir-Regular.ttf").as_deref(),
-            Some("Tifinagh")
-        );
-        assert_eq!(script_of("NotoSans-Regular.ttf"), None);
-        assert_eq!(script_of("NotoSansSymbols2-Regular.ttf"), None);
-        assert_eq!(script_of("NotoSansMath-Regular.ttf"), None);
+        for (file, script) in [
+            ("NotoSansRunic-Regular.ttf", Some("Runic")),
+            ("NotoSerifHebrew-Bold.ttf", Some("Hebrew")),
+            ("NotoRashiHebrew-Regular.ttf", Some("Hebrew")),
+            ("NotoNastaliqUrdu-Regular.ttf", Some("Arabic")),
+            ("NotoSansTifinaghAir-Regular.ttf", Some("Tifinagh")),
+            ("NotoSans-Regular.ttf", None),
+            ("NotoSansSymbols2-Regular.ttf", None),
+            ("NotoSansMath-Regular.ttf", None),
+        ] {
+            assert_eq!(script_of(file).as_deref(), script, "{file}");
+        }
     }
 
     #[test]
@@ -933,7 +925,7 @@ mod tests {
             corr(&mirrored, &plain)
         );
         assert!(corr(&mirrored, &plain) > corr(&aug, &plain) + 0.1);
-        let centroid = |img: &[f32]| img.iter().sum::<f32>();
+        let ink = |img: &[f32]| img.iter().sum::<f32>();
         // A resize by 1.2 inks about 1.44x as many pixels.
         let big = Augment {
             angle: 0.0,
@@ -941,7 +933,7 @@ mod tests {
             scale: 1.2,
         };
         g.render(1, 0, 0, big, &mut aug);
-        let ratio = centroid(&aug) / centroid(&plain);
+        let ratio = ink(&aug) / ink(&plain);
         assert!((1.2..1.7).contains(&ratio), "ink ratio {ratio}");
         // A random augmentation stays within its documented ranges.
         let mut rng = Rng::new(5);
