@@ -158,12 +158,7 @@ pub fn write_png(record: &ModelRecord, path: &Path) -> Result<(), Box<dyn std::e
         }
         y0 += row.iter().map(|(h, _, _)| h * scale).max().unwrap_or(0) + gap;
     }
-    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
-    enc.set_color(png::ColorType::Rgb);
-    enc.set_depth(png::BitDepth::Eight);
-    enc.write_header()?.write_image_data(&img)?;
-    Ok(())
+    save_png(path, width, height, png::ColorType::Rgb, &img)
 }
 
 /// A contact sheet of a glyph data set: one row per character (`rows` characters drawn
@@ -229,10 +224,21 @@ pub fn write_glyph_sheet(
             }
         }
     }
+    save_png(path, width, height, png::ColorType::Grayscale, &img)
+}
+
+/// Writes 8-bit `pixels` (`width * height` of `color`) as a PNG file.
+fn save_png(
+    path: &Path,
+    width: usize,
+    height: usize,
+    color: png::ColorType,
+    pixels: &[u8],
+) -> Result<(), Box<dyn std::error::Error>> {
     let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
-    enc.set_color(png::ColorType::Grayscale);
+    enc.set_color(color);
     enc.set_depth(png::BitDepth::Eight);
-    enc.write_header()?.write_image_data(&img)?;
+    enc.write_header()?.write_image_data(pixels)?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use clap::{Args, Parser, Subcommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use indicatif::{ProgressBar, ProgressStyle};
 use log::info;
-use msr_runtime::{Model, ModelRecord, Op};
+use msr_runtime::{Model, ModelRecord};
 use msr_trainer::inspect;
 use msr_trainer::models::ModelKind;
 use msr_trainer::tasks::{Family, Problem};
@@ -609,8 +609,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     let family = Family::open(&problem)?;
     let family = if family.is_classification() {
         let outputs = model.net().output_len();
-        let head = !matches!(model.spec().layers.last().map(|l| &l.op), Some(Op::Flatten));
-        if head && outputs != args.episodes.ways {
+        if !msr_trainer::models::embeds(model.spec()) && outputs != args.episodes.ways {
             return Err(format!(
                 "{} is a {outputs}-way classifier; pass --ways {outputs}",
                 args.model.display()

@@ -151,6 +151,13 @@ pub fn glyph_spec(kind: ModelKind, ways: usize, channels: usize) -> Result<NetSp
     })
 }
 
+/// Whether a classifier `spec` has no head and embeds (ProtoNets): its last op is
+/// Flatten, and prototypes of the support embeddings classify.
+pub fn embeds(spec: &NetSpec) -> bool {
+    spec.loss == Loss::CrossEntropy
+        && matches!(spec.layers.last().map(|l| &l.op), Some(Op::Flatten))
+}
+
 /// Architecture of `kind` for `family` (no biases, as the reference synthetic models).
 pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, String> {
     let problem = family.problem();

@@ -572,12 +572,7 @@ pub fn evaluate_on(
 ) -> Result<EvalResult, msr_runtime::Error> {
     let mut losses = Vec::with_capacity(ids.len());
     let mut accuracies = Vec::new();
-    // A classifier without a head (its last op is Flatten) embeds: prototypes classify.
-    let proto = family.is_classification()
-        && matches!(
-            model.spec().layers.last().map(|l| &l.op),
-            Some(msr_runtime::Op::Flatten)
-        );
+    let proto = family.is_classification() && models::embeds(model.spec());
     // Chunks bound memory; tasks are independent, so chunking does not change results.
     for ids in ids.chunks(if family.is_classification() { 20 } else { 100 }) {
         let batch = family.batch(ids, support, query);
