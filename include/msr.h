@@ -37,6 +37,12 @@ typedef enum msr_status {
   MSR_ERR_BACKEND = -8,
   // The operation does not apply to this model (e.g. labels for a regression model).
   MSR_ERR_UNSUPPORTED = -9,
+  // The session is in use by another thread right now (a session belongs to one thread
+  // at a time); nothing was done.
+  MSR_ERR_BUSY = -10,
+  // Memory could not be allocated (the message says for what and how much); nothing was
+  // changed.
+  MSR_ERR_OUT_OF_MEMORY = -11,
   // A bug: an internal panic was caught. Please report it with the message.
   MSR_ERR_INTERNAL = -100,
 } msr_status;
@@ -65,7 +71,8 @@ typedef enum msr_backend {
 // A loaded model (opaque). Immutable; share it freely across threads.
 typedef struct msr_model msr_model;
 
-// One task's adapted state (opaque). One thread at a time.
+// One task's adapted state (opaque). One thread at a time: a call made while another
+// thread is inside a call on the same session returns `MSR_ERR_BUSY` and does nothing.
 typedef struct msr_session msr_session;
 
 // Facts about a model.
@@ -90,12 +97,13 @@ typedef struct msr_model_info {
 typedef struct msr_session_options {
   // `msr_backend` as an integer; 0 = CPU.
   int32_t backend;
-  // Inner SGD steps per adaptation; 0 = the model's.
+  // Inner SGD steps per adaptation; 0 = the model's. At most 1000.
   size_t inner_steps;
   // Multiplier of every layer's meta-learned inner learning rate; 0 = 1.0.
   float lr_scale;
-  // Examples processed per chunk (the workspace size); 0 = 32. Any number of examples
-  // is accepted; this only sizes the preallocated buffers.
+  // Examples processed per chunk (the workspace size); 0 = 32, at most 65536. Any number
+  // of examples is accepted; this only sizes the preallocated buffers (see
+  // `msr_model_session_bytes`).
   size_t capacity;
 } msr_session_options;
 
@@ -106,12 +114,16 @@ extern "C" {
 // The library version, e.g. "0.1.0". Static; never free it.
 const char *msr_version(void);
 
-// The message of the calling thread's last failed call ("" after a success). Valid until
-// the next msr call on this thread; never free it.
+// The message of the calling thread's last failed call ("" after a success): one line,
+// UTF-8, NUL-terminated. The pointer stays valid, and the text unchanged, until the same
+// thread makes its next msr call (any msr function but this one); copy the text to keep
+// it. Never free it. Each thread has its own message.
 const char *msr_last_error(void);
 
 // Loads a model from a `.msr` file. On success `*out` owns a new model: free it with
-// `msr_model_free`. On failure `*out` is untouched.
+// `msr_model_free`. On failure `*out` is untouched. The header is checked before the body
+// is read: a file that is not a model, or declares a body over the limit, is refused
+// without reading it (a device or a pipe is never read to exhaustion).
 enum msr_status msr_model_load_file(const char *path, struct msr_model **out);
 
 // Loads a model from `len` bytes of a `.msr` file in memory (copied; the buffer may be
@@ -124,6 +136,14 @@ void msr_model_free(struct msr_model **model);
 
 // Fills `*info` with facts about `model`.
 enum msr_status msr_model_get_info(const struct msr_model *model, struct msr_model_info *info);
+
+// Writes to `*bytes` the memory a CPU session of `model` with chunk `capacity` (0 = the
+// default, 32) allocates, without allocating it: a robot can reserve it up front, and
+// `msr_session_new` refuses sessions over 1 GiB. `MSR_ERR_INVALID_ARGUMENT` for a capacity
+// over 65536.
+enum msr_status msr_model_session_bytes(const struct msr_model *model,
+                                        size_t capacity,
+                                        size_t *bytes);
 
 // Creates a session at the model's meta-learned initialisation. `options` may be NULL
 // (defaults). All memory the session needs is allocated here: afterwards, adapt and
@@ -138,8 +158,9 @@ void msr_session_free(struct msr_session **session);
 
 // Adapts the meta-learned initialisation to a regression support set: `x` `[n, input_len]`,
 // `y` `[n, output_len]`, with the session's inner steps. If `loss_out` is not NULL it
-// receives the support loss after adapting. On `MSR_ERR_DIVERGED` the session keeps its
-// previous parameters. Allocation-free.
+// receives the support loss after adapting. On any error the session keeps its previous
+// parameters (`MSR_ERR_DIVERGED`: the adaptation went non-finite or exploded and was
+// rolled back). Allocation-free.
 enum msr_status msr_session_adapt(struct msr_session *session,
                                   const float *x,
                                   size_t x_len,
@@ -149,8 +170,8 @@ enum msr_status msr_session_adapt(struct msr_session *session,
                                   float *loss_out);
 
 // Adapts a classification model to a support set: `x` `[n, input_len]`, `labels` `[n]`
-// class indices in `[0, output_len)`. Otherwise as `msr_session_adapt`. Allocation-free
-// for `n <= capacity`.
+// class indices in `[0, output_len)`. `x_len` is checked against `n` before any label is
+// read. Otherwise as `msr_session_adapt`. Allocation-free for `n <= capacity`.
 enum msr_status msr_session_adapt_labels(struct msr_session *session,
                                          const float *x,
                                          size_t x_len,
@@ -159,7 +180,8 @@ enum msr_status msr_session_adapt_labels(struct msr_session *session,
                                          float *loss_out);
 
 // Predicts `out` `[n, output_len]` (logits, for classification) for `x` `[n, input_len]`
-// with the session's current parameters. `out_len` must be `n * output_len`.
+// with the session's current parameters. `out_len` must be `n * output_len`. A prediction
+// that overflows f32 (inputs far outside the model's range) is `MSR_ERR_NON_FINITE`.
 // Allocation-free and lock-free.
 enum msr_status msr_session_predict(struct msr_session *session,
                                     const float *x,
@@ -173,7 +195,7 @@ enum msr_status msr_session_reset(struct msr_session *session);
 
 // Writes the session's adapted parameters to `buf` (`len` bytes, at least the model's
 // `state_len`) and the byte count to `*written`. A robot can keep one state per tool or
-// terrain and restore it with `msr_session_load_state`.
+// terrain and restore it with `msr_session_load_state`. Every state written loads.
 enum msr_status msr_session_save_state(const struct msr_session *session,
                                        uint8_t *buf,
                                        size_t len,

@@ -2,10 +2,9 @@
 //! real-time engine, through `msr_runtime::Model`. Not allocation-free: tensors are
 //! created per call, so the real-time guarantees are the CPU engine's only.
 
-use msr_runtime::realtime::{EXPLODE_FACTOR, check_state, encode_state, state_values};
+use msr_runtime::realtime::{EXPLODE_FACTOR, check_len, check_state, encode_state, state_values};
 use msr_runtime::{
-    DType, DataError, Device, DivergedError, Error, Model, ModelRecord, ShapeError, TaskParams,
-    Tensor, TensorData,
+    DType, Device, DivergedError, Error, Model, ModelRecord, TaskParams, Tensor, TensorData,
 };
 
 pub struct BurnSession {
@@ -22,21 +21,6 @@ fn tensor(values: &[f32], n: usize, f: usize, device: &Device) -> Tensor<3> {
         TensorData::new(values.to_vec(), [1, n, f]),
         (device, DType::F32),
     )
-}
-
-fn check_len(what: &'static str, len: usize, n: usize, per: usize) -> Result<(), Error> {
-    if n == 0 {
-        return Err(DataError::Empty(what).into());
-    }
-    if len != n * per {
-        return Err(DataError::Shape(ShapeError::Mismatch {
-            what: format!("{what} length ({n} examples x {per})"),
-            expected: (n * per).to_string(),
-            got: len.to_string(),
-        })
-        .into());
-    }
-    Ok(())
 }
 
 fn host(t: Tensor<3>) -> Vec<f32> {
@@ -65,6 +49,10 @@ impl BurnSession {
         })
     }
 
+    pub fn input_len(&self) -> usize {
+        self.model.net().input_len()
+    }
+
     pub fn reset(&mut self) {
         self.task = self.model.initial(1);
     }
@@ -89,11 +77,19 @@ impl BurnSession {
         }
         let out = net.forward(params, &task, xt);
         let loss = net.loss(out, yt).into_scalar::<f32>();
-        if self.inner_steps > 0 && (!loss.is_finite() || loss > initial * EXPLODE_FACTOR + 1.0) {
+        let nonfinite_params = !task.layers.iter().flatten().all(|t| {
+            msr_runtime::model::download(t)
+                .iter()
+                .all(|v| v.is_finite())
+        });
+        if self.inner_steps > 0
+            && (!loss.is_finite() || loss > initial * EXPLODE_FACTOR + 1.0 || nonfinite_params)
+        {
             return Err(DivergedError {
                 step: self.inner_steps,
                 loss: loss as f64,
                 initial: initial as f64,
+                nonfinite_params,
             }
             .into());
         }
@@ -110,6 +106,9 @@ impl BurnSession {
             .model
             .predict(&self.task, tensor(x, n, fi, net.device()))?;
         out.copy_from_slice(&host(pred));
+        if out.iter().any(|v| !v.is_finite()) {
+            return Err(Error::NonFiniteOutput);
+        }
         Ok(())
     }
 

@@ -15,16 +15,18 @@
 // header's documentation, not a Rust `unsafe fn` signature.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell, UnsafeCell};
 use std::ffi::{CStr, CString, c_char};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Once};
 
 mod burn_engine;
 
 use burn_engine::BurnSession;
-use msr_runtime::realtime::{RtModel, Session};
-use msr_runtime::{DataError, Error, FormatError, Loss, ModelRecord};
+use msr_runtime::realtime::{MAX_CAPACITY, RtModel, Session, check_len};
+use msr_runtime::spec::limits;
+use msr_runtime::{DataError, Error, FormatError, Loss, ModelRecord, StateError};
 
 /// Status of a call. `MSR_OK` is 0; every error is negative.
 #[repr(C)]
@@ -51,6 +53,12 @@ pub enum msr_status {
     MSR_ERR_BACKEND = -8,
     /// The operation does not apply to this model (e.g. labels for a regression model).
     MSR_ERR_UNSUPPORTED = -9,
+    /// The session is in use by another thread right now (a session belongs to one thread
+    /// at a time); nothing was done.
+    MSR_ERR_BUSY = -10,
+    /// Memory could not be allocated (the message says for what and how much); nothing was
+    /// changed.
+    MSR_ERR_OUT_OF_MEMORY = -11,
     /// A bug: an internal panic was caught. Please report it with the message.
     MSR_ERR_INTERNAL = -100,
 }
@@ -106,12 +114,13 @@ pub struct msr_model_info {
 pub struct msr_session_options {
     /// `msr_backend` as an integer; 0 = CPU.
     pub backend: i32,
-    /// Inner SGD steps per adaptation; 0 = the model's.
+    /// Inner SGD steps per adaptation; 0 = the model's. At most 1000.
     pub inner_steps: usize,
     /// Multiplier of every layer's meta-learned inner learning rate; 0 = 1.0.
     pub lr_scale: f32,
-    /// Examples processed per chunk (the workspace size); 0 = 32. Any number of examples
-    /// is accepted; this only sizes the preallocated buffers.
+    /// Examples processed per chunk (the workspace size); 0 = 32, at most 65536. Any number
+    /// of examples is accepted; this only sizes the preallocated buffers (see
+    /// `msr_model_session_bytes`).
     pub capacity: usize,
 }
 
@@ -162,8 +171,15 @@ impl Engine {
     }
 }
 
-/// One task's adapted state (opaque). One thread at a time.
+/// One task's adapted state (opaque). One thread at a time: a call made while another
+/// thread is inside a call on the same session returns `MSR_ERR_BUSY` and does nothing.
 pub struct msr_session {
+    /// Set while a call is inside the session (one atomic exchange per call, no lock).
+    busy: AtomicBool,
+    state: UnsafeCell<SessionState>,
+}
+
+struct SessionState {
     session: Engine,
     loss: Loss,
     classes: usize,
@@ -174,6 +190,10 @@ pub struct msr_session {
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// How many msr calls this thread is inside (the panic hook stays quiet while > 0).
+    static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// Where the last caught panic happened (set by the hook).
+    static PANIC_LOCATION: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 fn set_error(message: impl Into<String>) {
@@ -189,19 +209,64 @@ fn fail(status: msr_status, message: impl Into<String>) -> msr_status {
 
 fn from_error(e: Error) -> msr_status {
     let status = match &e {
-        Error::Format(FormatError::UnsupportedVersion { .. }) => msr_status::MSR_ERR_VERSION,
-        Error::Format(_) | Error::Shape(_) => msr_status::MSR_ERR_FORMAT,
-        Error::Data(DataError::NonFinite(_)) => msr_status::MSR_ERR_NON_FINITE,
+        Error::Format(FormatError::UnsupportedVersion { .. })
+        | Error::State(StateError::UnsupportedVersion { .. }) => msr_status::MSR_ERR_VERSION,
+        Error::Format(_) | Error::Shape(_) | Error::State(_) => msr_status::MSR_ERR_FORMAT,
+        Error::Data(DataError::NonFinite(_)) | Error::NonFiniteOutput => {
+            msr_status::MSR_ERR_NON_FINITE
+        }
         Error::Data(_) => msr_status::MSR_ERR_INVALID_ARGUMENT,
         Error::Diverged(_) => msr_status::MSR_ERR_DIVERGED,
+        Error::OutOfMemory { .. } => msr_status::MSR_ERR_OUT_OF_MEMORY,
         Error::Io { .. } => msr_status::MSR_ERR_IO,
     };
     fail(status, e.to_string())
 }
 
-/// Runs `f`, turning a panic into `MSR_ERR_INTERNAL`.
+/// Installs, once per process, a panic hook that prints nothing for panics inside an msr
+/// call (they become `MSR_ERR_INTERNAL` with the message in `msr_last_error`) and hands
+/// every other panic to the hook that was there before.
+fn install_quiet_panic_hook() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let inside = DEPTH.try_with(|d| d.get() > 0).unwrap_or(false);
+            if inside {
+                let at = info
+                    .location()
+                    .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                    .unwrap_or_default();
+                let _ = PANIC_LOCATION.try_with(|p| *p.borrow_mut() = at);
+            } else {
+                previous(info);
+            }
+        }));
+    });
+}
+
+/// Leaves the DEPTH count as it was, even when the call unwinds.
+struct Inside;
+impl Inside {
+    fn enter() -> Self {
+        DEPTH.with(|d| d.set(d.get() + 1));
+        Inside
+    }
+}
+impl Drop for Inside {
+    fn drop(&mut self) {
+        DEPTH.with(|d| d.set(d.get() - 1));
+    }
+}
+
+/// Runs `f`, turning a panic into `MSR_ERR_INTERNAL` (nothing printed on stderr).
 fn guard(f: impl FnOnce() -> msr_status) -> msr_status {
-    match catch_unwind(AssertUnwindSafe(f)) {
+    install_quiet_panic_hook();
+    let result = {
+        let _inside = Inside::enter();
+        catch_unwind(AssertUnwindSafe(f))
+    };
+    match result {
         Ok(status) => {
             if status == msr_status::MSR_OK {
                 set_error("");
@@ -214,12 +279,46 @@ fn guard(f: impl FnOnce() -> msr_status) -> msr_status {
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
+            let at = PANIC_LOCATION.with(|p| std::mem::take(&mut *p.borrow_mut()));
             fail(
                 msr_status::MSR_ERR_INTERNAL,
-                format!("internal error (a bug): {what}"),
+                format!("internal error (a bug; please report it): {what}{at}"),
             )
         }
     }
+}
+
+/// Clears the session's in-use flag when a call leaves it, even by unwinding.
+struct Claim<'a>(&'a AtomicBool);
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Runs `f` on the state of `session` (checked non-NULL by the caller; a live session from
+/// `msr_session_new` by the C contract), unless another thread is inside a call on it
+/// (`MSR_ERR_BUSY`).
+fn with_session(
+    session: *const msr_session,
+    f: impl FnOnce(&mut SessionState) -> msr_status,
+) -> msr_status {
+    // SAFETY: a live session by the caller's contract; only the atomic is read through
+    // this shared reference before the claim.
+    let s = unsafe { &*session };
+    if s.busy
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        return fail(
+            msr_status::MSR_ERR_BUSY,
+            "the session is in use by another thread right now (a session belongs to one thread at a time; create one per thread)",
+        );
+    }
+    let _claim = Claim(&s.busy);
+    // SAFETY: the flag was false and is now ours: no other call holds the state until
+    // `_claim` is dropped, so this is the only reference to it.
+    f(unsafe { &mut *s.state.get() })
 }
 
 macro_rules! non_null {
@@ -246,8 +345,10 @@ pub extern "C" fn msr_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
-/// The message of the calling thread's last failed call ("" after a success). Valid until
-/// the next msr call on this thread; never free it.
+/// The message of the calling thread's last failed call ("" after a success): one line,
+/// UTF-8, NUL-terminated. The pointer stays valid, and the text unchanged, until the same
+/// thread makes its next msr call (any msr function but this one); copy the text to keep
+/// it. Never free it. Each thread has its own message.
 #[unsafe(no_mangle)]
 pub extern "C" fn msr_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
@@ -269,7 +370,9 @@ fn new_model(record: &ModelRecord, out: *mut *mut msr_model) -> msr_status {
 }
 
 /// Loads a model from a `.msr` file. On success `*out` owns a new model: free it with
-/// `msr_model_free`. On failure `*out` is untouched.
+/// `msr_model_free`. On failure `*out` is untouched. The header is checked before the body
+/// is read: a file that is not a model, or declares a body over the limit, is refused
+/// without reading it (a device or a pipe is never read to exhaustion).
 #[unsafe(no_mangle)]
 pub extern "C" fn msr_model_load_file(path: *const c_char, out: *mut *mut msr_model) -> msr_status {
     guard(|| {
@@ -282,9 +385,9 @@ pub extern "C" fn msr_model_load_file(path: *const c_char, out: *mut *mut msr_mo
                 "path is not valid UTF-8",
             );
         };
-        let bytes = match std::fs::read(path) {
+        let bytes = match msr_runtime::format::read_model_file(std::path::Path::new(path)) {
             Ok(b) => b,
-            Err(e) => return fail(msr_status::MSR_ERR_IO, format!("{path}: {e}")),
+            Err(e) => return from_error(e),
         };
         match ModelRecord::from_bytes(&bytes) {
             Ok(record) => new_model(&record, out),
@@ -358,6 +461,64 @@ pub extern "C" fn msr_model_get_info(
     })
 }
 
+/// Writes to `*bytes` the memory a CPU session of `model` with chunk `capacity` (0 = the
+/// default, 32) allocates, without allocating it: a robot can reserve it up front, and
+/// `msr_session_new` refuses sessions over 1 GiB. `MSR_ERR_INVALID_ARGUMENT` for a capacity
+/// over 65536.
+#[unsafe(no_mangle)]
+pub extern "C" fn msr_model_session_bytes(
+    model: *const msr_model,
+    capacity: usize,
+    bytes: *mut usize,
+) -> msr_status {
+    guard(|| {
+        non_null!(model, bytes);
+        let capacity = match session_capacity(capacity) {
+            Ok(c) => c,
+            Err(status) => return status,
+        };
+        // SAFETY: checked non-NULL; a live model by contract.
+        let m = unsafe { &*model };
+        let onehot = (capacity as u128) * (m.rt.output_len() as u128) * 4;
+        match m.rt.session_bytes(capacity).map(|b| b + onehot) {
+            Some(b) if b <= usize::MAX as u128 => {
+                // SAFETY: checked non-NULL.
+                unsafe { *bytes = b as usize };
+                msr_status::MSR_OK
+            }
+            _ => fail(
+                msr_status::MSR_ERR_INVALID_ARGUMENT,
+                format!("the memory of a session with capacity {capacity} overflows"),
+            ),
+        }
+    })
+}
+
+/// The chunk capacity an option asks for (0 = the default), or the status that refuses it.
+fn session_capacity(capacity: usize) -> Result<usize, msr_status> {
+    match capacity {
+        0 => Ok(msr_runtime::realtime::DEFAULT_CAPACITY),
+        c if c <= MAX_CAPACITY => Ok(c),
+        c => Err(fail(
+            msr_status::MSR_ERR_INVALID_ARGUMENT,
+            format!("capacity {c} is over the limit of {MAX_CAPACITY} examples per chunk"),
+        )),
+    }
+}
+
+/// A zeroed buffer, or `MSR_ERR_OUT_OF_MEMORY` instead of an abort.
+fn try_zeros(n: usize, what: &str) -> Result<Vec<f32>, msr_status> {
+    let mut v = Vec::new();
+    if v.try_reserve_exact(n).is_err() {
+        return Err(fail(
+            msr_status::MSR_ERR_OUT_OF_MEMORY,
+            format!("out of memory: {what} needs {} bytes", n as u128 * 4),
+        ));
+    }
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
 /// Creates a session at the model's meta-learned initialisation. `options` may be NULL
 /// (defaults). All memory the session needs is allocated here: afterwards, adapt and
 /// predict allocate nothing (labels beyond `capacity` examples excepted). Free it with
@@ -382,12 +543,21 @@ pub extern "C" fn msr_session_new(
                 format!("lr_scale must be finite and >= 0, got {}", opts.lr_scale),
             );
         }
+        if opts.inner_steps as u64 > limits::MAX_INNER_STEPS {
+            return fail(
+                msr_status::MSR_ERR_INVALID_ARGUMENT,
+                format!(
+                    "inner_steps {} is over the limit of {}",
+                    opts.inner_steps,
+                    limits::MAX_INNER_STEPS
+                ),
+            );
+        }
         // SAFETY: checked non-NULL; a live model by contract.
         let m = unsafe { &*model };
-        let capacity = if opts.capacity == 0 {
-            msr_runtime::realtime::DEFAULT_CAPACITY
-        } else {
-            opts.capacity
+        let capacity = match session_capacity(opts.capacity) {
+            Ok(c) => c,
+            Err(status) => return status,
         };
         let burn = |device: msr_runtime::Device| -> Result<Engine, msr_status> {
             let mut b =
@@ -403,7 +573,10 @@ pub extern "C" fn msr_session_new(
         };
         let session = match opts.backend {
             0 => {
-                let mut session = Session::new(m.rt.clone(), capacity);
+                let mut session = match Session::new(m.rt.clone(), capacity) {
+                    Ok(s) => s,
+                    Err(e) => return from_error(e),
+                };
                 if opts.inner_steps > 0 {
                     session.inner_steps = opts.inner_steps;
                 }
@@ -430,11 +603,19 @@ pub extern "C" fn msr_session_new(
                 );
             }
         };
+        // capacity * output_len is bounded: the session's own buffers hold as much.
+        let onehot = match try_zeros(capacity * m.rt.output_len(), "one-hot targets") {
+            Ok(v) => v,
+            Err(status) => return status,
+        };
         let s = Box::new(msr_session {
-            session,
-            loss: m.rt.loss(),
-            classes: m.rt.output_len(),
-            onehot: vec![0.0; capacity * m.rt.output_len()],
+            busy: AtomicBool::new(false),
+            state: UnsafeCell::new(SessionState {
+                session,
+                loss: m.rt.loss(),
+                classes: m.rt.output_len(),
+                onehot,
+            }),
         });
         // SAFETY: checked non-NULL.
         unsafe { *out = Box::into_raw(s) };
@@ -459,11 +640,6 @@ pub extern "C" fn msr_session_free(session: *mut *mut msr_session) {
     });
 }
 
-fn session_mut<'a>(session: *mut msr_session) -> &'a mut msr_session {
-    // SAFETY: checked non-NULL by the caller; a live session used by one thread by contract.
-    unsafe { &mut *session }
-}
-
 /// The status of an adaptation; on success the loss goes to `*loss_out` unless it is NULL.
 fn adapted(result: Result<f32, Error>, loss_out: *mut f32) -> msr_status {
     match result {
@@ -480,8 +656,9 @@ fn adapted(result: Result<f32, Error>, loss_out: *mut f32) -> msr_status {
 
 /// Adapts the meta-learned initialisation to a regression support set: `x` `[n, input_len]`,
 /// `y` `[n, output_len]`, with the session's inner steps. If `loss_out` is not NULL it
-/// receives the support loss after adapting. On `MSR_ERR_DIVERGED` the session keeps its
-/// previous parameters. Allocation-free.
+/// receives the support loss after adapting. On any error the session keeps its previous
+/// parameters (`MSR_ERR_DIVERGED`: the adaptation went non-finite or exploded and was
+/// rolled back). Allocation-free.
 #[unsafe(no_mangle)]
 pub extern "C" fn msr_session_adapt(
     session: *mut msr_session,
@@ -494,22 +671,23 @@ pub extern "C" fn msr_session_adapt(
 ) -> msr_status {
     guard(|| {
         non_null!(session, x, y);
-        let s = session_mut(session);
-        if s.loss != Loss::Mse {
-            return fail(
-                msr_status::MSR_ERR_UNSUPPORTED,
-                "this is a classification model: adapt it with msr_session_adapt_labels",
-            );
-        }
-        // SAFETY: pointers and lengths by contract.
-        let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
-        adapted(s.session.adapt(xs, ys, n), loss_out)
+        with_session(session, |s| {
+            if s.loss != Loss::Mse {
+                return fail(
+                    msr_status::MSR_ERR_UNSUPPORTED,
+                    "this is a classification model: adapt it with msr_session_adapt_labels",
+                );
+            }
+            // SAFETY: pointers and lengths by contract.
+            let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
+            adapted(s.session.adapt(xs, ys, n), loss_out)
+        })
     })
 }
 
 /// Adapts a classification model to a support set: `x` `[n, input_len]`, `labels` `[n]`
-/// class indices in `[0, output_len)`. Otherwise as `msr_session_adapt`. Allocation-free
-/// for `n <= capacity`.
+/// class indices in `[0, output_len)`. `x_len` is checked against `n` before any label is
+/// read. Otherwise as `msr_session_adapt`. Allocation-free for `n <= capacity`.
 #[unsafe(no_mangle)]
 pub extern "C" fn msr_session_adapt_labels(
     session: *mut msr_session,
@@ -521,40 +699,66 @@ pub extern "C" fn msr_session_adapt_labels(
 ) -> msr_status {
     guard(|| {
         non_null!(session, x, labels);
-        let s = session_mut(session);
-        let classes = s.classes;
-        if s.loss != Loss::CrossEntropy {
-            return fail(
-                msr_status::MSR_ERR_UNSUPPORTED,
-                "this is a regression model: adapt it with msr_session_adapt",
-            );
-        }
-        // SAFETY: pointers and lengths by contract.
-        let (xs, ls) = unsafe { (slice(x, x_len), slice(labels, n)) };
-        if let Some((i, l)) = ls
-            .iter()
-            .enumerate()
-            .find(|(_, l)| **l < 0 || **l as usize >= classes)
-        {
-            return fail(
-                msr_status::MSR_ERR_INVALID_ARGUMENT,
-                format!("label {i} is {l}, outside [0, {classes})"),
-            );
-        }
-        if s.onehot.len() < n * classes {
-            s.onehot.resize(n * classes, 0.0);
-        }
-        let y = &mut s.onehot[..n * classes];
-        y.fill(0.0);
-        for (r, l) in ls.iter().enumerate() {
-            y[r * classes + *l as usize] = 1.0;
-        }
-        adapted(s.session.adapt(xs, y, n), loss_out)
+        with_session(session, |s| {
+            let classes = s.classes;
+            if s.loss != Loss::CrossEntropy {
+                return fail(
+                    msr_status::MSR_ERR_UNSUPPORTED,
+                    "this is a regression model: adapt it with msr_session_adapt",
+                );
+            }
+            // n examples must be in x before n labels are read.
+            let input_len = match &s.session {
+                Engine::Realtime(r) => r.model().input_len(),
+                Engine::Burn(b) => b.input_len(),
+            };
+            if let Err(e) = check_len("inputs", x_len, n, input_len) {
+                return from_error(e);
+            }
+            // SAFETY: pointers and lengths by contract; n <= x_len here.
+            let (xs, ls) = unsafe { (slice(x, x_len), slice(labels, n)) };
+            if let Some((i, l)) = ls
+                .iter()
+                .enumerate()
+                .find(|(_, l)| **l < 0 || **l as usize >= classes)
+            {
+                return fail(
+                    msr_status::MSR_ERR_INVALID_ARGUMENT,
+                    format!("label {i} is {l}, outside [0, {classes})"),
+                );
+            }
+            // n * classes <= x_len * classes: no overflow for any real buffer, but checked.
+            let Some(len) = n.checked_mul(classes) else {
+                return from_error(
+                    DataError::Shape(msr_runtime::error::overflow("labels", n, classes)).into(),
+                );
+            };
+            if s.onehot.len() < len {
+                let grow = len - s.onehot.len();
+                if s.onehot.try_reserve_exact(grow).is_err() {
+                    return fail(
+                        msr_status::MSR_ERR_OUT_OF_MEMORY,
+                        format!(
+                            "out of memory: one-hot targets need {} bytes",
+                            len as u128 * 4
+                        ),
+                    );
+                }
+                s.onehot.resize(len, 0.0);
+            }
+            let y = &mut s.onehot[..len];
+            y.fill(0.0);
+            for (r, l) in ls.iter().enumerate() {
+                y[r * classes + *l as usize] = 1.0;
+            }
+            adapted(s.session.adapt(xs, y, n), loss_out)
+        })
     })
 }
 
 /// Predicts `out` `[n, output_len]` (logits, for classification) for `x` `[n, input_len]`
-/// with the session's current parameters. `out_len` must be `n * output_len`.
+/// with the session's current parameters. `out_len` must be `n * output_len`. A prediction
+/// that overflows f32 (inputs far outside the model's range) is `MSR_ERR_NON_FINITE`.
 /// Allocation-free and lock-free.
 #[unsafe(no_mangle)]
 pub extern "C" fn msr_session_predict(
@@ -567,18 +771,20 @@ pub extern "C" fn msr_session_predict(
 ) -> msr_status {
     guard(|| {
         non_null!(session, x, out);
-        let s = session_mut(session);
-        // SAFETY: pointers and lengths by contract; `out` is writable for `out_len` floats.
-        let (xs, o) = unsafe {
-            (
-                slice(x, x_len),
-                std::slice::from_raw_parts_mut(out, out_len),
-            )
-        };
-        match s.session.predict(xs, n, o) {
-            Ok(()) => msr_status::MSR_OK,
-            Err(e) => from_error(e),
-        }
+        with_session(session, |s| {
+            // SAFETY: pointers and lengths by contract; `out` is writable for `out_len`
+            // floats.
+            let (xs, o) = unsafe {
+                (
+                    slice(x, x_len),
+                    std::slice::from_raw_parts_mut(out, out_len),
+                )
+            };
+            match s.session.predict(xs, n, o) {
+                Ok(()) => msr_status::MSR_OK,
+                Err(e) => from_error(e),
+            }
+        })
     })
 }
 
@@ -587,14 +793,16 @@ pub extern "C" fn msr_session_predict(
 pub extern "C" fn msr_session_reset(session: *mut msr_session) -> msr_status {
     guard(|| {
         non_null!(session);
-        session_mut(session).session.reset();
-        msr_status::MSR_OK
+        with_session(session, |s| {
+            s.session.reset();
+            msr_status::MSR_OK
+        })
     })
 }
 
 /// Writes the session's adapted parameters to `buf` (`len` bytes, at least the model's
 /// `state_len`) and the byte count to `*written`. A robot can keep one state per tool or
-/// terrain and restore it with `msr_session_load_state`.
+/// terrain and restore it with `msr_session_load_state`. Every state written loads.
 #[unsafe(no_mangle)]
 pub extern "C" fn msr_session_save_state(
     session: *const msr_session,
@@ -604,16 +812,18 @@ pub extern "C" fn msr_session_save_state(
 ) -> msr_status {
     guard(|| {
         non_null!(session, buf, written);
-        // SAFETY: checked non-NULL; `buf` is writable for `len` bytes by contract.
-        let (s, b) = unsafe { (&*session, std::slice::from_raw_parts_mut(buf, len)) };
-        match s.session.save_state(b) {
-            Ok(n) => {
-                // SAFETY: checked non-NULL.
-                unsafe { *written = n };
-                msr_status::MSR_OK
+        with_session(session, |s| {
+            // SAFETY: `buf` is writable for `len` bytes by contract.
+            let b = unsafe { std::slice::from_raw_parts_mut(buf, len) };
+            match s.session.save_state(b) {
+                Ok(n) => {
+                    // SAFETY: checked non-NULL.
+                    unsafe { *written = n };
+                    msr_status::MSR_OK
+                }
+                Err(e) => from_error(e),
             }
-            Err(e) => from_error(e),
-        }
+        })
     })
 }
 
@@ -628,11 +838,13 @@ pub extern "C" fn msr_session_load_state(
 ) -> msr_status {
     guard(|| {
         non_null!(session, buf);
-        // SAFETY: pointers and lengths by contract.
-        let b = unsafe { slice(buf, len) };
-        match session_mut(session).session.load_state(b) {
-            Ok(()) => msr_status::MSR_OK,
-            Err(e) => from_error(e),
-        }
+        with_session(session, |s| {
+            // SAFETY: pointers and lengths by contract.
+            let b = unsafe { slice(buf, len) };
+            match s.session.load_state(b) {
+                Ok(()) => msr_status::MSR_OK,
+                Err(e) => from_error(e),
+            }
+        })
     })
 }

@@ -18,6 +18,17 @@ pub enum ShapeError {
     /// A layer description is impossible on its own (zero sizes, kernel larger than input...).
     #[error("invalid layer: {0}")]
     InvalidLayer(String),
+    /// A size over one of the documented limits ([`crate::spec::limits`]), or a product of
+    /// sizes that overflowed.
+    #[error("{what} is {}, over the limit of {limit}", over(.value))]
+    OverLimit {
+        /// The field or product, e.g. "convolution padding 2147483648 (dimension 0)".
+        what: String,
+        /// Its value; `None` when computing it overflowed.
+        value: Option<u128>,
+        /// The limit.
+        limit: u64,
+    },
     /// The error of one layer, with its index.
     #[error("layer {index}: {source}")]
     InLayer {
@@ -26,6 +37,22 @@ pub enum ShapeError {
         /// What is wrong with it.
         source: Box<ShapeError>,
     },
+}
+
+fn over(value: &Option<u128>) -> String {
+    match value {
+        Some(v) => v.to_string(),
+        None => "too large to compute (the product overflows)".into(),
+    }
+}
+
+/// A size computed from a caller's arguments overflowed: `n` examples of `per` floats.
+pub fn overflow(what: &str, n: usize, per: usize) -> ShapeError {
+    ShapeError::OverLimit {
+        what: format!("{what} ({n} examples x {per})"),
+        value: (n as u128).checked_mul(per as u128),
+        limit: usize::MAX as u64,
+    }
 }
 
 impl ShapeError {
@@ -81,11 +108,64 @@ pub enum FormatError {
     #[error("malformed model body: {0}")]
     Body(String),
     /// The shapes in the file are inconsistent with each other.
-    #[error("inconsistent model: {0}")]
+    #[error("invalid model: {0}")]
     Shape(#[from] ShapeError),
     /// A parameter holds NaN or infinity.
     #[error("non-finite value in {0}")]
     NonFinite(String),
+}
+
+/// A saved session state (`save_state`) could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StateError {
+    /// The buffer is not the length a state of this model has.
+    #[error("saved state has {got} bytes, a state of this model has {needed}")]
+    Length {
+        /// Bytes a state of this model has.
+        needed: usize,
+        /// Bytes given.
+        got: usize,
+    },
+    /// The buffer does not start with `MSRS`.
+    #[error("not a saved session state (bad magic {found:02x?})")]
+    BadMagic {
+        /// The first four bytes.
+        found: [u8; 4],
+    },
+    /// A state version this library does not read.
+    #[error("unsupported saved state version {found} (this library reads {supported})")]
+    UnsupportedVersion {
+        /// Version in the state.
+        found: u16,
+        /// Version this build reads.
+        supported: u16,
+    },
+    /// The CRC-32 does not match: the state was corrupted.
+    #[error(
+        "saved state checksum mismatch: stored {stored:#010x}, computed {computed:#010x} (state corrupted)"
+    )]
+    Checksum {
+        /// CRC stored in the state.
+        stored: u32,
+        /// CRC of the state as read.
+        computed: u32,
+    },
+    /// The state was saved from a session of another model.
+    #[error(
+        "the saved state belongs to another model (fingerprint {found:#010x}, this model {expected:#010x})"
+    )]
+    OtherModel {
+        /// Fingerprint in the state.
+        found: u32,
+        /// This model's fingerprint.
+        expected: u32,
+    },
+    /// The state holds NaN or infinity.
+    #[error("saved state holds a non-finite parameter (index {index})")]
+    NonFinite {
+        /// Index of the first non-finite value.
+        index: usize,
+    },
 }
 
 /// Input data a caller passed is unusable.
@@ -105,7 +185,8 @@ pub enum DataError {
 /// Adaptation produced a non-finite or exploding loss; the parameters were left unchanged.
 #[derive(Debug, Clone, PartialEq, Error)]
 #[error(
-    "adaptation diverged at step {step}: loss {loss} (before adapting: {initial}); parameters rolled back"
+    "adaptation diverged at step {step}: loss {loss} (before adapting: {initial}){}; parameters rolled back",
+    if *.nonfinite_params { ", an adapted parameter became non-finite" } else { "" }
 )]
 pub struct DivergedError {
     /// Inner step (1-based) at which divergence was detected.
@@ -114,6 +195,9 @@ pub struct DivergedError {
     pub loss: f64,
     /// The support loss before adaptation.
     pub initial: f64,
+    /// Whether an adapted parameter became NaN or infinite (with a loss that may look
+    /// finite).
+    pub nonfinite_params: bool,
 }
 
 /// Every error of the runtime.
@@ -131,6 +215,23 @@ pub enum Error {
     /// See [`DivergedError`].
     #[error(transparent)]
     Diverged(#[from] DivergedError),
+    /// See [`StateError`].
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A prediction came out NaN or infinite (finite inputs far outside the range the
+    /// model was trained on can overflow f32).
+    #[error(
+        "the prediction overflowed: an output is NaN or infinite (inputs far outside the model's range?)"
+    )]
+    NonFiniteOutput,
+    /// Memory for a model or session could not be allocated (or would exceed a limit).
+    #[error("out of memory: {what} needs {bytes} bytes")]
+    OutOfMemory {
+        /// What was being allocated.
+        what: &'static str,
+        /// Bytes requested.
+        bytes: u128,
+    },
     /// Reading or writing a file failed.
     #[error("{path}: {message}")]
     Io {

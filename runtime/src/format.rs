@@ -14,8 +14,12 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{FormatError, ShapeError};
-use crate::spec::NetSpec;
+use std::fs::File;
+use std::io::Read;
+use std::path::Path;
+
+use crate::error::{Error, FormatError, ShapeError};
+use crate::spec::{NetSpec, limits};
 
 /// The four bytes every model file starts with.
 pub const MAGIC: [u8; 4] = *b"MSR\0";
@@ -59,9 +63,111 @@ pub struct ModelRecord {
     pub layers: Vec<LayerRecord>,
 }
 
+/// Checks a model file's 12-byte header (magic, version, flags, the body length against
+/// [`limits::MAX_BODY_BYTES`]) and returns the length of the whole file it declares.
+fn file_len(header: &[u8; HEADER_LEN]) -> Result<usize, FormatError> {
+    let magic: [u8; 4] = header[0..4].try_into().expect("4 bytes");
+    if magic != MAGIC {
+        return Err(FormatError::BadMagic { found: magic });
+    }
+    let version = u16::from_le_bytes([header[4], header[5]]);
+    if version != FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let flags = u16::from_le_bytes([header[6], header[7]]);
+    if flags != 0 {
+        return Err(FormatError::UnknownFlags(flags));
+    }
+    let len = u32::from_le_bytes(header[8..12].try_into().expect("4 bytes"));
+    if len as u64 > limits::MAX_BODY_BYTES {
+        return Err(ShapeError::OverLimit {
+            what: "model body length (bytes, from the header)".into(),
+            value: Some(len as u128),
+            limit: limits::MAX_BODY_BYTES,
+        }
+        .into());
+    }
+    Ok(HEADER_LEN + len as usize + TRAILER_LEN)
+}
+
+/// Reads a model file, checking its header before the body: a file that is not a model,
+/// or declares a body over the limit, is refused after 12 bytes (a device such as
+/// /dev/zero is never read to exhaustion), and the body buffer is allocated fallibly.
+/// The bytes still go through [`ModelRecord::from_bytes`].
+pub fn read_model_file(path: &Path) -> Result<Vec<u8>, Error> {
+    let io = |e: std::io::Error| Error::Io {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let mut header = [0u8; HEADER_LEN];
+    let mut got = 0;
+    while got < HEADER_LEN {
+        match file.read(&mut header[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(io(e)),
+        }
+    }
+    if got >= 4 && header[0..4] != MAGIC {
+        return Err(FormatError::BadMagic {
+            found: header[0..4].try_into().expect("4 bytes"),
+        }
+        .into());
+    }
+    if got < HEADER_LEN {
+        return Err(FormatError::Truncated {
+            needed: HEADER_LEN + TRAILER_LEN,
+            got,
+        }
+        .into());
+    }
+    let total = file_len(&header)?;
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(total)
+        .map_err(|_| Error::OutOfMemory {
+            what: "a model file",
+            bytes: total as u128,
+        })?;
+    bytes.extend_from_slice(&header);
+    // One byte more than declared, to notice trailing bytes without reading them all.
+    (&mut file)
+        .take((total - HEADER_LEN + 1) as u64)
+        .read_to_end(&mut bytes)
+        .map_err(io)?;
+    if bytes.len() < total {
+        return Err(FormatError::Truncated {
+            needed: total,
+            got: bytes.len(),
+        }
+        .into());
+    }
+    if bytes.len() > total {
+        let extra = match file.metadata() {
+            Ok(m) if m.is_file() => (m.len() as usize).saturating_sub(total),
+            _ => 1,
+        };
+        return Err(FormatError::TrailingBytes(extra.max(1)).into());
+    }
+    Ok(bytes)
+}
+
 impl ModelRecord {
     /// Checks that the parameters have the shapes the architecture implies and are finite.
     pub fn validate(&self) -> Result<(), FormatError> {
+        if self.info.inner_steps as u64 > limits::MAX_INNER_STEPS {
+            return Err(ShapeError::OverLimit {
+                what: "inner_steps (the model's default inner steps)".into(),
+                value: Some(self.info.inner_steps as u128),
+                limit: limits::MAX_INNER_STEPS,
+            }
+            .into());
+        }
         let shapes = self.net.shapes()?;
         if self.layers.len() != shapes.params.len() {
             return Err(ShapeError::Mismatch {
@@ -161,20 +267,8 @@ impl ModelRecord {
         if bytes.len() < HEADER_LEN {
             return Err(truncated(HEADER_LEN + TRAILER_LEN));
         }
-        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-        if version != FORMAT_VERSION {
-            return Err(FormatError::UnsupportedVersion {
-                found: version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let flags = u16::from_le_bytes([bytes[6], bytes[7]]);
-        if flags != 0 {
-            return Err(FormatError::UnknownFlags(flags));
-        }
-        let len = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes")) as usize;
-        let end = HEADER_LEN.saturating_add(len);
-        let needed = end.saturating_add(TRAILER_LEN);
+        let needed = file_len(bytes[..HEADER_LEN].try_into().expect("12 bytes"))?;
+        let end = needed - TRAILER_LEN;
         if bytes.len() < needed {
             return Err(truncated(needed));
         }

@@ -78,28 +78,11 @@ fn patches(
     let in_positions = input.spatial_numel();
     let positions = output.spatial_numel();
     let taps = geom.kernel_area();
-    let dims = geom.kernel.len();
-    let mut index = Vec::with_capacity(positions * taps);
-    let mut p_coord = vec![0usize; dims];
-    let mut q_coord = vec![0usize; dims];
-    for p in 0..positions {
-        unravel(p, out_sp, &mut p_coord);
-        for q in 0..taps {
-            unravel(q, &geom.kernel, &mut q_coord);
-            let mut flat = 0usize;
-            let mut inside = true;
-            for d in 0..dims {
-                let c =
-                    (p_coord[d] * geom.stride[d] + q_coord[d]) as isize - geom.padding[d] as isize;
-                if c < 0 || c >= in_sp[d] as isize {
-                    inside = false;
-                    break;
-                }
-                flat = flat * in_sp[d] + c as usize;
-            }
-            index.push(if inside { flat } else { in_positions } as i64);
-        }
-    }
+    let index: Vec<i64> = geom
+        .gather_index(in_sp, out_sp)
+        .into_iter()
+        .map(i64::from)
+        .collect();
     let gather = Tensor::<1, Int>::from_data(TensorData::new(index, [positions * taps]), device);
     Plan::Patches {
         gather,
@@ -109,13 +92,6 @@ fn patches(
         positions,
         taps,
         local,
-    }
-}
-
-fn unravel(mut flat: usize, dims: &[usize], out: &mut [usize]) {
-    for d in (0..dims.len()).rev() {
-        out[d] = flat % dims[d];
-        flat /= dims[d];
     }
 }
 

@@ -26,7 +26,7 @@ pub mod spec;
 mod test_support;
 
 pub use burn::tensor::{DType, Device, Tensor, TensorData};
-pub use error::{DataError, DivergedError, Error, FormatError, ShapeError};
+pub use error::{DataError, DivergedError, Error, FormatError, ShapeError, StateError};
 pub use format::{ModelInfo, ModelRecord};
 pub use model::Model;
 pub use net::{LayerParams, MetaParams, Net, TaskParams};

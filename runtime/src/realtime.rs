@@ -13,12 +13,72 @@ use std::sync::Arc;
 
 use multiversion::multiversion;
 
-use crate::error::{DataError, DivergedError, Error, ShapeError};
+use crate::error::{DataError, DivergedError, Error, ShapeError, StateError};
 use crate::format::ModelRecord;
 use crate::spec::{Activation, ConvSharing, Loss, Op};
 
 /// Default number of examples processed per chunk.
 pub const DEFAULT_CAPACITY: usize = 32;
+/// The largest chunk capacity a session may be created with.
+pub const MAX_CAPACITY: usize = 1 << 16;
+/// The most memory one session may allocate ([`RtModel::session_bytes`]): 1 GiB.
+pub const MAX_SESSION_BYTES: u64 = 1 << 30;
+
+/// A zeroed buffer of `n` floats, or [`Error::OutOfMemory`] instead of an abort.
+fn zeros(n: usize, what: &'static str) -> Result<Vec<f32>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        what,
+        bytes: n as u128 * 4,
+    })?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
+/// A copy of `src`, or [`Error::OutOfMemory`] instead of an abort.
+fn copy_of(src: &[f32], what: &'static str) -> Result<Vec<f32>, Error> {
+    let mut v = zeros(src.len(), what)?;
+    v.copy_from_slice(src);
+    Ok(v)
+}
+
+/// Whether every value is finite. Branch-free so that it vectorises: `x * 0` is 0 for a
+/// finite x and NaN for NaN or infinity, and NaN survives the sum.
+#[multiversion(targets("x86_64+avx2+fma"))]
+fn all_finite(xs: &[f32]) -> bool {
+    let mut acc = [0.0f32; 8];
+    let (chunks, rest) = xs.as_chunks::<8>();
+    for c in chunks {
+        for l in 0..8 {
+            acc[l] += c[l] * 0.0;
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for x in rest {
+        s += x * 0.0;
+    }
+    s == 0.0
+}
+
+/// Checks that a buffer holds `n` (at least one) examples of `per` floats, with checked
+/// arithmetic: an `n` whose product wraps is an overflow, not a 20-digit length.
+pub fn check_len(what: &'static str, len: usize, n: usize, per: usize) -> Result<(), Error> {
+    if n == 0 {
+        return Err(DataError::Empty(what).into());
+    }
+    let Some(expected) = n.checked_mul(per) else {
+        return Err(DataError::Shape(crate::error::overflow(what, n, per)).into());
+    };
+    if len != expected {
+        return Err(DataError::Shape(ShapeError::Mismatch {
+            what: format!("{what} length ({n} examples x {per})"),
+            expected: expected.to_string(),
+            got: len.to_string(),
+        })
+        .into());
+    }
+    Ok(())
+}
 
 /// An adaptation whose final support loss exceeds `EXPLODE_FACTOR` times the initial loss
 /// (plus `EXPLODE_SLACK`) is treated as diverged and rolled back.
@@ -108,7 +168,18 @@ impl RtModel {
                 Op::ShareConv { geom, .. }
                 | Op::Conv { geom, .. }
                 | Op::LocallyConnected1d { geom, .. } => Kind::Patches {
-                    gather: gather_index(geom, input.spatial(), output.spatial()),
+                    gather: {
+                        let positions = output.spatial_numel();
+                        let taps = geom.kernel_area();
+                        let mut g = Vec::new();
+                        g.try_reserve_exact(positions * taps)
+                            .map_err(|_| Error::OutOfMemory {
+                                what: "a convolution's gather index",
+                                bytes: positions as u128 * taps as u128 * 4,
+                            })?;
+                        g.extend(geom.gather_index(input.spatial(), output.spatial()));
+                        g
+                    },
                     in_channels: geom.in_channels,
                     out_channels: geom.out_channels,
                     in_positions: input.spatial_numel(),
@@ -126,7 +197,7 @@ impl RtModel {
                 } => {
                     let u = &rec.shared[0];
                     let rows = u.len() / k;
-                    let mut ut = vec![0.0; u.len()];
+                    let mut ut = zeros(u.len(), "a symmetry matrix")?;
                     for r in 0..rows {
                         for j in 0..*k {
                             ut[j * rows + r] = u[r * k + j];
@@ -139,9 +210,9 @@ impl RtModel {
                     sharing: ConvSharing::Kronecker { ka, kb, kc },
                     ..
                 } => Weights::Kron {
-                    a: rec.shared[0].clone(),
-                    b: rec.shared[1].clone(),
-                    c: rec.shared[2].clone(),
+                    a: copy_of(&rec.shared[0], "a symmetry matrix")?,
+                    b: copy_of(&rec.shared[1], "a symmetry matrix")?,
+                    c: copy_of(&rec.shared[2], "a symmetry matrix")?,
                     dims: [
                         geom.out_channels,
                         geom.in_channels,
@@ -168,6 +239,25 @@ impl RtModel {
                 adapted0: rec.adapted0.clone(),
                 lr: rec.lr,
             });
+        }
+        // The initial weights W = reshape(U v0) must be finite: finite U and v0 can still
+        // overflow f32 in the product, and a model that predicts infinity is no model.
+        let max_kron = kron_scratch_len(&layers);
+        let (mut s0, mut s1) = (
+            zeros(max_kron, "materialisation scratch")?,
+            zeros(max_kron, "materialisation scratch")?,
+        );
+        for (i, layer) in layers.iter().enumerate() {
+            if let Some(v0) = layer.adapted0.first() {
+                let mut w = zeros(layer.weight_len, "an initial weight")?;
+                materialize(&layer.weights, v0, &mut w, &mut s0, &mut s1);
+                if !all_finite(&w) {
+                    return Err(crate::error::FormatError::NonFinite(format!(
+                        "layer {i} initial weight reshape(U v0) (it overflows f32)"
+                    ))
+                    .into());
+                }
+            }
         }
         Ok(Arc::new(RtModel {
             layers,
@@ -217,35 +307,58 @@ impl RtModel {
     }
 }
 
-fn gather_index(geom: &crate::spec::ConvGeom, in_sp: &[usize], out_sp: &[usize]) -> Vec<u32> {
-    let dims = geom.kernel.len();
-    let in_positions: usize = in_sp.iter().product();
-    let positions: usize = out_sp.iter().product();
-    let taps = geom.kernel_area();
-    let mut index = Vec::with_capacity(positions * taps);
-    for p in 0..positions {
-        for q in 0..taps {
-            let (mut pr, mut qr) = (p, q);
-            let mut flat = 0usize;
-            let mut stride_acc = 1usize;
-            let mut inside = true;
-            // Unravel from the last dimension.
-            for d in (0..dims).rev() {
-                let pc = pr % out_sp[d];
-                pr /= out_sp[d];
-                let qc = qr % geom.kernel[d];
-                qr /= geom.kernel[d];
-                let c = (pc * geom.stride[d] + qc) as isize - geom.padding[d] as isize;
-                if c < 0 || c >= in_sp[d] as isize {
-                    inside = false;
-                }
-                flat += c.max(0) as usize * stride_acc;
-                stride_acc *= in_sp[d];
-            }
-            index.push(if inside { flat } else { in_positions } as u32);
-        }
+/// Floats of the Kronecker scratch buffers a model's layers need (0 without Kronecker layers).
+fn kron_scratch_len(layers: &[Layer]) -> usize {
+    layers
+        .iter()
+        .map(|l| match l.weights {
+            Weights::Kron {
+                dims: [o, i, s, ka, kb, kc],
+                ..
+            } => (o.max(ka) * i.max(kb) * s.max(kc)).max(1),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+impl RtModel {
+    /// Bytes a [`Session`] with this chunk `capacity` allocates, computed without
+    /// allocating (so a robot can reserve it, and a session over [`MAX_SESSION_BYTES`] is
+    /// refused before anything is allocated). `None` if the size overflows.
+    pub fn session_bytes(&self, capacity: usize) -> Option<u128> {
+        let cap = capacity as u128;
+        let adapted = self.adapted_len() as u128;
+        let weights: u128 = self.layers.iter().map(|l| l.weight_len as u128).sum();
+        let acts: u128 =
+            self.input_len as u128 + self.layers.iter().map(|l| l.out_len as u128).sum::<u128>();
+        let max_act = self
+            .layers
+            .iter()
+            .map(|l| l.in_len.max(l.out_len))
+            .max()
+            .unwrap_or(1) as u128;
+        let floats = 3 * adapted
+            + 2 * weights
+            + cap.checked_mul(acts)?
+            + 2 * cap.checked_mul(max_act)?
+            + 2 * self.max_patch() as u128
+            + 2 * kron_scratch_len(&self.layers) as u128;
+        floats.checked_mul(4)
     }
-    index
+
+    fn max_patch(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l.kind {
+                Kind::Patches {
+                    in_channels, taps, ..
+                } => in_channels * taps,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
 }
 
 /// One task's adapted state and the buffers to adapt and predict without allocating.
@@ -280,70 +393,82 @@ pub struct Session {
 
 impl Session {
     /// A session at the meta-learned initialisation, with buffers for `capacity` examples per
-    /// chunk. All allocation happens here.
-    pub fn new(model: Arc<RtModel>, capacity: usize) -> Self {
-        let capacity = capacity.max(1);
-        let adapted: Vec<Vec<Vec<f32>>> = model.layers.iter().map(|l| l.adapted0.clone()).collect();
-        let grads = adapted
-            .iter()
-            .map(|l| l.iter().map(|v| vec![0.0; v.len()]).collect())
-            .collect();
-        let w: Vec<Vec<f32>> = model
-            .layers
-            .iter()
-            .map(|l| vec![0.0; l.weight_len])
-            .collect();
-        let dw = w.clone();
-        let mut acts = vec![vec![0.0; capacity * model.input_len]];
-        acts.extend(model.layers.iter().map(|l| vec![0.0; capacity * l.out_len]));
+    /// chunk (1 to [`MAX_CAPACITY`]). All allocation happens here, and fails with a status
+    /// rather than an abort: a session over [`MAX_SESSION_BYTES`] is refused before anything
+    /// is allocated, and a failed allocation is [`Error::OutOfMemory`].
+    pub fn new(model: Arc<RtModel>, capacity: usize) -> Result<Self, Error> {
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(DataError::Shape(ShapeError::OverLimit {
+                what: format!("session capacity {capacity} (examples per chunk; at least 1)"),
+                value: Some(capacity as u128),
+                limit: MAX_CAPACITY as u64,
+            })
+            .into());
+        }
+        let bytes = model.session_bytes(capacity);
+        if bytes.is_none_or(|b| b > MAX_SESSION_BYTES as u128) {
+            return Err(DataError::Shape(ShapeError::OverLimit {
+                what: format!(
+                    "memory of a session with capacity {capacity} (bytes; try a smaller capacity)"
+                ),
+                value: bytes,
+                limit: MAX_SESSION_BYTES,
+            })
+            .into());
+        }
+        let vectors = |what| -> Result<Vec<Vec<Vec<f32>>>, Error> {
+            model
+                .layers
+                .iter()
+                .map(|l| l.adapted0.iter().map(|v| copy_of(v, what)).collect())
+                .collect()
+        };
+        let adapted = vectors("adapted parameters")?;
+        let backup = vectors("adapted parameters")?;
+        let grads = vectors("gradients")?;
+        let weights = |what| -> Result<Vec<Vec<f32>>, Error> {
+            model
+                .layers
+                .iter()
+                .map(|l| zeros(l.weight_len, what))
+                .collect()
+        };
+        let w = weights("weights")?;
+        let dw = weights("weight gradients")?;
+        let mut acts = vec![zeros(capacity * model.input_len, "activations")?];
+        for l in &model.layers {
+            acts.push(zeros(capacity * l.out_len, "activations")?);
+        }
         let max_act = model
             .layers
             .iter()
             .map(|l| l.in_len.max(l.out_len))
             .max()
             .unwrap_or(1);
-        let max_patch = model
-            .layers
-            .iter()
-            .map(|l| match l.kind {
-                Kind::Patches {
-                    in_channels, taps, ..
-                } => in_channels * taps,
-                _ => 0,
-            })
-            .max()
-            .unwrap_or(0);
-        let max_kron = model
-            .layers
-            .iter()
-            .map(|l| match l.weights {
-                Weights::Kron {
-                    dims: [o, i, s, ka, kb, kc],
-                    ..
-                } => (o.max(ka) * i.max(kb) * s.max(kc)).max(1),
-                _ => 0,
-            })
-            .max()
-            .unwrap_or(0);
+        let max_patch = model.max_patch();
+        let max_kron = kron_scratch_len(&model.layers);
         let mut s = Session {
             capacity,
-            backup: adapted.clone(),
+            backup,
             adapted,
             grads,
             w,
             dw,
             acts,
-            da: vec![0.0; capacity * max_act],
-            db: vec![0.0; capacity * max_act],
-            patch: vec![0.0; max_patch],
-            dpatch: vec![0.0; max_patch],
-            scratch: [vec![0.0; max_kron], vec![0.0; max_kron]],
+            da: zeros(capacity * max_act, "activation gradients")?,
+            db: zeros(capacity * max_act, "activation gradients")?,
+            patch: zeros(max_patch, "patches")?,
+            dpatch: zeros(max_patch, "patches")?,
+            scratch: [
+                zeros(max_kron, "Kronecker scratch")?,
+                zeros(max_kron, "Kronecker scratch")?,
+            ],
             inner_steps: model.inner_steps,
             lr_scale: 1.0,
             model,
         };
         s.materialize_all();
-        s
+        Ok(s)
     }
 
     /// The model.
@@ -373,18 +498,8 @@ impl Session {
     }
 
     fn check(&self, what: &'static str, data: &[f32], n: usize, per: usize) -> Result<(), Error> {
-        if n == 0 {
-            return Err(DataError::Empty(what).into());
-        }
-        if data.len() != n * per {
-            return Err(DataError::Shape(ShapeError::Mismatch {
-                what: format!("{what} length ({n} examples x {per})"),
-                expected: (n * per).to_string(),
-                got: data.len().to_string(),
-            })
-            .into());
-        }
-        if data.iter().any(|x| !x.is_finite()) {
+        check_len(what, data.len(), n, per)?;
+        if !all_finite(data) {
             return Err(DataError::NonFinite(what).into());
         }
         Ok(())
@@ -394,14 +509,7 @@ impl Session {
     pub fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error> {
         self.check("inputs", x, n, self.model.input_len)?;
         let fo = self.model.output_len;
-        if out.len() != n * fo {
-            return Err(DataError::Shape(ShapeError::Mismatch {
-                what: "output buffer length".into(),
-                expected: (n * fo).to_string(),
-                got: out.len().to_string(),
-            })
-            .into());
-        }
+        check_len("output buffer", out.len(), n, fo)?;
         let fi = self.model.input_len;
         let mut start = 0;
         while start < n {
@@ -410,6 +518,9 @@ impl Session {
             let last = self.acts.last().expect("non-empty");
             out[start * fo..(start + m) * fo].copy_from_slice(&last[..m * fo]);
             start += m;
+        }
+        if !all_finite(out) {
+            return Err(Error::NonFiniteOutput);
         }
         Ok(())
     }
@@ -466,9 +577,15 @@ impl Session {
             } else {
                 before
             };
+            // NaN propagates through every op (ReLU included), so a non-finite parameter
+            // shows in the loss; the final check of the parameters themselves is a cheap
+            // guarantee that no NaN is ever kept (and so ever saved).
+            let nonfinite_params =
+                step == self.inner_steps && !self.adapted.iter().flatten().all(|v| all_finite(v));
             if !loss.is_finite()
                 || !before.is_finite()
                 || loss > initial * EXPLODE_FACTOR + EXPLODE_SLACK
+                || nonfinite_params
             {
                 for (a, b) in self.adapted.iter_mut().zip(&self.backup) {
                     for (av, bv) in a.iter_mut().zip(b) {
@@ -480,6 +597,7 @@ impl Session {
                     step,
                     loss: loss as f64,
                     initial: initial as f64,
+                    nonfinite_params,
                 }
                 .into());
             }
@@ -592,8 +710,11 @@ impl Session {
             let bias = self.adapted[i].get(1).map(Vec::as_slice);
             forward(layer, &self.w[i], bias, input, out, m, &mut self.patch);
             if layer.relu {
+                // Not `max(0)`: that turns NaN into 0 and hides a divergence.
                 for v in out.iter_mut() {
-                    *v = v.max(0.0);
+                    if *v < 0.0 {
+                        *v = 0.0;
+                    }
                 }
             }
         }
@@ -685,7 +806,9 @@ impl RtModel {
 }
 
 /// Encodes a session state: `"MSRS"`, u16 version, u16 reserved, u32 model fingerprint,
-/// `count` f32 values (little-endian), u32 CRC-32 of everything before it.
+/// `count` f32 values (little-endian), u32 CRC-32 of everything before it. A non-finite
+/// value is refused ([`StateError::NonFinite`]): no state is written that
+/// [`check_state`] would refuse. On error the contents of `buf` are unspecified.
 pub fn encode_state(
     fingerprint: u32,
     values: impl Iterator<Item = f32>,
@@ -706,7 +829,10 @@ pub fn encode_state(
     buf[6..8].copy_from_slice(&0u16.to_le_bytes());
     buf[8..12].copy_from_slice(&fingerprint.to_le_bytes());
     let mut at = STATE_HEADER;
-    for v in values.take(count) {
+    for (index, v) in values.take(count).enumerate() {
+        if !v.is_finite() {
+            return Err(StateError::NonFinite { index }.into());
+        }
         buf[at..at + 4].copy_from_slice(&v.to_le_bytes());
         at += 4;
     }
@@ -718,10 +844,9 @@ pub fn encode_state(
 
 /// Checks a state for a model with `fingerprint` and `count` adapted values.
 pub fn check_state(fingerprint: u32, count: usize, buf: &[u8]) -> Result<(), Error> {
-    use crate::error::FormatError;
     let len = STATE_HEADER + 4 * count + 4;
     if buf.len() != len {
-        return Err(FormatError::Truncated {
+        return Err(StateError::Length {
             needed: len,
             got: buf.len(),
         }
@@ -729,11 +854,11 @@ pub fn check_state(fingerprint: u32, count: usize, buf: &[u8]) -> Result<(), Err
     }
     let magic: [u8; 4] = buf[0..4].try_into().expect("4 bytes");
     if &magic != STATE_MAGIC {
-        return Err(FormatError::BadMagic { found: magic }.into());
+        return Err(StateError::BadMagic { found: magic }.into());
     }
     let version = u16::from_le_bytes([buf[4], buf[5]]);
     if version != STATE_VERSION {
-        return Err(FormatError::UnsupportedVersion {
+        return Err(StateError::UnsupportedVersion {
             found: version,
             supported: STATE_VERSION,
         }
@@ -742,17 +867,18 @@ pub fn check_state(fingerprint: u32, count: usize, buf: &[u8]) -> Result<(), Err
     let stored = u32::from_le_bytes(buf[len - 4..].try_into().expect("4 bytes"));
     let computed = crc32fast::hash(&buf[..len - 4]);
     if stored != computed {
-        return Err(FormatError::Checksum { stored, computed }.into());
+        return Err(StateError::Checksum { stored, computed }.into());
     }
     let fp = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
     if fp != fingerprint {
-        return Err(FormatError::Body(format!(
-            "the state belongs to another model (fingerprint {fp:#010x}, this model {fingerprint:#010x})"
-        ))
+        return Err(StateError::OtherModel {
+            found: fp,
+            expected: fingerprint,
+        }
         .into());
     }
-    if state_values(buf).any(|v| !v.is_finite()) {
-        return Err(FormatError::NonFinite("saved session state".into()).into());
+    if let Some(index) = state_values(buf).position(|v| !v.is_finite()) {
+        return Err(StateError::NonFinite { index }.into());
     }
     Ok(())
 }
@@ -1197,7 +1323,7 @@ mod tests {
                     .iter::<f64>()
                     .collect();
                 for capacity in [32, 2] {
-                    let mut s = Session::new(rt.clone(), capacity);
+                    let mut s = Session::new(rt.clone(), capacity).unwrap();
                     s.inner_steps = 2;
                     s.adapt(&xs, &ys, ns).unwrap();
                     let mut out = vec![0.0; nq * fo];
@@ -1234,7 +1360,7 @@ mod tests {
         let mut rng = Rng::new(6);
         let xs = f32s(rng.normals(4 * fi, 1.0));
         let ys = f32s(rng.normals(4 * fo, 1.0));
-        let mut s = Session::new(rt.clone(), 8);
+        let mut s = Session::new(rt.clone(), 8).unwrap();
         s.adapt(&xs, &ys, 4).unwrap();
         let mut before = vec![0.0; 4 * fo];
         s.predict(&xs, 4, &mut before).unwrap();
@@ -1280,12 +1406,12 @@ mod tests {
         let mut rng = Rng::new(8);
         let xs = f32s(rng.normals(3 * fi, 1.0));
         let ys = f32s(rng.normals(3 * fo, 1.0));
-        let mut a = Session::new(rt.clone(), 4);
+        let mut a = Session::new(rt.clone(), 4).unwrap();
         a.lr_scale = 0.01; // random parameters: keep the steps small
         a.adapt(&xs, &ys, 3).unwrap();
         let mut buf = vec![0u8; rt.state_len()];
         assert_eq!(a.save_state(&mut buf).unwrap(), rt.state_len());
-        let mut b = Session::new(rt.clone(), 4);
+        let mut b = Session::new(rt.clone(), 4).unwrap();
         b.load_state(&buf).unwrap();
         let (mut pa, mut pb) = (vec![0.0; 3 * fo], vec![0.0; 3 * fo]);
         a.predict(&xs, 3, &mut pa).unwrap();
@@ -1297,7 +1423,7 @@ mod tests {
         assert!(b.load_state(&bad).is_err());
         assert!(b.load_state(&buf[..buf.len() - 1]).is_err());
         let other = RtModel::new(&record(spec, 99)).unwrap();
-        let mut c = Session::new(other, 4);
+        let mut c = Session::new(other, 4).unwrap();
         let e = c.load_state(&buf).unwrap_err();
         assert!(e.to_string().contains("another model"), "{e}");
         // b unchanged by the failed loads.

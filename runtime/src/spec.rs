@@ -132,14 +132,78 @@ impl ConvGeom {
                 self.padding[d],
                 input.0[d + 1],
             );
-            if k == 0 || s == 0 || n + 2 * p < k {
+            // Each dimension on its own (a product check lets [2^31, 0] through).
+            check_limit(
+                format!("convolution kernel size {k} (dimension {d})"),
+                Some(k as u128),
+                limits::MAX_KERNEL,
+            )?;
+            check_limit(
+                format!("convolution stride {s} (dimension {d})"),
+                Some(s as u128),
+                limits::MAX_KERNEL,
+            )?;
+            if k == 0 || s == 0 {
+                return Err(ShapeError::InvalidLayer(format!(
+                    "convolution kernel {k} and stride {s} must be at least 1 (dimension {d})"
+                )));
+            }
+            // Padding of the kernel size or more only adds outputs that see nothing but zeros.
+            check_limit(
+                format!(
+                    "convolution padding {p} (dimension {d}; it must be below the kernel size)"
+                ),
+                Some(p as u128),
+                k as u64 - 1,
+            )?;
+            // n + 2p - k: no overflow, all three are bounded above.
+            let padded = n as u128 + 2 * p as u128;
+            if padded < k as u128 {
                 return Err(ShapeError::InvalidLayer(format!(
                     "kernel {k} (stride {s}, padding {p}) does not fit input size {n}"
                 )));
             }
-            out.push((n + 2 * p - k) / s + 1);
+            out.push(((padded - k as u128) / s as u128 + 1) as usize);
         }
         Ok(out)
+    }
+}
+
+impl ConvGeom {
+    /// The gather index of this convolution for input and output spatial shapes `in_sp`
+    /// and `out_sp` (as [`NetSpec::shapes`] computed and bounded them): for output position p
+    /// and kernel tap q, entry `p * taps + q` is the flat input position to read, or
+    /// `in_positions` (one past the last) where the tap falls in the zero padding. Both
+    /// engines (burn and real-time) build their convolutions on it.
+    pub fn gather_index(&self, in_sp: &[usize], out_sp: &[usize]) -> Vec<u32> {
+        let dims = self.kernel.len();
+        let in_positions: usize = in_sp.iter().product();
+        let positions: usize = out_sp.iter().product();
+        let taps = self.kernel_area();
+        let mut index = Vec::with_capacity(positions * taps);
+        for p in 0..positions {
+            for q in 0..taps {
+                let (mut pr, mut qr) = (p, q);
+                let mut flat = 0usize;
+                let mut stride_acc = 1usize;
+                let mut inside = true;
+                // Unravel from the last dimension.
+                for d in (0..dims).rev() {
+                    let pc = pr % out_sp[d];
+                    pr /= out_sp[d];
+                    let qc = qr % self.kernel[d];
+                    qr /= self.kernel[d];
+                    let c = (pc * self.stride[d] + qc) as isize - self.padding[d] as isize;
+                    if c < 0 || c >= in_sp[d] as isize {
+                        inside = false;
+                    }
+                    flat += c.max(0) as usize * stride_acc;
+                    stride_acc *= in_sp[d];
+                }
+                index.push(if inside { flat } else { in_positions } as u32);
+            }
+        }
+        index
     }
 }
 
@@ -372,6 +436,25 @@ impl Op {
         }
     }
 
+    /// Multiply-adds of one example's forward pass through this op (`input` and `output`
+    /// as checked by [`NetSpec::shapes`]: every factor is bounded, so the product fits).
+    fn macs(&self, input: &FeatureShape, output: &FeatureShape) -> u128 {
+        let taps =
+            |g: &ConvGeom| (g.in_channels * g.kernel_area()) as u128 * output.numel() as u128;
+        match self {
+            Op::ShareLinear {
+                inputs, outputs, ..
+            }
+            | Op::Linear {
+                inputs, outputs, ..
+            } => *inputs as u128 * *outputs as u128,
+            Op::ShareConv { geom, .. }
+            | Op::Conv { geom, .. }
+            | Op::LocallyConnected1d { geom, .. } => taps(geom),
+            Op::Flatten => input.numel() as u128,
+        }
+    }
+
     /// A short human name of the op kind.
     pub fn kind_name(&self) -> &'static str {
         match self {
@@ -389,26 +472,55 @@ impl Op {
     }
 }
 
-/// The largest number of elements any one tensor of a model may have (2^31).
-pub const MAX_ELEMENTS: u128 = 1 << 31;
+/// The documented limits every model file is checked against before anything is
+/// allocated (docs/model-format.md, "Limits"). A model over a limit is refused with
+/// [`ShapeError::OverLimit`] naming the field and the limit.
+pub mod limits {
+    /// Floats in any one tensor: a parameter tensor, or one example's activation.
+    pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 28;
+    /// Floats in all parameter tensors of a model together (1 GiB of f32).
+    pub const MAX_MODEL_ELEMENTS: u64 = 1 << 28;
+    /// Layers in a network.
+    pub const MAX_LAYERS: u64 = 256;
+    /// Dimensions of an example's shape: `[channels]`, `[channels, n]` or `[channels, h, w]`.
+    pub const MAX_INPUT_DIMS: u64 = 3;
+    /// Kernel size and stride along one spatial dimension.
+    pub const MAX_KERNEL: u64 = 1 << 12;
+    /// Multiply-adds of one example's forward pass, all layers together: bounds the time
+    /// one call can take (about 0.1-0.5 s per example at the limit on one core).
+    pub const MAX_MACS_PER_EXAMPLE: u64 = 1 << 30;
+    /// Inner steps of one adaptation (the model's default and a session's option).
+    pub const MAX_INNER_STEPS: u64 = 1000;
+    /// Bytes of a model file's body: the parameters at their limit, plus 1 MiB for the
+    /// architecture and metadata.
+    pub const MAX_BODY_BYTES: u64 = 4 * MAX_MODEL_ELEMENTS + (1 << 20);
+}
 
-fn check_size(what: &str, dims: &[usize]) -> Result<(), ShapeError> {
-    if dims.len() > 8 {
-        return Err(ShapeError::InvalidLayer(format!(
-            "{what} has {} dims",
-            dims.len()
-        )));
+/// Checks `value <= limit`; `None` is a product that overflowed.
+fn check_limit(what: impl Into<String>, value: Option<u128>, limit: u64) -> Result<(), ShapeError> {
+    match value {
+        Some(v) if v <= limit as u128 => Ok(()),
+        _ => Err(ShapeError::OverLimit {
+            what: what.into(),
+            value,
+            limit,
+        }),
     }
-    let total = dims
-        .iter()
+}
+
+/// The product of `dims`, or `None` if it does not fit in a u128.
+fn product(dims: &[usize]) -> Option<u128> {
+    dims.iter()
         .try_fold(1u128, |acc, &d| acc.checked_mul(d as u128))
-        .unwrap_or(u128::MAX);
-    if total > MAX_ELEMENTS {
-        return Err(ShapeError::InvalidLayer(format!(
-            "{what} {dims:?} is too large (over {MAX_ELEMENTS} elements)"
-        )));
-    }
-    Ok(())
+}
+
+/// Checks that a tensor of shape `dims` has at most [`limits::MAX_TENSOR_ELEMENTS`] floats.
+fn check_size(what: &str, dims: &[usize]) -> Result<(), ShapeError> {
+    check_limit(
+        format!("{what} {dims:?} (elements)"),
+        product(dims),
+        limits::MAX_TENSOR_ELEMENTS,
+    )
 }
 
 fn dense_output(
@@ -459,31 +571,61 @@ pub struct NetShapes {
 }
 
 impl NetSpec {
-    /// Checks every layer against its input and returns all shapes.
+    /// Checks every layer against its input and the documented [`limits`], and returns all
+    /// shapes. Every size is bounded before any product of sizes is formed, so no
+    /// arithmetic below can overflow, whatever a (possibly hostile) model file says.
     pub fn shapes(&self) -> Result<NetShapes, ShapeError> {
-        // Bound every size first, so that no product below can overflow, whatever a
-        // (possibly corrupted) model file says.
-        check_size("input shape", &self.input.0)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            layer.op.check_sizes().map_err(|e| e.in_layer(i))?;
-        }
         if self.layers.is_empty() {
             return Err(ShapeError::InvalidLayer(
                 "a network needs at least one layer".into(),
             ));
         }
-        if self.input.numel() == 0 {
-            return Err(ShapeError::InvalidLayer("empty input shape".into()));
+        check_limit(
+            "number of layers",
+            Some(self.layers.len() as u128),
+            limits::MAX_LAYERS,
+        )?;
+        check_limit(
+            format!("input shape {:?} (dimensions)", self.input.0),
+            Some(self.input.0.len() as u128),
+            limits::MAX_INPUT_DIMS,
+        )?;
+        check_size("input shape", &self.input.0)?;
+        if self.input.0.is_empty() || self.input.numel() == 0 {
+            return Err(ShapeError::InvalidLayer(format!(
+                "empty input shape {:?}",
+                self.input.0
+            )));
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            layer.op.check_sizes().map_err(|e| e.in_layer(i))?;
         }
         let mut activations = vec![self.input.clone()];
         let mut params = Vec::with_capacity(self.layers.len());
+        let (mut total_params, mut total_macs) = (0u128, 0u128);
         for (i, layer) in self.layers.iter().enumerate() {
             let input = activations.last().expect("non-empty");
-            let layout = layer.op.param_layout(input).map_err(|e| e.in_layer(i))?;
             let out = layer.op.output_shape(input).map_err(|e| e.in_layer(i))?;
+            check_size("output shape", &out.0).map_err(|e| e.in_layer(i))?;
+            let layout = layer.op.param_layout(input).map_err(|e| e.in_layer(i))?;
+            for [r, c] in &layout.shared {
+                total_params += (*r * *c) as u128;
+            }
+            total_params += layout.adapted.iter().map(|&n| n as u128).sum::<u128>();
+            total_macs += layer.op.macs(input, &out);
             params.push(layout);
             activations.push(out);
         }
+        check_limit(
+            "parameters of the model (floats, all layers)",
+            Some(total_params),
+            limits::MAX_MODEL_ELEMENTS,
+        )?;
+        check_limit(
+            "multiply-adds of one example's forward pass",
+            Some(total_macs),
+            limits::MAX_MACS_PER_EXAMPLE,
+        )?;
         Ok(NetShapes {
             activations,
             params,

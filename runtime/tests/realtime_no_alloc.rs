@@ -118,7 +118,7 @@ fn adapt_and_predict_do_not_allocate() {
         }
         let mut out = vec![0.0f32; n * fo];
         let mut state = vec![0u8; rt.state_len()];
-        let mut session = Session::new(rt.clone(), 4);
+        let mut session = Session::new(rt.clone(), 4).unwrap();
         // Warm up once (nothing is lazily allocated, but make that a measured fact).
         session.adapt(&x, &y, n).unwrap();
 
@@ -143,7 +143,7 @@ fn adapt_and_predict_do_not_allocate() {
 
         // The counter does count: creating a session allocates.
         let before = ALLOCATIONS.load(Ordering::SeqCst);
-        let s2 = Session::new(rt.clone(), 4);
+        let s2 = Session::new(rt.clone(), 4).unwrap();
         assert!(ALLOCATIONS.load(Ordering::SeqCst) > before);
         drop(s2);
     }
