@@ -29,6 +29,13 @@ pub enum ShapeError {
         /// The limit.
         limit: u64,
     },
+    /// A size computed from a caller's arguments does not fit in a `usize` (e.g. an `n`
+    /// that wraps `n * input_len`).
+    #[error("{what} overflows: the size does not fit in a size_t (is n right?)")]
+    Overflow {
+        /// What was being sized, with its factors.
+        what: String,
+    },
     /// The error of one layer, with its index.
     #[error("layer {index}: {source}")]
     InLayer {
@@ -37,6 +44,15 @@ pub enum ShapeError {
         /// What is wrong with it.
         source: Box<ShapeError>,
     },
+}
+
+/// A loss as a person reads it: plain in [1e-4, 1e6), in scientific notation elsewhere.
+fn number(x: f64) -> String {
+    if x == 0.0 || !x.is_finite() || (1e-4..1e6).contains(&x.abs()) {
+        format!("{x}")
+    } else {
+        format!("{x:.4e}")
+    }
 }
 
 fn over(value: &Option<u128>) -> String {
@@ -48,10 +64,8 @@ fn over(value: &Option<u128>) -> String {
 
 /// A size computed from a caller's arguments overflowed: `n` examples of `per` floats.
 pub fn overflow(what: &str, n: usize, per: usize) -> ShapeError {
-    ShapeError::OverLimit {
-        what: format!("{what} ({n} examples x {per})"),
-        value: (n as u128).checked_mul(per as u128),
-        limit: usize::MAX as u64,
+    ShapeError::Overflow {
+        what: format!("{what}: {n} examples x {per} values"),
     }
 }
 
@@ -185,7 +199,9 @@ pub enum DataError {
 /// Adaptation produced a non-finite or exploding loss; the parameters were left unchanged.
 #[derive(Debug, Clone, PartialEq, Error)]
 #[error(
-    "adaptation diverged at step {step}: loss {loss} (before adapting: {initial}){}; parameters rolled back",
+    "adaptation diverged at step {step}: loss {} (before adapting: {}){}; parameters rolled back",
+    number(*.loss),
+    number(*.initial),
     if *.nonfinite_params { ", an adapted parameter became non-finite" } else { "" }
 )]
 pub struct DivergedError {

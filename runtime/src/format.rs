@@ -480,6 +480,55 @@ mod tests {
     }
 
     #[test]
+    fn inner_steps_and_body_length_are_bounded() {
+        let mut rec = record(&mut Rng::new(7));
+        rec.info.inner_steps = 1001;
+        let e = ModelRecord::from_bytes(&rec.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("inner_steps"), "{e}");
+        rec.info.inner_steps = 1000;
+        ModelRecord::from_bytes(&rec.to_bytes()).unwrap();
+
+        // A header declaring a 4 GiB body is refused from its 12 bytes.
+        let mut bytes = rec.to_bytes();
+        bytes[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
+        let e = ModelRecord::from_bytes(&bytes).unwrap_err();
+        assert!(e.to_string().contains("body length"), "{e}");
+    }
+
+    #[test]
+    fn files_are_read_header_first() {
+        let dir = std::env::temp_dir().join(format!("msr-format-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = record(&mut Rng::new(8)).to_bytes();
+        let path = dir.join("m.msr");
+        std::fs::write(&path, &good).unwrap();
+        assert_eq!(read_model_file(&path).unwrap(), good);
+        let mut long = good.clone();
+        long.extend_from_slice(&[0; 5]);
+        std::fs::write(&path, &long).unwrap();
+        let e = read_model_file(&path).unwrap_err();
+        assert!(
+            matches!(e, Error::Format(FormatError::TrailingBytes(5))),
+            "{e}"
+        );
+        std::fs::write(&path, &good[..good.len() - 1]).unwrap();
+        let e = read_model_file(&path).unwrap_err();
+        assert!(
+            matches!(e, Error::Format(FormatError::Truncated { .. })),
+            "{e}"
+        );
+        // A device is refused from its first bytes, not read to exhaustion.
+        let e = read_model_file(Path::new("/dev/zero")).unwrap_err();
+        assert!(
+            matches!(e, Error::Format(FormatError::BadMagic { .. })),
+            "{e}"
+        );
+        let e = read_model_file(&dir.join("missing.msr")).unwrap_err();
+        assert!(matches!(e, Error::Io { .. }), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn huge_declared_sizes_are_refused_not_allocated() {
         let mut rec = record(&mut Rng::new(6));
         rec.net.input = FeatureShape(vec![usize::MAX / 2, 3]);

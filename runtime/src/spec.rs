@@ -104,6 +104,48 @@ impl ConvGeom {
         self.out_channels * self.in_channels * self.kernel_area()
     }
 
+    /// Checks the kernel, stride and padding of each dimension on its own (a product check
+    /// would let `[2^31, 0]` through) against [`limits::MAX_KERNEL`], and the padding
+    /// against the kernel: padding of the kernel size or more only adds outputs that see
+    /// nothing but zeros.
+    fn check_dims(&self) -> Result<(), ShapeError> {
+        let dims = self.kernel.len();
+        if !(1..=2).contains(&dims) || self.stride.len() != dims || self.padding.len() != dims {
+            return Err(ShapeError::InvalidLayer(format!(
+                "convolution needs 1 or 2 spatial dims with one kernel, stride and padding each, got {} kernel sizes, {} strides, {} paddings",
+                self.kernel.len(),
+                self.stride.len(),
+                self.padding.len()
+            )));
+        }
+        for d in 0..dims {
+            let (k, s, p) = (self.kernel[d], self.stride[d], self.padding[d]);
+            check_limit(
+                format!("convolution kernel size (dimension {d})"),
+                Some(k as u128),
+                limits::MAX_KERNEL,
+            )?;
+            check_limit(
+                format!("convolution stride (dimension {d})"),
+                Some(s as u128),
+                limits::MAX_KERNEL,
+            )?;
+            if k == 0 || s == 0 {
+                return Err(ShapeError::InvalidLayer(format!(
+                    "convolution kernel {k} and stride {s} must be at least 1 (dimension {d})"
+                )));
+            }
+            check_limit(
+                format!(
+                    "convolution padding (dimension {d}; it must be below the kernel size {k})"
+                ),
+                Some(p as u128),
+                k as u64 - 1,
+            )?;
+        }
+        Ok(())
+    }
+
     fn output_spatial(&self, input: &FeatureShape) -> Result<Vec<usize>, ShapeError> {
         let dims = self.kernel.len();
         if !(1..=2).contains(&dims) || self.stride.len() != dims || self.padding.len() != dims {
@@ -124,6 +166,7 @@ impl ConvGeom {
                 got: format!("{:?}", input.0),
             });
         }
+        self.check_dims()?;
         let mut out = Vec::with_capacity(dims);
         for d in 0..dims {
             let (k, s, p, n) = (
@@ -132,31 +175,7 @@ impl ConvGeom {
                 self.padding[d],
                 input.0[d + 1],
             );
-            // Each dimension on its own (a product check lets [2^31, 0] through).
-            check_limit(
-                format!("convolution kernel size {k} (dimension {d})"),
-                Some(k as u128),
-                limits::MAX_KERNEL,
-            )?;
-            check_limit(
-                format!("convolution stride {s} (dimension {d})"),
-                Some(s as u128),
-                limits::MAX_KERNEL,
-            )?;
-            if k == 0 || s == 0 {
-                return Err(ShapeError::InvalidLayer(format!(
-                    "convolution kernel {k} and stride {s} must be at least 1 (dimension {d})"
-                )));
-            }
-            // Padding of the kernel size or more only adds outputs that see nothing but zeros.
-            check_limit(
-                format!(
-                    "convolution padding {p} (dimension {d}; it must be below the kernel size)"
-                ),
-                Some(p as u128),
-                k as u64 - 1,
-            )?;
-            // n + 2p - k: no overflow, all three are bounded above.
+            // n + 2p - k: no overflow, all three are bounded (check_dims).
             let padded = n as u128 + 2 * p as u128;
             if padded < k as u128 {
                 return Err(ShapeError::InvalidLayer(format!(
@@ -409,9 +428,7 @@ impl Op {
     fn check_sizes(&self) -> Result<(), ShapeError> {
         let geom_sizes = |g: &ConvGeom| -> Result<(), ShapeError> {
             check_size("channels", &[g.in_channels, g.out_channels])?;
-            check_size("kernel", &g.kernel)?;
-            check_size("stride", &g.stride)?;
-            check_size("padding", &g.padding)?;
+            g.check_dims()?;
             check_size(
                 "filter bank",
                 &[g.in_channels, g.out_channels, g.kernel_area_checked()?],
@@ -635,5 +652,107 @@ impl NetSpec {
     /// Shape of one output example.
     pub fn output(&self) -> Result<FeatureShape, ShapeError> {
         Ok(self.shapes()?.activations.pop().expect("non-empty"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conv(geom: ConvGeom) -> LayerSpec {
+        LayerSpec {
+            op: Op::Conv { geom, bias: true },
+            activation: Activation::Relu,
+        }
+    }
+
+    fn net(input: Vec<usize>, layers: Vec<LayerSpec>) -> NetSpec {
+        NetSpec {
+            input: FeatureShape(input),
+            layers,
+            loss: Loss::Mse,
+        }
+    }
+
+    /// The message of a refused spec, which must name `field` and say "over the limit".
+    fn refused(spec: &NetSpec, field: &str) -> String {
+        let e = spec.shapes().expect_err("must be refused").to_string();
+        assert!(e.contains(field), "'{field}' not named in: {e}");
+        assert!(
+            e.contains("over the limit") || e.contains("at least 1"),
+            "{e}"
+        );
+        e
+    }
+
+    #[test]
+    fn every_limit_is_checked_by_field() {
+        let dense = |i, o| LayerSpec {
+            op: Op::Linear {
+                inputs: i,
+                outputs: o,
+                bias: false,
+            },
+            activation: Activation::Identity,
+        };
+        // A plausible net passes.
+        let ok = net(vec![1, 28, 28], vec![conv(ConvGeom::d2(1, 8, 3, 2, 1))]);
+        assert_eq!(ok.shapes().unwrap().activations[1].0, vec![8, 14, 14]);
+
+        // Padding per dimension (a [2^31, 0] product is 0), and against the kernel.
+        let mut g = ConvGeom::d2(1, 1, 3, 1, 0);
+        g.padding = vec![1 << 31, 0];
+        refused(&net(vec![1, 8, 8], vec![conv(g)]), "padding (dimension 0");
+        let mut g = ConvGeom::d2(1, 1, 3, 1, 0);
+        g.padding = vec![0, 3];
+        refused(&net(vec![1, 8, 8], vec![conv(g)]), "padding (dimension 1");
+        // Kernel and stride per dimension.
+        let mut g = ConvGeom::d1(1, 1, 3, 0);
+        g.kernel = vec![1 << 13];
+        refused(&net(vec![1, 1 << 14], vec![conv(g)]), "kernel size");
+        let mut g = ConvGeom::d1(1, 1, 3, 0);
+        g.stride = vec![usize::MAX];
+        refused(&net(vec![1, 8], vec![conv(g)]), "stride");
+        let mut g = ConvGeom::d1(1, 1, 3, 0);
+        g.stride = vec![0];
+        refused(&net(vec![1, 8], vec![conv(g)]), "stride");
+        // Input shape: elements, then dimensions.
+        refused(&net(vec![1 << 29], vec![dense(1 << 29, 1)]), "input shape");
+        refused(
+            &net(vec![usize::MAX, usize::MAX], vec![dense(1, 1)]),
+            "input shape",
+        );
+        refused(&net(vec![1, 1, 1, 1], vec![dense(1, 1)]), "input shape");
+        // An output activation over the per-tensor limit.
+        let e = refused(&net(vec![1 << 20], vec![dense(1 << 20, 1 << 9)]), "weight");
+        assert!(e.contains("layer 0"), "{e}");
+        // Number of layers.
+        refused(
+            &net(vec![4], (0..300).map(|_| dense(4, 4)).collect()),
+            "number of layers",
+        );
+        // Total parameters: two layers each under the tensor limit, together over the
+        // model limit.
+        let big = 1 << 14;
+        refused(
+            &net(
+                vec![big],
+                vec![
+                    dense(big, big / 2),
+                    dense(big / 2, big),
+                    dense(big, big / 2),
+                ],
+            ),
+            "parameters of the model",
+        );
+        // Multiply-adds: a conv whose parameters and activations are small but whose
+        // compute is not (64 x 64 channels, 7x7 kernel, 256x256 outputs: 13 G MACs).
+        refused(
+            &net(
+                vec![64, 256, 256],
+                vec![conv(ConvGeom::d2(64, 64, 7, 1, 3))],
+            ),
+            "multiply-adds",
+        );
     }
 }

@@ -22,11 +22,12 @@ fn root() -> PathBuf {
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    if !dir.join("libmsr.so").exists() {
-        // `cargo test` builds msr-ffi as an rlib only. Build the workspace with every
-        // target, as `cargo test --workspace --release` resolved it: the same features,
-        // so this only links libmsr.so/.a (building `-p msr-ffi` alone would resolve
-        // other features and rebuild burn).
+    {
+        // `cargo test` builds msr-ffi as an rlib only, so libmsr.so may be missing or stale.
+        // Build the workspace with every target, as `cargo test --workspace --release`
+        // resolved it: the same features, so this only links libmsr.so/.a (building
+        // `-p msr-ffi` alone would resolve other features and rebuild burn). A no-op when
+        // the library is fresh.
         let status = Command::new(env!("CARGO"))
             .args(["build", "--release", "--workspace", "--all-targets"])
             .current_dir(root())
@@ -290,6 +291,78 @@ fn c_and_cpp_examples_build_run_and_are_valgrind_clean() {
         let text = String::from_utf8_lossy(&vg.stderr);
         assert!(vg.status.success(), "valgrind found problems:\n{text}");
         assert!(text.contains("ERROR SUMMARY: 0 errors"), "{text}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The C reproducers of tests/reliability/api_repro.c (found by fuzzing libmsr), each now a
+/// status: an overflowing n, absurd capacities, finite inputs that overflow a glyph model,
+/// and more labels than x has rows (run under valgrind: no invalid read).
+#[test]
+fn c_api_reproducers_get_statuses() {
+    let lib = lib_dir();
+    let dir = work_dir("api-repro");
+    let repro = dir.join("api_repro");
+    run(
+        Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args(["-std=c99", "-O1", "-g"])
+            .arg("-I")
+            .arg(root().join("include"))
+            .arg(root().join("tests/reliability/api_repro.c"))
+            .arg("-o")
+            .arg(&repro)
+            .arg(format!("-L{}", lib.display()))
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .args(["-lmsr", "-lm"]),
+    );
+    let rank1 = trained_rank1(&dir);
+    let (glyphs, _, _) = glyph_classifier(&dir);
+    let case = |name: &str| run(Command::new(&repro).arg(name).arg(&rank1).arg(&glyphs));
+
+    let out = case("n_overflow");
+    assert!(out.contains("adapt(n=2^63+64) -> -2: "), "{out}");
+    assert!(out.contains("overflow"), "{out}");
+    assert!(out.contains("session unchanged: yes"), "{out}");
+
+    let out = case("capacity");
+    assert!(out.contains("capacity SIZE_MAX -> -2: "), "{out}");
+    assert!(out.contains("capacity 1e8 -> -2"), "{out}");
+
+    let out = case("relu_nan");
+    assert!(
+        out.contains("adapt_labels(finite x = +-3e38) -> -7"),
+        "{out}"
+    );
+    assert!(out.contains("non-finite adapted parameters: 0 of"), "{out}");
+    assert!(
+        out.contains("load_state(its own saved state) -> 0"),
+        "{out}"
+    );
+    let logits = out
+        .lines()
+        .filter(|l| l.starts_with("logits"))
+        .collect::<Vec<_>>();
+    assert_eq!(logits.len(), 5, "{out}");
+    assert!(
+        logits
+            .iter()
+            .all(|l| !l.contains("nan") && !l.contains("inf")),
+        "{out}"
+    );
+
+    let out = case("labels_read");
+    assert!(out.contains("-> -2: inputs length"), "{out}");
+    if std::env::var_os("MSR_SKIP_VALGRIND").is_none() {
+        let vg = Command::new("valgrind")
+            .args(["--error-exitcode=99", "-q"])
+            .arg(&repro)
+            .arg("labels_read")
+            .arg(&rank1)
+            .arg(&glyphs)
+            .output()
+            .expect("valgrind is required (apt-get install valgrind; MSR_SKIP_VALGRIND=1 to skip)");
+        let text = String::from_utf8_lossy(&vg.stderr);
+        assert!(vg.status.success(), "valgrind found problems:\n{text}");
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }

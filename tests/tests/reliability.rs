@@ -1,0 +1,263 @@
+//! Regression tests for the hostile inputs in tests/reliability/ (crafted model files that
+//! pass the CRC; see its README.txt). Each goes through the C ABI as a host would call it:
+//! load, info, session, adapt, predict, save and load the state. None may abort, hang, or
+//! return MSR_OK with a non-finite number.
+
+use std::ffi::CStr;
+use std::path::Path;
+use std::ptr;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use msr::*;
+
+fn last_error() -> String {
+    // SAFETY: msr_last_error returns a valid NUL-terminated string.
+    unsafe { CStr::from_ptr(msr_last_error()) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// What one file did: the first failing call and its message, or "ok" through every call.
+#[derive(Debug)]
+struct Outcome {
+    call: &'static str,
+    status: msr_status,
+    message: String,
+}
+
+/// Runs every call of the C ABI on one model file; checks that no OK call returns a
+/// non-finite number on the way.
+fn exercise(bytes: &[u8]) -> Outcome {
+    let stop = |call, status| Outcome {
+        call,
+        status,
+        message: last_error(),
+    };
+    let mut model = ptr::null_mut();
+    let s = msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut model);
+    if s != msr_status::MSR_OK {
+        assert!(model.is_null(), "a failed load must not hand out a model");
+        return stop("load", s);
+    }
+    let mut info = msr_model_info::default();
+    assert_eq!(msr_model_get_info(model, &mut info), msr_status::MSR_OK);
+    let mut session = ptr::null_mut();
+    let s = msr_session_new(model, ptr::null(), &mut session);
+    if s != msr_status::MSR_OK {
+        msr_model_free(&mut model);
+        return stop("session_new", s);
+    }
+    let n = 3;
+    let x: Vec<f32> = (0..n * info.input_len)
+        .map(|i| (i as f32 * 0.37).sin())
+        .collect();
+    let mut loss = f32::NAN;
+    let s = if info.loss == msr_loss::MSR_LOSS_MSE as i32 {
+        let y: Vec<f32> = (0..n * info.output_len)
+            .map(|i| (i as f32 * 0.11).cos())
+            .collect();
+        msr_session_adapt(
+            session,
+            x.as_ptr(),
+            x.len(),
+            y.as_ptr(),
+            y.len(),
+            n,
+            &mut loss,
+        )
+    } else {
+        let labels: Vec<i32> = (0..n as i32).map(|i| i % info.output_len as i32).collect();
+        msr_session_adapt_labels(session, x.as_ptr(), x.len(), labels.as_ptr(), n, &mut loss)
+    };
+    let mut outcome = None;
+    if s == msr_status::MSR_OK {
+        assert!(loss.is_finite(), "adapt returned OK with loss {loss}");
+    } else {
+        outcome = Some(stop("adapt", s));
+    }
+    let mut out = vec![0.0f32; n * info.output_len];
+    let s = msr_session_predict(session, x.as_ptr(), x.len(), n, out.as_mut_ptr(), out.len());
+    if s == msr_status::MSR_OK {
+        assert!(
+            out.iter().all(|v| v.is_finite()),
+            "predict returned OK with non-finite outputs"
+        );
+    } else if outcome.is_none() {
+        outcome = Some(stop("predict", s));
+    }
+    let mut state = vec![0u8; info.state_len];
+    let mut written = 0;
+    let s = msr_session_save_state(session, state.as_mut_ptr(), state.len(), &mut written);
+    if s == msr_status::MSR_OK {
+        // Every state written loads back.
+        let back = msr_session_load_state(session, state.as_ptr(), written);
+        assert_eq!(back, msr_status::MSR_OK, "{}", last_error());
+    } else if outcome.is_none() {
+        outcome = Some(stop("save_state", s));
+    }
+    msr_session_free(&mut session);
+    msr_model_free(&mut model);
+    outcome.unwrap_or(Outcome {
+        call: "all",
+        status: msr_status::MSR_OK,
+        message: String::new(),
+    })
+}
+
+/// Runs `exercise` on a thread and fails if it takes longer than `limit`.
+fn within(limit: Duration, bytes: Vec<u8>) -> (Outcome, Duration) {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let start = Instant::now();
+        let o = exercise(&bytes);
+        let _ = tx.send((o, start.elapsed()));
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("no answer within {limit:?}: a hang"))
+}
+
+#[test]
+fn every_crafted_model_file_gets_a_status_fast() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("reliability");
+    // (file, the call that must refuse it, the status, words the message must contain)
+    let cases: &[(&str, &str, msr_status, &[&str])] = &[
+        (
+            "hang_inner_steps_2147483647.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["inner_steps", "2147483647", "1000"],
+        ),
+        (
+            "inner_steps_max.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["inner_steps", "4294967295"],
+        ),
+        (
+            "huge_input_flatten.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["over the limit"],
+        ),
+        (
+            "huge_input_3x236929092.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["input shape", "over the limit"],
+        ),
+        (
+            "conv1d_pad_2p31.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["padding", "kernel size"],
+        ),
+        (
+            "conv2d_pad_2p31_0.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["padding", "kernel size"],
+        ),
+        (
+            "load_abort_pad_bypass_6327.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["padding"],
+        ),
+        (
+            "conv2d_pad_2p62_0.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["padding"],
+        ),
+        (
+            "conv2d_pad_2p63_0.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["padding"],
+        ),
+        (
+            "conv2d_pad_wrap.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["padding", "kernel size"],
+        ),
+        (
+            "conv2d_pad_wrap_flatten.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["padding", "kernel size"],
+        ),
+        (
+            "conv2d_pad_0_65535_slow.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["padding"],
+        ),
+        (
+            "slow_predict_conv_pad65535.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["padding"],
+        ),
+        (
+            "load_internal_capacity_overflow.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["over the limit"],
+        ),
+        (
+            "session_new_alloc_abort_2318.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["over the limit"],
+        ),
+        (
+            "state_nonfinite_652.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["initial weight", "overflows"],
+        ),
+        (
+            "state_nonfinite_273.msr",
+            "adapt",
+            msr_status::MSR_ERR_DIVERGED,
+            &["rolled back"],
+        ),
+    ];
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".msr"))
+        .collect();
+    files.sort();
+    let mut listed: Vec<String> = cases.iter().map(|c| c.0.to_string()).collect();
+    listed.sort();
+    assert_eq!(files, listed, "every file in tests/reliability has a case");
+    let mut report = String::new();
+    for (file, ..) in cases {
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let (o, took) = within(Duration::from_secs(10), bytes);
+        report += &format!(
+            "{file}: {} -> {:?} in {took:?}: {}\n",
+            o.call, o.status, o.message
+        );
+        assert!(took < Duration::from_secs(1), "{file} took {took:?}");
+        assert!(
+            !o.message.contains('\n'),
+            "{file}: one-line messages: {}",
+            o.message
+        );
+    }
+    println!("{report}");
+    for (file, call, status, words) in cases {
+        let line = report.lines().find(|l| l.starts_with(file)).unwrap();
+        assert!(
+            line.contains(&format!(": {call} -> {status:?}")),
+            "{file}: expected {call} -> {status:?}, got\n{line}"
+        );
+        for w in *words {
+            assert!(line.contains(w), "{file}: message lacks '{w}':\n{line}");
+        }
+    }
+}
