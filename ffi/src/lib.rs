@@ -848,3 +848,41 @@ pub extern "C" fn msr_session_load_state(
         })
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A panic inside a call becomes MSR_ERR_INTERNAL with its message and location, and
+    /// prints nothing on the host's stderr, even with RUST_BACKTRACE set. Runs itself as a
+    /// child process to see that process's stderr.
+    #[test]
+    fn caught_panics_are_quiet() {
+        if std::env::var_os("MSR_PANIC_CHILD").is_some() {
+            let status = guard(|| panic!("boom {}", 42));
+            assert_eq!(status, msr_status::MSR_ERR_INTERNAL);
+            // SAFETY: a valid NUL-terminated string.
+            let message = unsafe { CStr::from_ptr(msr_last_error()) }.to_string_lossy();
+            assert!(message.contains("boom 42"), "{message}");
+            assert!(message.contains("lib.rs:"), "{message}");
+            // A later success clears it; the process goes on normally.
+            assert_eq!(guard(|| msr_status::MSR_OK), msr_status::MSR_OK);
+            println!("CHILD-DONE");
+            return;
+        }
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "tests::caught_panics_are_quiet", "--nocapture"])
+            .env("MSR_PANIC_CHILD", "1")
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stdout}\n{stderr}");
+        assert!(stdout.contains("CHILD-DONE"), "{stdout}");
+        assert!(!stderr.contains("panicked"), "printed on stderr:\n{stderr}");
+        assert!(!stderr.contains("boom"), "printed on stderr:\n{stderr}");
+    }
+}

@@ -525,3 +525,211 @@ fn the_burn_path_agrees_with_the_real_time_engine() {
     }
     msr_model_free(&mut m);
 }
+
+#[test]
+fn options_over_the_limits_are_invalid_arguments() {
+    let (_, mut m) = load(&record(Loss::Mse).to_bytes());
+    let mut sess = ptr::null_mut();
+    for (capacity, inner_steps) in [
+        (usize::MAX, 0),
+        (1 << 62, 0),
+        (1 << 40, 0),
+        (100_000_000, 0),
+        (65_537, 0),
+        (0, 1001),
+        (0, usize::MAX),
+    ] {
+        let o = msr_session_options {
+            capacity,
+            inner_steps,
+            ..Default::default()
+        };
+        assert_eq!(
+            msr_session_new(m, &o, &mut sess),
+            msr_status::MSR_ERR_INVALID_ARGUMENT,
+            "capacity {capacity}, inner_steps {inner_steps}"
+        );
+        assert!(sess.is_null());
+        let e = last_error();
+        assert!(e.contains("over the limit"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+    // The memory a session needs, before it is allocated; it grows with the capacity.
+    let (mut small, mut large) = (0usize, 0usize);
+    assert_eq!(
+        msr_model_session_bytes(m, 1, &mut small),
+        msr_status::MSR_OK
+    );
+    assert_eq!(
+        msr_model_session_bytes(m, 1000, &mut large),
+        msr_status::MSR_OK
+    );
+    // 1 example per chunk: every buffer once; 999 more examples need at least their
+    // inputs, outputs and the hidden activations (6 + 5 + 3 floats each).
+    assert!(small > 4 * (6 + 5 + 3), "{small}");
+    assert!(large >= small + 999 * 4 * (6 + 5 + 3), "{small} {large}");
+    assert_eq!(
+        msr_model_session_bytes(m, 1 << 20, &mut large),
+        msr_status::MSR_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        msr_model_session_bytes(ptr::null(), 1, &mut large),
+        msr_status::MSR_ERR_NULL
+    );
+    // The largest allowed options work.
+    let o = msr_session_options {
+        capacity: 65_536,
+        inner_steps: 1000,
+        ..Default::default()
+    };
+    assert_eq!(msr_session_new(m, &o, &mut sess), msr_status::MSR_OK);
+    msr_session_free(&mut sess);
+    msr_model_free(&mut m);
+}
+
+#[test]
+fn an_overflowing_n_is_refused_before_anything_changes() {
+    let (_, mut m) = load(&record(Loss::Mse).to_bytes());
+    let mut sess = ptr::null_mut();
+    assert_eq!(
+        msr_session_new(m, ptr::null(), &mut sess),
+        msr_status::MSR_OK
+    );
+    let (x, y) = (data(4, 6, 0.0), data(4, 3, 1.0));
+    assert_eq!(
+        msr_session_adapt(
+            sess,
+            x.as_ptr(),
+            x.len(),
+            y.as_ptr(),
+            y.len(),
+            4,
+            ptr::null_mut()
+        ),
+        msr_status::MSR_OK
+    );
+    let mut before = vec![0.0f32; 12];
+    msr_session_predict(sess, x.as_ptr(), x.len(), 4, before.as_mut_ptr(), 12);
+    // n * 6 wraps to 24 (mod 2^64) and n * 3 to 12.
+    let n = 4 + (1usize << 63);
+    assert_eq!(n.wrapping_mul(6), 24);
+    let st = msr_session_adapt(
+        sess,
+        x.as_ptr(),
+        x.len(),
+        y.as_ptr(),
+        y.len(),
+        n,
+        ptr::null_mut(),
+    );
+    assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    let e = last_error();
+    assert!(e.contains("overflows") && !e.contains("1844674407"), "{e}");
+    let mut out = vec![0.0f32; 12];
+    let st = msr_session_predict(sess, x.as_ptr(), x.len(), n, out.as_mut_ptr(), 12);
+    assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    msr_session_predict(sess, x.as_ptr(), x.len(), 4, out.as_mut_ptr(), 12);
+    assert_eq!(out, before, "the session must be unchanged");
+    msr_session_free(&mut sess);
+    msr_model_free(&mut m);
+}
+
+#[test]
+fn huge_finite_inputs_never_give_ok_with_nan() {
+    let (_, mut m) = load(&record(Loss::Mse).to_bytes());
+    let mut sess = ptr::null_mut();
+    msr_session_new(m, ptr::null(), &mut sess);
+    let x: Vec<f32> = (0..4 * 6)
+        .map(|i| if i % 2 == 0 { 3e38 } else { -3e38 })
+        .collect();
+    let y = data(4, 3, 1.0);
+    let mut loss = 0.0;
+    let st = msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), 4, &mut loss);
+    assert_eq!(st, msr_status::MSR_ERR_DIVERGED, "{}", last_error());
+    let mut out = vec![0.0f32; 12];
+    let st = msr_session_predict(sess, x.as_ptr(), x.len(), 4, out.as_mut_ptr(), 12);
+    assert_eq!(st, msr_status::MSR_ERR_NON_FINITE, "{}", last_error());
+    assert!(last_error().contains("overflowed"), "{}", last_error());
+    // The session is still at its initialisation: finite, saveable, loadable.
+    let mut info = msr_model_info::default();
+    msr_model_get_info(m, &mut info);
+    let mut state = vec![0u8; info.state_len];
+    let mut written = 0;
+    assert_eq!(
+        msr_session_save_state(sess, state.as_mut_ptr(), state.len(), &mut written),
+        msr_status::MSR_OK
+    );
+    assert_eq!(
+        msr_session_load_state(sess, state.as_ptr(), written),
+        msr_status::MSR_OK
+    );
+    // A saved-state error speaks of a saved state.
+    assert_eq!(
+        msr_session_load_state(sess, state.as_ptr(), written - 1),
+        msr_status::MSR_ERR_FORMAT
+    );
+    assert!(last_error().contains("saved state"), "{}", last_error());
+    msr_session_free(&mut sess);
+    msr_model_free(&mut m);
+}
+
+/// Two threads calling one session at once: every call either does its work correctly or
+/// returns MSR_ERR_BUSY having done nothing. Never a wrong prediction.
+#[test]
+fn one_session_used_by_two_threads_is_busy_not_wrong() {
+    let (_, mut m) = load(&record(Loss::Mse).to_bytes());
+    let mut sess = ptr::null_mut();
+    msr_session_new(m, ptr::null(), &mut sess);
+    let x = data(64, 6, 0.0);
+    let mut expected = vec![0.0f32; 64 * 3];
+    assert_eq!(
+        msr_session_predict(sess, x.as_ptr(), x.len(), 64, expected.as_mut_ptr(), 64 * 3),
+        msr_status::MSR_OK
+    );
+    struct Shared(*mut msr_session);
+    // SAFETY: the test shares the pointer on purpose, to check the library refuses the
+    // second caller.
+    unsafe impl Sync for Shared {}
+    let shared = Shared(sess);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let busy = std::sync::atomic::AtomicUsize::new(0);
+    let wrong = std::thread::scope(|scope| {
+        let run = || {
+            let (shared, busy) = (&shared, &busy);
+            let mut wrong = 0usize;
+            let mut out = vec![0.0f32; 64 * 3];
+            for i in 0.. {
+                if i >= 20_000
+                    && (busy.load(std::sync::atomic::Ordering::Relaxed) > 0
+                        || std::time::Instant::now() > deadline)
+                {
+                    break;
+                }
+                out.fill(f32::NAN);
+                match msr_session_predict(
+                    shared.0,
+                    x.as_ptr(),
+                    x.len(),
+                    64,
+                    out.as_mut_ptr(),
+                    64 * 3,
+                ) {
+                    msr_status::MSR_OK => wrong += usize::from(out != expected),
+                    msr_status::MSR_ERR_BUSY => {
+                        busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    s => panic!("unexpected {s:?}: {}", last_error()),
+                }
+            }
+            wrong
+        };
+        let a = scope.spawn(run);
+        let b = scope.spawn(run);
+        a.join().unwrap() + b.join().unwrap()
+    });
+    let busy = busy.into_inner();
+    assert_eq!(wrong, 0, "wrong predictions from a shared session");
+    assert!(busy > 0, "two threads never collided in 20 s");
+    msr_session_free(&mut sess);
+    msr_model_free(&mut m);
+}
