@@ -73,6 +73,56 @@ impl TrainConfig {
         }
     }
 
+    /// Checks every numeric field against its range (a configuration from the command line
+    /// or from a checkpoint file): one line naming the field, its value and the range.
+    pub fn validate(&self) -> Result<(), String> {
+        let limit = |name: &str, value: u128, lo: u128, hi: u128| {
+            if value < lo || value > hi {
+                Err(format!("{name} is {value}; it must be in [{lo}, {hi}]"))
+            } else {
+                Ok(())
+            }
+        };
+        let inner_max = msr_runtime::spec::limits::MAX_INNER_STEPS as u128;
+        limit("k", self.k as u128, 1, 1 << 20)?;
+        limit("steps", self.steps as u128, 0, 1 << 40)?;
+        limit("tasks_per_step", self.tasks_per_step as u128, 1, 1 << 16)?;
+        limit("inner_steps", self.inner_steps as u128, 0, inner_max)?;
+        limit("support", self.support as u128, 1, 1 << 20)?;
+        limit("query", self.query as u128, 1, 1 << 20)?;
+        limit("ways", self.ways as u128, 0, 1 << 12)?;
+        limit("channels", self.channels as u128, 1, 1 << 12)?;
+        if !self.inner_lr.is_finite() || self.inner_lr < 0.0 {
+            return Err(format!(
+                "inner_lr is {}; it must be finite and >= 0",
+                self.inner_lr
+            ));
+        }
+        if !self.outer_lr.is_finite() || self.outer_lr <= 0.0 {
+            return Err(format!(
+                "outer_lr is {}; it must be finite and > 0",
+                self.outer_lr
+            ));
+        }
+        Ok(())
+    }
+
+    /// The fields in which `other` differs from this configuration, as
+    /// `name (this value vs other value)`.
+    pub fn differences(&self, other: &TrainConfig) -> Vec<String> {
+        let (a, b) = (
+            serde_json::to_value(self).expect("a config serialises"),
+            serde_json::to_value(other).expect("a config serialises"),
+        );
+        let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+            return vec![];
+        };
+        a.iter()
+            .filter(|(k, v)| b.get(*k) != Some(v))
+            .map(|(k, v)| format!("{k} ({v} vs {})", b.get(k).cloned().unwrap_or_default()))
+            .collect()
+    }
+
     /// The family (with its episode shape) and the network this configuration trains.
     pub fn family_and_spec(&self) -> Result<(Family, NetSpec, ModelKind), String> {
         let (_, kind) = self.kinds()?;
@@ -263,6 +313,7 @@ impl Trainer {
 
     /// A fresh run on `device` (see `msr_runtime::device`).
     pub fn on_device(config: TrainConfig, device: Device) -> Result<Self, TrainError> {
+        config.validate().map_err(TrainError::Config)?;
         let (family, spec, kind) = config.family_and_spec().map_err(TrainError::Config)?;
         if config.tasks_per_step == 0 || config.support == 0 || config.query == 0 {
             return Err(TrainError::Config(
@@ -486,13 +537,17 @@ impl Trainer {
         }
         let ck: Checkpoint =
             postcard::from_bytes(body).map_err(|e| bad(format!("malformed: {e}")))?;
+        ck.config
+            .validate()
+            .map_err(|e| bad(format!("out-of-range field: {e}")))?;
         let mut config = ck.config.clone();
         if let Some(exp) = expected {
             let mut a = exp.clone();
             a.steps = config.steps;
             if a != config {
                 return Err(bad(format!(
-                    "it was made with another configuration:\n  checkpoint: {config:?}\n  requested:  {exp:?}"
+                    "it was made with another configuration; these fields differ (checkpoint vs requested): {}",
+                    config.differences(&a).join(", ")
                 )));
             }
             config.steps = exp.steps;
@@ -742,6 +797,23 @@ mod tests {
             .err()
             .expect("config mismatch");
         assert!(e.to_string().contains("another configuration"), "{e}");
+        assert!(e.to_string().contains("seed (0 vs 9)"), "{e}");
+        assert!(!e.to_string().contains('\n'), "{e}");
+
+        // A CRC-valid checkpoint with an out-of-range field is refused by name.
+        let mut bad = small(ModelKind::MsrFc);
+        bad.inner_steps = usize::MAX;
+        let mut t = Trainer::new(small(ModelKind::MsrFc)).unwrap();
+        t.config = bad;
+        t.save_checkpoint(&ck).unwrap();
+        let e = Trainer::resume(&ck, None)
+            .err()
+            .expect("out-of-range checkpoint");
+        assert!(e.to_string().contains("inner_steps"), "{e}");
+        Trainer::new(small(ModelKind::MsrFc))
+            .unwrap()
+            .save_checkpoint(&ck)
+            .unwrap();
 
         let mut bytes = std::fs::read(&ck).unwrap();
         let mid = bytes.len() / 2;

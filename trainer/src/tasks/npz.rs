@@ -7,6 +7,99 @@
 
 use std::path::Path;
 
+use npyz::Order;
+
+/// The most elements one array of a task file may declare (1 GiB of float32): a file
+/// declaring more is refused from its header, before anything is decompressed.
+pub const MAX_ARRAY_ELEMENTS: u64 = 1 << 28;
+
+/// The first line of a library's error, without parser art: messages stay one line.
+fn one_line(e: impl std::fmt::Display) -> String {
+    let text = e.to_string();
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with("-->") && !l.starts_with('|'))
+        .unwrap_or("")
+        .to_string();
+    if line.is_empty() {
+        "malformed".into()
+    } else {
+        line
+    }
+}
+
+/// Checks an array's declared shape against [`MAX_ARRAY_ELEMENTS`] with checked arithmetic;
+/// returns its element count.
+fn declared_len(shape: &[u64], name: &str, path: &Path) -> Result<usize, String> {
+    let n = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| n <= MAX_ARRAY_ELEMENTS);
+    n.map(|n| n as usize).ok_or_else(|| {
+        format!(
+            "{}: array '{name}' declares shape {shape:?}, over the limit of {MAX_ARRAY_ELEMENTS} elements",
+            path.display()
+        )
+    })
+}
+
+/// Reads `len` values into a buffer reserved fallibly (no abort when memory is short).
+fn read_values<T: npyz::Deserialize>(
+    file: npyz::NpyFile<impl std::io::Read>,
+    len: usize,
+    convert: impl Fn(T) -> f32,
+    name: &str,
+    path: &Path,
+) -> Result<Vec<f32>, String> {
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| {
+        format!(
+            "{}: array '{name}': out of memory for {len} values",
+            path.display()
+        )
+    })?;
+    let data = file
+        .data::<T>()
+        .map_err(|e| format!("{}: array '{name}': {}", path.display(), one_line(e)))?;
+    for v in data {
+        out.push(convert(v.map_err(|e| {
+            format!("{}: array '{name}': {}", path.display(), one_line(e))
+        })?));
+    }
+    if out.len() != len {
+        return Err(format!(
+            "{}: array '{name}': {} values for a declared {len}",
+            path.display(),
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Reorders a Fortran-order (column-major) array of `shape` into C (row-major) order.
+fn fortran_to_c(values: &[f32], shape: &[usize]) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    let mut index = vec![0usize; shape.len()];
+    for slot in out.iter_mut() {
+        // Column-major offset of the row-major multi-index `index`.
+        let mut offset = 0;
+        for d in (0..shape.len()).rev() {
+            offset = offset * shape[d] + index[d];
+        }
+        *slot = values[offset];
+        // Next row-major index: the last dimension fastest.
+        for d in (0..shape.len()).rev() {
+            index[d] += 1;
+            if index[d] < shape[d] {
+                break;
+            }
+            index[d] = 0;
+        }
+    }
+    out
+}
+
 /// A task set read from a file.
 #[derive(Clone, Debug)]
 pub struct NpzTasks {
@@ -35,24 +128,32 @@ fn floats(
 ) -> Result<(Vec<usize>, Vec<f32>), String> {
     let file = archive
         .by_name(name)
-        .map_err(|e| format!("{}: reading array '{name}': {e}", path.display()))?
+        .map_err(|e| {
+            format!(
+                "{}: array '{name}': unreadable .npy header ({})",
+                path.display(),
+                one_line(e)
+            )
+        })?
         .ok_or_else(|| format!("{}: no array '{name}'", path.display()))?;
+    let len = declared_len(file.shape(), name, path)?;
     let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
+    let order = file.order();
     let type_str = file.dtype().descr().trim_matches('\'').to_string();
     let values: Vec<f32> = if type_str.ends_with("f4") {
-        file.into_vec::<f32>()
-            .map_err(|e| format!("{}: array '{name}': {e}", path.display()))?
+        read_values::<f32>(file, len, |v| v, name, path)?
     } else if type_str.ends_with("f8") {
-        file.into_vec::<f64>()
-            .map_err(|e| format!("{}: array '{name}': {e}", path.display()))?
-            .into_iter()
-            .map(|v| v as f32)
-            .collect()
+        read_values::<f64>(file, len, |v| v as f32, name, path)?
     } else {
         return Err(format!(
             "{}: array '{name}' has dtype {type_str}; use float32 or float64",
             path.display()
         ));
+    };
+    // numpy writes fortran_order=True for column-major arrays: reorder to row-major.
+    let values = match order {
+        Order::C => values,
+        Order::Fortran => fortran_to_c(&values, &shape),
     };
     if let Some(i) = values.iter().position(|v| !v.is_finite()) {
         return Err(format!(
@@ -66,8 +167,13 @@ fn floats(
 impl NpzTasks {
     /// Reads and checks a task file. Every problem is reported by name.
     pub fn open(path: &Path) -> Result<Self, String> {
-        let mut archive = npyz::npz::NpzArchive::open(path)
-            .map_err(|e| format!("{}: not a readable .npz file: {e}", path.display()))?;
+        let mut archive = npyz::npz::NpzArchive::open(path).map_err(|e| {
+            format!(
+                "{}: not a readable .npz file ({})",
+                path.display(),
+                one_line(e)
+            )
+        })?;
         let names: Vec<String> = archive.array_names().map(str::to_string).collect();
         for needed in ["x", "y"] {
             if !names.iter().any(|n| n == needed) {
@@ -86,6 +192,14 @@ impl NpzTasks {
                 path.display()
             ));
         }
+        for (name, shape) in [("x", &xs), ("y", &ys)] {
+            if shape[2..].contains(&0) {
+                return Err(format!(
+                    "{}: {name} has shape {shape:?}: each example needs at least one value",
+                    path.display()
+                ));
+            }
+        }
         if xs[..2] != ys[..2] {
             return Err(format!(
                 "{}: x is {xs:?} but y is {ys:?}: their [tasks, examples] must match",
@@ -102,8 +216,14 @@ impl NpzTasks {
         let is_test: Vec<bool> = if names.iter().any(|n| n == "test") {
             let file = archive
                 .by_name("test")
-                .map_err(|e| format!("{}: reading 'test': {e}", path.display()))?
-                .expect("listed");
+                .map_err(|e| {
+                    format!(
+                        "{}: array 'test': unreadable .npy header ({})",
+                        path.display(),
+                        one_line(e)
+                    )
+                })?
+                .ok_or_else(|| format!("{}: no array 'test'", path.display()))?;
             let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
             if shape != [tasks] {
                 return Err(format!(
@@ -112,7 +232,7 @@ impl NpzTasks {
                 ));
             }
             let descr = file.dtype().descr().trim_matches('\'').to_string();
-            let bad = |e: std::io::Error| format!("{}: 'test': {e}", path.display());
+            let bad = |e: std::io::Error| format!("{}: 'test': {}", path.display(), one_line(e));
             let nonzero = |v: Vec<i64>| v.into_iter().map(|v| v != 0).collect::<Vec<bool>>();
             if descr.ends_with("b1") {
                 file.into_vec::<bool>().map_err(bad)?
@@ -311,6 +431,14 @@ mod tests {
             assert!(e.contains(expect), "{name}: '{e}' lacks '{expect}'");
         };
         case(
+            "empty.npz",
+            &[
+                ("x", vec![10, 6, 0], vec![], "f4"),
+                ("y", vec![10, 6, 2], y.clone(), "f4"),
+            ],
+            "empty.npz: x has shape [10, 6, 0]: each example needs at least one value",
+        );
+        case(
             "noy.npz",
             &[("x", vec![10, 6, 4], x.clone(), "f4")],
             "no array 'y'",
@@ -412,6 +540,146 @@ mod tests {
             crate::train::Trainer::new(config).is_err(),
             "2 + 5 examples > 6"
         );
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// An .npz holding raw .npy files: (name, header dict, data bytes), stored deflated.
+    fn write_raw(path: &Path, arrays: &[(&str, String, Vec<u8>)]) {
+        use std::io::Write;
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+        for (name, dict, data) in arrays {
+            let opts = zip::write::FileOptions::default()
+                .compression_method(zip::CompressionMethod::Deflated);
+            zip.start_file(format!("{name}.npy"), opts).unwrap();
+            let mut header = dict.clone();
+            while (10 + header.len() + 1) % 64 != 0 {
+                header.push(' ');
+            }
+            header.push('\n');
+            let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+            npy.extend_from_slice(&(header.len() as u16).to_le_bytes());
+            npy.extend_from_slice(header.as_bytes());
+            npy.extend_from_slice(data);
+            zip.write_all(&npy).unwrap();
+        }
+        zip.finish().unwrap();
+    }
+
+    fn f4_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    #[test]
+    fn hostile_files_are_refused_before_decompressing() {
+        let d = dir("hostile");
+        // A deflate bomb: x declares 1000 x 1000000 x 1 float32 (4 GB) of zeros. Refused
+        // from its header (the zeros here are only 40 MB, compressed to a few KB).
+        let zeros = vec![0u8; 40_000_000];
+        let p = d.join("bomb.npz");
+        write_raw(
+            &p,
+            &[
+                (
+                    "x",
+                    "{'descr': '<f4', 'fortran_order': False, 'shape': (1000, 1000000, 1), }"
+                        .into(),
+                    zeros,
+                ),
+                (
+                    "y",
+                    "{'descr': '<f4', 'fortran_order': False, 'shape': (1000, 1000000, 1), }"
+                        .into(),
+                    vec![],
+                ),
+            ],
+        );
+        assert!(std::fs::metadata(&p).unwrap().len() < 1_000_000);
+        let e = NpzTasks::open(&p).unwrap_err();
+        assert!(
+            e.contains("array 'x'") && e.contains("over the limit"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+
+        // A shape whose product overflows u64.
+        let p = d.join("overflow.npz");
+        let dict =
+            "{'descr': '<f4', 'fortran_order': False, 'shape': (4294967296, 4294967296, 2), }";
+        write_raw(
+            &p,
+            &[("x", dict.into(), vec![]), ("y", dict.into(), vec![])],
+        );
+        let e = NpzTasks::open(&p).unwrap_err();
+        assert!(e.contains("over the limit"), "{e}");
+
+        // A garbled header: one line naming the file and the array.
+        let p = d.join("garbled.npz");
+        write_raw(
+            &p,
+            &[
+                (
+                    "x",
+                    "{'descr': '<f4', 'fortran_order': Flase, 'shape': (2,".into(),
+                    vec![],
+                ),
+                ("y", "{}".into(), vec![]),
+            ],
+        );
+        let e = NpzTasks::open(&p).unwrap_err();
+        assert!(e.contains("garbled.npz") && e.contains("array 'x'"), "{e}");
+        assert!(!e.contains('\n'), "multi-line: {e}");
+
+        // Fewer values than the header declares.
+        let p = d.join("short.npz");
+        let dict = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 2, 3), }";
+        write_raw(
+            &p,
+            &[
+                ("x", dict.into(), f4_bytes(&[1.0; 5])),
+                ("y", dict.into(), f4_bytes(&[1.0; 12])),
+            ],
+        );
+        let e = NpzTasks::open(&p).unwrap_err();
+        assert!(e.contains("array 'x'"), "{e}");
+        assert!(!e.contains('\n'), "{e}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// numpy writes `fortran_order: True` for column-major arrays (e.g. `np.asfortranarray`):
+    /// they are read in their logical (row-major) order, not in file order.
+    #[test]
+    fn fortran_order_arrays_are_read_transposed_back() {
+        let d = dir("fortran");
+        let (t, e, f) = (3usize, 4usize, 2usize);
+        let c_order: Vec<f32> = (0..t * e * f).map(|i| i as f32).collect();
+        // The same logical array in column-major order: index (i, j, k) at i + t*(j + e*k).
+        let mut f_order = vec![0.0f32; t * e * f];
+        for i in 0..t {
+            for j in 0..e {
+                for k in 0..f {
+                    f_order[i + t * (j + e * k)] = c_order[(i * e + j) * f + k];
+                }
+            }
+        }
+        let p = d.join("fortran.npz");
+        write_raw(
+            &p,
+            &[
+                (
+                    "x",
+                    "{'descr': '<f4', 'fortran_order': True, 'shape': (3, 4, 2), }".into(),
+                    f4_bytes(&f_order),
+                ),
+                (
+                    "y",
+                    "{'descr': '<f4', 'fortran_order': False, 'shape': (3, 4, 2), }".into(),
+                    f4_bytes(&c_order),
+                ),
+            ],
+        );
+        let tasks = NpzTasks::open(&p).unwrap();
+        assert_eq!(tasks.x, c_order);
+        assert_eq!(tasks.y, c_order);
         std::fs::remove_dir_all(&d).unwrap();
     }
 }
