@@ -82,8 +82,10 @@ impl BurnSession {
                 .iter()
                 .all(|v| v.is_finite())
         });
-        if self.inner_steps > 0
-            && (!loss.is_finite() || loss > initial * EXPLODE_FACTOR + 1.0 || nonfinite_params)
+        // With zero steps `initial` is NaN and only finiteness is checked.
+        if !loss.is_finite()
+            || (self.inner_steps > 0 && loss > initial * EXPLODE_FACTOR + 1.0)
+            || nonfinite_params
         {
             return Err(DivergedError {
                 step: self.inner_steps,

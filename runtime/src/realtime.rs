@@ -587,12 +587,7 @@ impl Session {
                 || loss > initial * EXPLODE_FACTOR + EXPLODE_SLACK
                 || nonfinite_params
             {
-                for (a, b) in self.adapted.iter_mut().zip(&self.backup) {
-                    for (av, bv) in a.iter_mut().zip(b) {
-                        av.copy_from_slice(bv);
-                    }
-                }
-                self.materialize_all();
+                self.restore_backup();
                 return Err(DivergedError {
                     step,
                     loss: loss as f64,
@@ -605,8 +600,30 @@ impl Session {
                 return Ok(loss);
             }
         }
-        // Zero inner steps: report the loss of the parameters as they are.
-        Ok(self.pass(x, y, n, false))
+        // Zero inner steps: report the loss of the parameters as they are; a non-finite
+        // one is reported (and the reset undone) like any other.
+        let loss = self.pass(x, y, n, false);
+        if !loss.is_finite() {
+            self.restore_backup();
+            return Err(DivergedError {
+                step: 0,
+                loss: loss as f64,
+                initial: loss as f64,
+                nonfinite_params: false,
+            }
+            .into());
+        }
+        Ok(loss)
+    }
+
+    /// Back to the parameters saved at the start of the adaptation.
+    fn restore_backup(&mut self) {
+        for (a, b) in self.adapted.iter_mut().zip(&self.backup) {
+            for (av, bv) in a.iter_mut().zip(b) {
+                av.copy_from_slice(bv);
+            }
+        }
+        self.materialize_all();
     }
 
     fn sgd_step(&mut self) {

@@ -585,6 +585,9 @@ pub struct NetShapes {
     pub activations: Vec<FeatureShape>,
     /// Parameter layout of each layer.
     pub params: Vec<ParamLayout>,
+    /// Multiply-adds of one example's forward pass (at most
+    /// [`limits::MAX_MACS_PER_EXAMPLE`]): a bound on the time a call can take.
+    pub macs_per_example: u64,
 }
 
 impl NetSpec {
@@ -646,6 +649,7 @@ impl NetSpec {
         Ok(NetShapes {
             activations,
             params,
+            macs_per_example: total_macs as u64,
         })
     }
 

@@ -1,0 +1,262 @@
+//! One case through the whole C ABI, as a careless or hostile host would call it: load,
+//! info, session (random options), adapt (random n, lengths, data, labels), predict,
+//! save and load the state, a damaged state, reset. Whatever happens must be a status:
+//! `MSR_ERR_INTERNAL`, an OK call with a non-finite number, a saved state that does not
+//! load, or a failed call that changed the session are findings.
+
+use std::ptr;
+
+use msr::*;
+use msr_runtime::ModelRecord;
+
+use crate::cases::{self, Rng};
+
+/// Multiply-adds one case may spend adapting and predicting (about a second of one core);
+/// inner steps are capped so a valid but large model stays under it.
+const COMPUTE_BUDGET: u128 = 1 << 30;
+
+/// What a case did.
+pub enum Outcome {
+    /// Every call gave a status; `loaded`, `adapted`: how far the case got.
+    Ok { loaded: bool, adapted: bool },
+    /// The model loads but no adaptation fits the compute budget.
+    Skipped,
+    /// A call returned MSR_ERR_INTERNAL.
+    Internal(String),
+    /// An OK call returned a non-finite number, or broke another guarantee.
+    Broken(String),
+}
+
+fn last_error() -> String {
+    // SAFETY: msr_last_error returns a valid NUL-terminated string.
+    unsafe { std::ffi::CStr::from_ptr(msr_last_error()) }
+        .to_string_lossy()
+        .replace('\n', " ")
+}
+
+macro_rules! check {
+    ($call:expr, $what:expr) => {{
+        let s = $call;
+        if s == msr_status::MSR_ERR_INTERNAL {
+            return Outcome::Internal(format!("{}: {}", $what, last_error()));
+        }
+        s
+    }};
+}
+
+struct Guard(*mut msr_model, *mut msr_session);
+impl Drop for Guard {
+    fn drop(&mut self) {
+        msr_session_free(&mut self.1);
+        msr_model_free(&mut self.0);
+    }
+}
+
+fn data(r: &mut Rng, n: usize, special: f64, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| cases::float(r, special) * scale).collect()
+}
+
+/// Runs case `index` of the run with `seed`.
+pub fn case(seed: u64, index: u64) -> Outcome {
+    let mut r = Rng::for_case(seed, index);
+    let bytes = cases::model_bytes(&mut r);
+    run(&mut r, &bytes)
+}
+
+fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
+    let mut g = Guard(ptr::null_mut(), ptr::null_mut());
+    let s = check!(
+        msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut g.0),
+        "load"
+    );
+    if s != msr_status::MSR_OK {
+        if !g.0.is_null() {
+            return Outcome::Broken("a failed load handed out a model".into());
+        }
+        return Outcome::Ok {
+            loaded: false,
+            adapted: false,
+        };
+    }
+    let mut info = msr_model_info::default();
+    if check!(msr_model_get_info(g.0, &mut info), "info") != msr_status::MSR_OK {
+        return Outcome::Broken(format!("info failed: {}", last_error()));
+    }
+    let macs = match ModelRecord::from_bytes(bytes).map(|rec| rec.net.shapes()) {
+        Ok(Ok(shapes)) => shapes.macs_per_example as u128,
+        _ => return Outcome::Broken("libmsr loaded a model the runtime refuses".into()),
+    };
+
+    // Options, sometimes at or past their limits.
+    let mut o = msr_session_options {
+        backend: if r.chance(0.01) {
+            r.pick(&[-1, 1, 3, i32::MAX])
+        } else {
+            0
+        },
+        capacity: if r.chance(0.9) {
+            r.pick(&[0, 1, 2, 3, 8])
+        } else {
+            r.pick(&[65_535, 65_536, 65_537, 1 << 40, usize::MAX])
+        },
+        inner_steps: if r.chance(0.9) {
+            r.below(4) as usize
+        } else {
+            r.pick(&[1000, 1001, usize::MAX])
+        },
+        lr_scale: if r.chance(0.85) {
+            r.pick(&[0.0, 0.5, 1.0, 2.0])
+        } else {
+            r.pick(&[1e30, -1.0, f32::NAN, f32::INFINITY, 1e-30])
+        },
+    };
+    // burn's CPU backend (the reference path) for small models now and then.
+    if o.backend == 0 && macs < 10_000 && r.chance(0.03) {
+        o.backend = msr_backend::MSR_BACKEND_CPU_BURN as i32;
+    }
+    let n = 1 + r.below(4) as usize;
+    let steps = if o.inner_steps == 0 {
+        info.inner_steps
+    } else {
+        o.inner_steps
+    } as u128;
+    let cost = |steps: u128| macs * n as u128 * (3 * steps + 4);
+    if cost(steps.min(1000)) > COMPUTE_BUDGET {
+        if cost(1) > COMPUTE_BUDGET {
+            return Outcome::Skipped;
+        }
+        o.inner_steps = (1..=steps.min(1000))
+            .rev()
+            .find(|&s| cost(s) <= COMPUTE_BUDGET)
+            .unwrap_or(1) as usize;
+    }
+    let s = check!(msr_session_new(g.0, &o, &mut g.1), "session_new");
+    if s != msr_status::MSR_OK {
+        return Outcome::Ok {
+            loaded: true,
+            adapted: false,
+        };
+    }
+    let (fi, fo) = (info.input_len, info.output_len);
+    let special = r.pick(&[0.0, 0.0, 0.0, 0.01, 0.3]);
+    let scale = r.pick(&[1.0, 1.0, 1e3, 1e18]);
+    let x = data(r, n * fi, special, scale);
+    let y = data(r, n * fo, special, 1.0);
+    // A careless caller: wrong lengths, an n that overflows n * input_len.
+    let (call_n, x_len) = match r.below(20) {
+        0 => (n, x.len().saturating_sub(1)),
+        1 => (n.wrapping_add(1 << 63), x.len()),
+        2 => (usize::MAX / fi.max(1) + 1, x.len()),
+        3 => (0, x.len()),
+        _ => (n, x.len()),
+    };
+    let mut loss = f32::NAN;
+    let s = if info.loss == msr_loss::MSR_LOSS_MSE as i32 {
+        check!(
+            msr_session_adapt(
+                g.1,
+                x.as_ptr(),
+                x_len,
+                y.as_ptr(),
+                y.len(),
+                call_n,
+                &mut loss
+            ),
+            "adapt"
+        )
+    } else {
+        let labels: Vec<i32> = (0..n)
+            .map(|i| {
+                if r.chance(0.97) {
+                    (i % fo) as i32
+                } else {
+                    r.pick(&[-1, fo as i32, i32::MAX])
+                }
+            })
+            .collect();
+        // `labels` holds n entries; a call_n above n comes with an x_len that cannot hold
+        // call_n rows, and libmsr checks x_len before it reads a label.
+        check!(
+            msr_session_adapt_labels(g.1, x.as_ptr(), x_len, labels.as_ptr(), call_n, &mut loss),
+            "adapt_labels"
+        )
+    };
+    let adapted = s == msr_status::MSR_OK;
+    if adapted && !loss.is_finite() {
+        return Outcome::Broken(format!("adapt returned OK with loss {loss}"));
+    }
+
+    let mut out = vec![0.0f32; n * fo];
+    let s = check!(
+        msr_session_predict(g.1, x.as_ptr(), x.len(), n, out.as_mut_ptr(), out.len()),
+        "predict"
+    );
+    if s == msr_status::MSR_OK && out.iter().any(|v| !v.is_finite()) {
+        return Outcome::Broken("predict returned OK with a non-finite output".into());
+    }
+    let predicted = (s == msr_status::MSR_OK).then(|| out.clone());
+
+    // Save, and every saved state loads back.
+    let mut state = vec![0u8; info.state_len];
+    let mut written = 0usize;
+    let s = check!(
+        msr_session_save_state(g.1, state.as_mut_ptr(), state.len(), &mut written),
+        "save_state"
+    );
+    if s == msr_status::MSR_OK {
+        if written != info.state_len {
+            return Outcome::Broken(format!(
+                "save_state wrote {written} bytes, info says {}",
+                info.state_len
+            ));
+        }
+        let l = check!(
+            msr_session_load_state(g.1, state.as_ptr(), written),
+            "load_state"
+        );
+        if l != msr_status::MSR_OK {
+            return Outcome::Broken(format!(
+                "a state save_state wrote is refused: {}",
+                last_error()
+            ));
+        }
+        // A damaged state: refused without touching the session, or loaded and finite.
+        let mut bad = state.clone();
+        cases::mutate(r, &mut bad);
+        if r.chance(0.7) && bad.len() >= 4 {
+            let end = bad.len() - 4;
+            let crc = cases::msr_crc(&bad[..end]);
+            bad[end..].copy_from_slice(&crc.to_le_bytes());
+        }
+        let l = check!(
+            msr_session_load_state(g.1, bad.as_ptr(), bad.len()),
+            "load_state (damaged)"
+        );
+        let mut again = vec![0.0f32; n * fo];
+        let p = check!(
+            msr_session_predict(g.1, x.as_ptr(), x.len(), n, again.as_mut_ptr(), again.len()),
+            "predict after load_state"
+        );
+        if p == msr_status::MSR_OK && again.iter().any(|v| !v.is_finite()) {
+            return Outcome::Broken(
+                "predict returned OK with a non-finite output after load_state".into(),
+            );
+        }
+        if l != msr_status::MSR_OK && p == msr_status::MSR_OK {
+            if let Some(before) = &predicted {
+                if again
+                    .iter()
+                    .zip(before)
+                    .any(|(a, b)| a.to_bits() != b.to_bits())
+                {
+                    return Outcome::Broken("a refused load_state changed the session".into());
+                }
+            }
+        }
+    }
+    check!(msr_session_reset(g.1), "reset");
+    Outcome::Ok {
+        loaded: true,
+        adapted,
+    }
+}
