@@ -21,12 +21,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
-mod burn_engine;
-
-use burn_engine::BurnSession;
-use msr_runtime::realtime::{MAX_CAPACITY, RtModel, Session, check_len};
-use msr_runtime::spec::limits;
-use msr_runtime::{DataError, Error, FormatError, Loss, ModelRecord, StateError};
+use msr_core::realtime::{Engine, MAX_CAPACITY, RtModel, Session, check_len};
+use msr_core::spec::limits;
+use msr_core::{DataError, Error, FormatError, Loss, ModelRecord, StateError};
 
 /// Status of a call. `MSR_OK` is 0; every error is negative.
 #[repr(C)]
@@ -128,47 +125,8 @@ pub struct msr_session_options {
 pub struct msr_model {
     rt: Arc<RtModel>,
     /// Kept for burn-backed sessions, which build their own tensors from it.
+    #[cfg(feature = "burn")]
     record: ModelRecord,
-}
-
-// One per session, so the size difference costs nothing; the real-time engine stays inline.
-#[allow(clippy::large_enum_variant)]
-enum Engine {
-    Realtime(Session),
-    Burn(Box<BurnSession>),
-}
-
-impl Engine {
-    fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
-        match self {
-            Engine::Realtime(s) => s.adapt(x, y, n),
-            Engine::Burn(s) => s.adapt(x, y, n),
-        }
-    }
-    fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error> {
-        match self {
-            Engine::Realtime(s) => s.predict(x, n, out),
-            Engine::Burn(s) => s.predict(x, n, out),
-        }
-    }
-    fn reset(&mut self) {
-        match self {
-            Engine::Realtime(s) => s.reset(),
-            Engine::Burn(s) => s.reset(),
-        }
-    }
-    fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error> {
-        match self {
-            Engine::Realtime(s) => s.save_state(buf),
-            Engine::Burn(s) => s.save_state(buf),
-        }
-    }
-    fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
-        match self {
-            Engine::Realtime(s) => s.load_state(buf),
-            Engine::Burn(s) => s.load_state(buf),
-        }
-    }
 }
 
 /// One task's adapted state (opaque). One thread at a time: a call made while another
@@ -180,7 +138,8 @@ pub struct msr_session {
 }
 
 struct SessionState {
-    session: Engine,
+    /// The backend: the real-time engine, or (feature `burn`) a burn session.
+    session: Box<dyn Engine>,
     loss: Loss,
     classes: usize,
     /// One-hot targets built from labels, preallocated for `capacity` examples and grown
@@ -359,6 +318,7 @@ fn new_model(record: &ModelRecord, out: *mut *mut msr_model) -> msr_status {
         Ok(rt) => {
             let model = Box::new(msr_model {
                 rt,
+                #[cfg(feature = "burn")]
                 record: record.clone(),
             });
             // SAFETY: `out` was checked non-NULL by the caller.
@@ -385,7 +345,7 @@ pub extern "C" fn msr_model_load_file(path: *const c_char, out: *mut *mut msr_mo
                 "path is not valid UTF-8",
             );
         };
-        let bytes = match msr_runtime::format::read_model_file(std::path::Path::new(path)) {
+        let bytes = match msr_core::format::read_model_file(std::path::Path::new(path)) {
             Ok(b) => b,
             Err(e) => return from_error(e),
         };
@@ -497,7 +457,7 @@ pub extern "C" fn msr_model_session_bytes(
 /// The chunk capacity an option asks for (0 = the default), or the status that refuses it.
 fn session_capacity(capacity: usize) -> Result<usize, msr_status> {
     match capacity {
-        0 => Ok(msr_runtime::realtime::DEFAULT_CAPACITY),
+        0 => Ok(msr_core::realtime::DEFAULT_CAPACITY),
         c if c <= MAX_CAPACITY => Ok(c),
         c => Err(fail(
             msr_status::MSR_ERR_INVALID_ARGUMENT,
@@ -559,19 +519,24 @@ pub extern "C" fn msr_session_new(
             Ok(c) => c,
             Err(status) => return status,
         };
-        let burn = |device: msr_runtime::Device| -> Result<Engine, msr_status> {
-            let mut b =
-                BurnSession::new(&m.record, &device, m.rt.fingerprint(), m.rt.adapted_len())
-                    .map_err(from_error)?;
+        #[cfg(feature = "burn")]
+        let burn = |device: msr_runtime::Device| -> Result<Box<dyn Engine>, msr_status> {
+            let mut b = msr_runtime::burn_session::BurnSession::new(
+                &m.record,
+                &device,
+                m.rt.fingerprint(),
+                m.rt.adapted_len(),
+            )
+            .map_err(from_error)?;
             if opts.inner_steps > 0 {
                 b.inner_steps = opts.inner_steps;
             }
             if opts.lr_scale > 0.0 {
                 b.lr_scale = opts.lr_scale as f64;
             }
-            Ok(Engine::Burn(Box::new(b)))
+            Ok(Box::new(b))
         };
-        let session = match opts.backend {
+        let session: Box<dyn Engine> = match opts.backend {
             0 => {
                 let mut session = match Session::new(m.rt.clone(), capacity) {
                     Ok(s) => s,
@@ -583,8 +548,9 @@ pub extern "C" fn msr_session_new(
                 if opts.lr_scale > 0.0 {
                     session.lr_scale = opts.lr_scale;
                 }
-                Engine::Realtime(session)
+                Box::new(session)
             }
+            #[cfg(feature = "burn")]
             1 => match msr_runtime::device::gpu(0) {
                 Ok(device) => match burn(device) {
                     Ok(e) => e,
@@ -592,10 +558,20 @@ pub extern "C" fn msr_session_new(
                 },
                 Err(e) => return fail(msr_status::MSR_ERR_BACKEND, e.to_string()),
             },
+            #[cfg(feature = "burn")]
             2 => match burn(msr_runtime::device::cpu()) {
                 Ok(e) => e,
                 Err(status) => return status,
             },
+            #[cfg(not(feature = "burn"))]
+            b @ (1 | 2) => {
+                return fail(
+                    msr_status::MSR_ERR_BACKEND,
+                    format!(
+                        "backend {b} runs on burn, and this libmsr was built without it (cargo feature `burn`, or `wgpu` for the GPU)"
+                    ),
+                );
+            }
             b => {
                 return fail(
                     msr_status::MSR_ERR_INVALID_ARGUMENT,
@@ -708,10 +684,7 @@ pub extern "C" fn msr_session_adapt_labels(
                 );
             }
             // n examples must be in x before n labels are read.
-            let input_len = match &s.session {
-                Engine::Realtime(r) => r.model().input_len(),
-                Engine::Burn(b) => b.input_len(),
-            };
+            let input_len = s.session.input_len();
             if let Err(e) = check_len("inputs", x_len, n, input_len) {
                 return from_error(e);
             }
@@ -730,7 +703,7 @@ pub extern "C" fn msr_session_adapt_labels(
             // n * classes <= x_len * classes: no overflow for any real buffer, but checked.
             let Some(len) = n.checked_mul(classes) else {
                 return from_error(
-                    DataError::Shape(msr_runtime::error::overflow("labels", n, classes)).into(),
+                    DataError::Shape(msr_core::error::overflow("labels", n, classes)).into(),
                 );
             };
             if s.onehot.len() < len {

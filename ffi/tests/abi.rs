@@ -4,8 +4,8 @@ use std::ffi::CStr;
 use std::ptr;
 
 use msr::*;
-use msr_runtime::format::{LayerRecord, ModelInfo};
-use msr_runtime::{Activation, FeatureShape, LayerSpec, Loss, ModelRecord, NetSpec, Op};
+use msr_core::format::{LayerRecord, ModelInfo};
+use msr_core::{Activation, FeatureShape, LayerSpec, Loss, ModelRecord, NetSpec, Op};
 
 fn record(loss: Loss) -> ModelRecord {
     let net = NetSpec {
@@ -421,6 +421,7 @@ fn eight_threads_on_one_model_match_one_thread() {
 
 /// The burn path (what a GPU session runs, here on burn-ndarray) and the real-time engine
 /// agree through the C ABI, and their saved states are interchangeable.
+#[cfg(feature = "burn")]
 #[test]
 fn the_burn_path_agrees_with_the_real_time_engine() {
     let (_, mut m) = load(&record(Loss::Mse).to_bytes());

@@ -381,7 +381,7 @@ const SEEDS: &[&[u8]] = &[
 
 /// Rewrites the header's body length and the CRC trailer, so the parser behind the
 /// checksum sees the damage.
-pub fn fix_crc(bytes: &mut Vec<u8>) {
+pub fn fix_crc(bytes: &mut [u8]) {
     if bytes.len() < 16 {
         return;
     }

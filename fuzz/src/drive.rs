@@ -242,16 +242,15 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
                 "predict returned OK with a non-finite output after load_state".into(),
             );
         }
-        if l != msr_status::MSR_OK && p == msr_status::MSR_OK {
-            if let Some(before) = &predicted {
-                if again
-                    .iter()
-                    .zip(before)
-                    .any(|(a, b)| a.to_bits() != b.to_bits())
-                {
-                    return Outcome::Broken("a refused load_state changed the session".into());
-                }
-            }
+        if l != msr_status::MSR_OK
+            && p == msr_status::MSR_OK
+            && let Some(before) = &predicted
+            && again
+                .iter()
+                .zip(before)
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+        {
+            return Outcome::Broken("a refused load_state changed the session".into());
         }
     }
     check!(msr_session_reset(g.1), "reset");

@@ -12,18 +12,21 @@
 //! - [`format`]: the `.msr` model file;
 //! - [`Model`]: a loaded model.
 
+pub mod burn_session;
 #[cfg(test)]
 mod conformance;
 pub mod device;
-pub mod error;
-pub mod format;
+#[cfg(test)]
+mod engine_tests;
 mod layer;
 pub mod model;
 pub mod net;
-pub mod realtime;
-pub mod spec;
 #[cfg(test)]
 mod test_support;
+
+// The model file, the spec, the errors and the real-time engine live in msr-core (no burn,
+// no_std); they are re-exported here so that `msr_runtime::spec::...` keeps working.
+pub use msr_core::{error, format, realtime, spec};
 
 pub use burn::tensor::{DType, Device, Tensor, TensorData};
 pub use error::{DataError, DivergedError, Error, FormatError, ShapeError, StateError};

@@ -84,7 +84,7 @@ impl TrainConfig {
             }
         };
         let inner_max = msr_runtime::spec::limits::MAX_INNER_STEPS as u128;
-        limit("k", self.k as u128, 1, 1 << 20)?;
+        limit("k", self.k as u128, 0, 1 << 20)?;
         limit("steps", self.steps as u128, 0, 1 << 40)?;
         limit("tasks_per_step", self.tasks_per_step as u128, 1, 1 << 16)?;
         limit("inner_steps", self.inner_steps as u128, 0, inner_max)?;

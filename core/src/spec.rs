@@ -3,6 +3,11 @@
 //! A [`NetSpec`] is what the model file stores next to the parameters, and what every
 //! shape check runs against. Nothing here touches a device.
 
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec;
+use alloc::vec::Vec;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::ShapeError;

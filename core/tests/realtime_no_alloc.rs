@@ -1,12 +1,12 @@
 //! The real-time path allocates nothing after a session is created: proven with a global
-//! allocator that counts every allocation of this test binary.
+//! allocator that counts every allocation of this test binary, which links msr-core alone.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use msr_runtime::format::{LayerRecord, ModelInfo, ModelRecord};
-use msr_runtime::realtime::{RtModel, Session};
-use msr_runtime::{Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op};
+use msr_core::format::{LayerRecord, ModelInfo, ModelRecord};
+use msr_core::realtime::{RtModel, Session};
+use msr_core::{Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op};
 
 struct Counting;
 

@@ -1,18 +1,24 @@
-//! Sessions on burn (the GPU, or burn-ndarray as a reference path): the same API as the
-//! real-time engine, through `msr_runtime::Model`. Not allocation-free: tensors are
-//! created per call, so the real-time guarantees are the CPU engine's only.
+//! Sessions on burn (the GPU, or burn-ndarray as a reference path): the same
+//! [`Engine`] contract as the real-time engine, through [`Model`]. Not allocation-free:
+//! tensors are created per call, so the real-time guarantees are the CPU engine's only.
 
-use msr_runtime::realtime::{EXPLODE_FACTOR, check_len, check_state, encode_state, state_values};
-use msr_runtime::{
+use msr_core::realtime::{
+    EXPLODE_FACTOR, Engine, check_len, check_state, encode_state, state_values,
+};
+
+use crate::{
     DType, Device, DivergedError, Error, Model, ModelRecord, TaskParams, Tensor, TensorData,
 };
 
+/// One task's adapted parameters on a burn device.
 pub struct BurnSession {
     model: Model,
     task: TaskParams,
     fingerprint: u32,
     adapted_len: usize,
+    /// Inner SGD steps per adaptation.
     pub inner_steps: usize,
+    /// Multiplies every layer's learned inner learning rate.
     pub lr_scale: f64,
 }
 
@@ -31,6 +37,8 @@ fn host(t: Tensor<3>) -> Vec<f32> {
 }
 
 impl BurnSession {
+    /// A session at the model's initialisation on `device`; `fingerprint` and `adapted_len`
+    /// are the real-time model's, so saved states move between the two engines.
     pub fn new(
         record: &ModelRecord,
         device: &Device,
@@ -49,15 +57,26 @@ impl BurnSession {
         })
     }
 
-    pub fn input_len(&self) -> usize {
+    fn values(&self) -> Vec<f32> {
+        self.task
+            .layers
+            .iter()
+            .flatten()
+            .flat_map(crate::model::download)
+            .collect()
+    }
+}
+
+impl Engine for BurnSession {
+    fn input_len(&self) -> usize {
         self.model.net().input_len()
     }
 
-    pub fn reset(&mut self) {
+    fn reset(&mut self) {
         self.task = self.model.initial(1);
     }
 
-    pub fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+    fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
         let net = self.model.net();
         let (fi, fo) = (net.input_len(), net.output_len());
         check_len("inputs", x.len(), n, fi)?;
@@ -77,11 +96,11 @@ impl BurnSession {
         }
         let out = net.forward(params, &task, xt);
         let loss = net.loss(out, yt).into_scalar::<f32>();
-        let nonfinite_params = !task.layers.iter().flatten().all(|t| {
-            msr_runtime::model::download(t)
-                .iter()
-                .all(|v| v.is_finite())
-        });
+        let nonfinite_params = !task
+            .layers
+            .iter()
+            .flatten()
+            .all(|t| crate::model::download(t).iter().all(|v| v.is_finite()));
         // With zero steps `initial` is NaN and only finiteness is checked.
         if !loss.is_finite()
             || (self.inner_steps > 0 && loss > initial * EXPLODE_FACTOR + 1.0)
@@ -99,7 +118,7 @@ impl BurnSession {
         Ok(loss)
     }
 
-    pub fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error> {
+    fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error> {
         let net = self.model.net();
         let (fi, fo) = (net.input_len(), net.output_len());
         check_len("inputs", x.len(), n, fi)?;
@@ -114,16 +133,7 @@ impl BurnSession {
         Ok(())
     }
 
-    fn values(&self) -> Vec<f32> {
-        self.task
-            .layers
-            .iter()
-            .flatten()
-            .flat_map(msr_runtime::model::download)
-            .collect()
-    }
-
-    pub fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error> {
+    fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error> {
         encode_state(
             self.fingerprint,
             self.values().into_iter(),
@@ -132,7 +142,7 @@ impl BurnSession {
         )
     }
 
-    pub fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
+    fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
         check_state(self.fingerprint, self.adapted_len, buf)?;
         let mut values = state_values(buf);
         let device = self.model.net().device().clone();

@@ -1,5 +1,9 @@
 //! Typed errors, one enum per concern, joined in [`Error`].
 
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::{String, ToString};
+
 use thiserror::Error;
 
 /// A network or its data does not have the shapes it claims.

@@ -14,11 +14,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use std::fs::File;
-use std::io::Read;
-use std::path::Path;
+use alloc::format;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
 
-use crate::error::{Error, FormatError, ShapeError};
+use crate::error::{FormatError, ShapeError};
 use crate::spec::{NetSpec, limits};
 
 /// The four bytes every model file starts with.
@@ -97,12 +97,15 @@ fn file_len(header: &[u8; HEADER_LEN]) -> Result<usize, FormatError> {
 /// or declares a body over the limit, is refused after 12 bytes (a device such as
 /// /dev/zero is never read to exhaustion), and the body buffer is allocated fallibly.
 /// The bytes still go through [`ModelRecord::from_bytes`].
-pub fn read_model_file(path: &Path) -> Result<Vec<u8>, Error> {
+#[cfg(feature = "std")]
+pub fn read_model_file(path: &std::path::Path) -> Result<Vec<u8>, crate::error::Error> {
+    use crate::error::Error;
+    use std::io::Read;
     let io = |e: std::io::Error| Error::Io {
         path: path.display().to_string(),
         message: e.to_string(),
     };
-    let mut file = File::open(path).map_err(io)?;
+    let mut file = std::fs::File::open(path).map_err(io)?;
     let mut header = [0u8; HEADER_LEN];
     let mut got = 0;
     while got < HEADER_LEN {
@@ -298,7 +301,8 @@ impl ModelRecord {
 mod tests {
     use super::*;
     use crate::spec::{Activation, FeatureShape, LayerSpec, Loss, Op};
-    use crate::test_support::Rng;
+    use crate::test_rng::Rng;
+    use alloc::vec;
 
     fn record(rng: &mut Rng) -> ModelRecord {
         let net = NetSpec {
@@ -495,8 +499,12 @@ mod tests {
         assert!(e.to_string().contains("body length"), "{e}");
     }
 
+    #[cfg(feature = "std")]
     #[test]
     fn files_are_read_header_first() {
+        extern crate std;
+        use crate::error::Error;
+        use std::path::Path;
         let dir = std::env::temp_dir().join(format!("msr-format-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let good = record(&mut Rng::new(8)).to_bytes();

@@ -1,0 +1,417 @@
+//! The real-time CPU engine: adapt and predict with no heap allocation and no lock.
+//!
+//! burn's per-op dispatch costs tens of microseconds, more than a whole rank1 adaptation
+//! should take, so a robot's control loop runs this engine instead:
+//! plain f32 loops over buffers allocated once, when a [`Session`] is created. Weights are
+//! materialised (`W = reshape(U v)`) once after each adaptation, so `predict` is a plain
+//! forward pass. The math is the same as the burn path's in `msr-runtime` (`Net`), which
+//! tests it against this engine for every layer kind, in f32.
+//!
+//! Examples are processed in chunks of the session's capacity, so any number of examples
+//! works without allocating; gradients are summed over chunks.
+//!
+//! The parts, along the seams of the computation:
+//! - this module: compiling a [`ModelRecord`] into an [`RtModel`] (validated, weights
+//!   transposed for the kernels, convolution gather indices), the memory a session needs;
+//! - [`session`]: a task's buffers, adapt (with rollback), predict;
+//! - [`state`]: the saved-state encoding;
+//! - `weights`: materialising `W = reshape(U v)` (dense and Kronecker) and its backward;
+//! - `layers`: per-layer forward and backward;
+//! - `kernels`: the vectorised inner loops.
+
+use alloc::format;
+use alloc::string::ToString;
+use alloc::sync::Arc;
+use alloc::vec::Vec;
+
+use crate::error::{DataError, Error, ShapeError};
+use crate::format::ModelRecord;
+use crate::spec::{Activation, ConvSharing, Loss, Op};
+
+mod kernels;
+mod layers;
+pub mod session;
+pub mod state;
+mod weights;
+
+pub use session::Session;
+pub use state::{check_state, encode_state, state_values};
+
+use kernels::all_finite;
+use state::STATE_HEADER;
+use weights::materialize;
+
+/// Default number of examples processed per chunk.
+pub const DEFAULT_CAPACITY: usize = 32;
+/// The largest chunk capacity a session may be created with.
+pub const MAX_CAPACITY: usize = 1 << 16;
+/// The most memory one session may allocate ([`RtModel::session_bytes`]): 1 GiB.
+pub const MAX_SESSION_BYTES: u64 = 1 << 30;
+
+/// A zeroed buffer of `n` floats, or [`Error::OutOfMemory`] instead of an abort.
+pub(crate) fn zeros(n: usize, what: &'static str) -> Result<Vec<f32>, Error> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| Error::OutOfMemory {
+        what,
+        bytes: n as u128 * 4,
+    })?;
+    v.resize(n, 0.0);
+    Ok(v)
+}
+
+/// A copy of `src`, or [`Error::OutOfMemory`] instead of an abort.
+pub(crate) fn copy_of(src: &[f32], what: &'static str) -> Result<Vec<f32>, Error> {
+    let mut v = zeros(src.len(), what)?;
+    v.copy_from_slice(src);
+    Ok(v)
+}
+
+/// Checks that a buffer holds `n` (at least one) examples of `per` floats, with checked
+/// arithmetic: an `n` whose product wraps is an overflow, not a 20-digit length.
+pub fn check_len(what: &'static str, len: usize, n: usize, per: usize) -> Result<(), Error> {
+    if n == 0 {
+        return Err(DataError::Empty(what).into());
+    }
+    let Some(expected) = n.checked_mul(per) else {
+        return Err(DataError::Shape(crate::error::overflow(what, n, per)).into());
+    };
+    if len != expected {
+        return Err(DataError::Shape(ShapeError::Mismatch {
+            what: format!("{what} length ({n} examples x {per})"),
+            expected: expected.to_string(),
+            got: len.to_string(),
+        })
+        .into());
+    }
+    Ok(())
+}
+
+/// An adaptation whose final support loss exceeds `EXPLODE_FACTOR` times the initial loss
+/// (plus `EXPLODE_SLACK`) is treated as diverged and rolled back.
+pub const EXPLODE_FACTOR: f32 = 1e3;
+pub(crate) const EXPLODE_SLACK: f32 = 1.0;
+
+#[derive(Debug)]
+pub(crate) enum Kind {
+    Reshape,
+    Dense {
+        inputs: usize,
+        outputs: usize,
+    },
+    Patches {
+        gather: Vec<u32>,
+        in_channels: usize,
+        out_channels: usize,
+        in_positions: usize,
+        positions: usize,
+        taps: usize,
+        local: bool,
+    },
+}
+
+/// How the weight is generated from the first adapted vector.
+#[derive(Debug)]
+pub(crate) enum Weights {
+    /// W = adapted vector.
+    Plain,
+    /// W = U v, stored transposed: `ut` row-major `[k, rows]`, so that materialising
+    /// (sum of k scaled columns) and its backward (k dot products) run over long,
+    /// contiguous, vectorisable rows even when k is tiny.
+    Dense { ut: Vec<f32>, rows: usize },
+    /// W = (A ⊗ B ⊗ C) v.
+    Kron {
+        a: Vec<f32>,
+        b: Vec<f32>,
+        c: Vec<f32>,
+        dims: [usize; 6], // o, i, s, ka, kb, kc
+    },
+}
+
+#[derive(Debug)]
+pub(crate) struct Layer {
+    pub(crate) kind: Kind,
+    pub(crate) weights: Weights,
+    pub(crate) relu: bool,
+    pub(crate) weight_len: usize,
+    pub(crate) in_len: usize,
+    pub(crate) out_len: usize,
+    pub(crate) adapted0: Vec<Vec<f32>>,
+    pub(crate) lr: f32,
+}
+
+/// A frozen model prepared for the real-time engine. Immutable; share it across threads
+/// (it is `Send + Sync`) and create one [`Session`] per task or thread.
+#[derive(Debug)]
+pub struct RtModel {
+    pub(crate) layers: Vec<Layer>,
+    pub(crate) loss: Loss,
+    pub(crate) input_len: usize,
+    pub(crate) output_len: usize,
+    pub(crate) inner_steps: usize,
+    /// CRC-32 of the model record, to tie saved session states to their model.
+    pub(crate) fingerprint: u32,
+}
+
+impl RtModel {
+    /// Prepares a validated model record.
+    pub fn new(record: &ModelRecord) -> Result<Arc<Self>, Error> {
+        record.validate()?;
+        let shapes = record.net.shapes()?;
+        let mut layers = Vec::with_capacity(record.net.layers.len());
+        for (i, (spec, rec)) in record.net.layers.iter().zip(&record.layers).enumerate() {
+            let input = &shapes.activations[i];
+            let output = &shapes.activations[i + 1];
+            let kind = match &spec.op {
+                Op::ShareLinear {
+                    inputs, outputs, ..
+                }
+                | Op::Linear {
+                    inputs, outputs, ..
+                } => Kind::Dense {
+                    inputs: *inputs,
+                    outputs: *outputs,
+                },
+                Op::ShareConv { geom, .. }
+                | Op::Conv { geom, .. }
+                | Op::LocallyConnected1d { geom, .. } => Kind::Patches {
+                    gather: {
+                        let positions = output.spatial_numel();
+                        let taps = geom.kernel_area();
+                        let mut g = Vec::new();
+                        g.try_reserve_exact(positions * taps)
+                            .map_err(|_| Error::OutOfMemory {
+                                what: "a convolution's gather index",
+                                bytes: positions as u128 * taps as u128 * 4,
+                            })?;
+                        g.extend(geom.gather_index(input.spatial(), output.spatial()));
+                        g
+                    },
+                    in_channels: geom.in_channels,
+                    out_channels: geom.out_channels,
+                    in_positions: input.spatial_numel(),
+                    positions: output.spatial_numel(),
+                    taps: geom.kernel_area(),
+                    local: matches!(spec.op, Op::LocallyConnected1d { .. }),
+                },
+                Op::Flatten => Kind::Reshape,
+            };
+            let weights = match &spec.op {
+                Op::ShareLinear { k, .. }
+                | Op::ShareConv {
+                    sharing: ConvSharing::Dense { k },
+                    ..
+                } => {
+                    let u = &rec.shared[0];
+                    let rows = u.len() / k;
+                    let mut ut = zeros(u.len(), "a symmetry matrix")?;
+                    for r in 0..rows {
+                        for j in 0..*k {
+                            ut[j * rows + r] = u[r * k + j];
+                        }
+                    }
+                    Weights::Dense { ut, rows }
+                }
+                Op::ShareConv {
+                    geom,
+                    sharing: ConvSharing::Kronecker { ka, kb, kc },
+                    ..
+                } => Weights::Kron {
+                    a: copy_of(&rec.shared[0], "a symmetry matrix")?,
+                    b: copy_of(&rec.shared[1], "a symmetry matrix")?,
+                    c: copy_of(&rec.shared[2], "a symmetry matrix")?,
+                    dims: [
+                        geom.out_channels,
+                        geom.in_channels,
+                        geom.kernel_area(),
+                        *ka,
+                        *kb,
+                        *kc,
+                    ],
+                },
+                _ => Weights::Plain,
+            };
+            let weight_len = match &weights {
+                Weights::Plain => rec.adapted0.first().map_or(0, Vec::len),
+                Weights::Dense { rows, .. } => *rows,
+                Weights::Kron { dims, .. } => dims[0] * dims[1] * dims[2],
+            };
+            layers.push(Layer {
+                kind,
+                weights,
+                relu: spec.activation == Activation::Relu,
+                weight_len,
+                in_len: input.numel(),
+                out_len: output.numel(),
+                adapted0: rec.adapted0.clone(),
+                lr: rec.lr,
+            });
+        }
+        // The initial weights W = reshape(U v0) must be finite: finite U and v0 can still
+        // overflow f32 in the product, and a model that predicts infinity is no model.
+        let max_kron = kron_scratch_len(&layers);
+        let (mut s0, mut s1) = (
+            zeros(max_kron, "materialisation scratch")?,
+            zeros(max_kron, "materialisation scratch")?,
+        );
+        for (i, layer) in layers.iter().enumerate() {
+            if let Some(v0) = layer.adapted0.first() {
+                let mut w = zeros(layer.weight_len, "an initial weight")?;
+                materialize(&layer.weights, v0, &mut w, &mut s0, &mut s1);
+                if !all_finite(&w) {
+                    return Err(crate::error::FormatError::NonFinite(format!(
+                        "layer {i} initial weight reshape(U v0) (it overflows f32)"
+                    ))
+                    .into());
+                }
+            }
+        }
+        Ok(Arc::new(RtModel {
+            layers,
+            loss: record.net.loss,
+            input_len: shapes.activations[0].numel(),
+            output_len: shapes.activations.last().expect("non-empty").numel(),
+            inner_steps: record.info.inner_steps as usize,
+            // The model file's own CRC (not a CRC over the file, trailer included: that is
+            // the same constant for every file).
+            fingerprint: {
+                let bytes = record.to_bytes();
+                u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"))
+            },
+        }))
+    }
+
+    /// Scalars per input example.
+    pub fn input_len(&self) -> usize {
+        self.input_len
+    }
+    /// Scalars per output example.
+    pub fn output_len(&self) -> usize {
+        self.output_len
+    }
+    /// The loss adaptation minimises.
+    pub fn loss(&self) -> Loss {
+        self.loss
+    }
+    /// Number of layers.
+    pub fn layers(&self) -> usize {
+        self.layers.len()
+    }
+    /// Inner steps the model was meta-trained with.
+    pub fn inner_steps(&self) -> usize {
+        self.inner_steps
+    }
+    /// Number of adapted scalars per task (v and biases of every layer).
+    pub fn adapted_len(&self) -> usize {
+        self.layers
+            .iter()
+            .flat_map(|l| l.adapted0.iter().map(Vec::len))
+            .sum()
+    }
+    /// Bytes of a saved session state ([`Session::save_state`]).
+    pub fn state_len(&self) -> usize {
+        STATE_HEADER + 4 * self.adapted_len() + 4
+    }
+}
+
+/// Floats of the Kronecker scratch buffers a model's layers need (0 without Kronecker layers).
+pub(crate) fn kron_scratch_len(layers: &[Layer]) -> usize {
+    layers
+        .iter()
+        .map(|l| match l.weights {
+            Weights::Kron {
+                dims: [o, i, s, ka, kb, kc],
+                ..
+            } => (o.max(ka) * i.max(kb) * s.max(kc)).max(1),
+            _ => 0,
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+impl RtModel {
+    /// Bytes a [`Session`] with this chunk `capacity` allocates, computed without
+    /// allocating (so a robot can reserve it, and a session over [`MAX_SESSION_BYTES`] is
+    /// refused before anything is allocated). `None` if the size overflows.
+    pub fn session_bytes(&self, capacity: usize) -> Option<u128> {
+        let cap = capacity as u128;
+        let adapted = self.adapted_len() as u128;
+        let weights: u128 = self.layers.iter().map(|l| l.weight_len as u128).sum();
+        let acts: u128 =
+            self.input_len as u128 + self.layers.iter().map(|l| l.out_len as u128).sum::<u128>();
+        let max_act = self
+            .layers
+            .iter()
+            .map(|l| l.in_len.max(l.out_len))
+            .max()
+            .unwrap_or(1) as u128;
+        let floats = 3 * adapted
+            + 2 * weights
+            + cap.checked_mul(acts)?
+            + 2 * cap.checked_mul(max_act)?
+            + 2 * self.max_patch() as u128
+            + 2 * kron_scratch_len(&self.layers) as u128;
+        floats.checked_mul(4)
+    }
+
+    pub(crate) fn max_patch(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| match l.kind {
+                Kind::Patches {
+                    in_channels, taps, ..
+                } => in_channels * taps,
+                _ => 0,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+impl RtModel {
+    /// The model file's CRC: saved states carry it, so a state is never loaded into
+    /// another model.
+    pub fn fingerprint(&self) -> u32 {
+        self.fingerprint
+    }
+}
+
+/// What a session does on any engine: the real-time engine ([`Session`]) and the burn
+/// sessions of `msr-runtime` (GPU, reference CPU) implement it, and the C ABI drives every
+/// backend through it. A failed call leaves the engine as it was; an adaptation whose loss
+/// or any parameter turns non-finite, or whose loss explodes (over [`EXPLODE_FACTOR`] times
+/// the initial loss), is rolled back and reported as [`Error::Diverged`].
+pub trait Engine: Send {
+    /// Scalars per input example.
+    fn input_len(&self) -> usize;
+    /// Adapts the meta-learned initialisation to `n` examples; returns the support loss.
+    fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error>;
+    /// Predicts `n` examples into `out`; a non-finite prediction is an error.
+    fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error>;
+    /// Back to the meta-learned initialisation.
+    fn reset(&mut self);
+    /// Writes the adapted parameters; returns the bytes written.
+    fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error>;
+    /// Restores parameters written by `save_state` for the same model.
+    fn load_state(&mut self, buf: &[u8]) -> Result<(), Error>;
+}
+
+impl Engine for Session {
+    fn input_len(&self) -> usize {
+        self.model().input_len()
+    }
+    fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        Session::adapt(self, x, y, n)
+    }
+    fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error> {
+        Session::predict(self, x, n, out)
+    }
+    fn reset(&mut self) {
+        Session::reset(self)
+    }
+    fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        Session::save_state(self, buf)
+    }
+    fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
+        Session::load_state(self, buf)
+    }
+}

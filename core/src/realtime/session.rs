@@ -1,0 +1,466 @@
+//! A task's adapted state and the buffers to adapt and predict without allocating.
+
+use alloc::format;
+use alloc::sync::Arc;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use super::kernels::all_finite;
+use super::layers::{backward, forward};
+use super::state::{check_state, encode_state, state_values};
+use super::weights::{materialize, weights_backward};
+use super::{
+    EXPLODE_FACTOR, EXPLODE_SLACK, MAX_CAPACITY, MAX_SESSION_BYTES, RtModel, check_len, copy_of,
+    kron_scratch_len, zeros,
+};
+use crate::error::{DataError, DivergedError, Error, ShapeError};
+use crate::math::{exp, ln};
+use crate::spec::Loss;
+
+/// One task's adapted state and the buffers to adapt and predict without allocating.
+/// Use from one thread at a time (it is `Send`, not shared).
+#[derive(Debug)]
+pub struct Session {
+    model: Arc<RtModel>,
+    capacity: usize,
+    /// Per layer: adapted vectors (v or W, then bias).
+    adapted: Vec<Vec<Vec<f32>>>,
+    /// Copy taken before an adaptation, for rollback.
+    backup: Vec<Vec<Vec<f32>>>,
+    /// Per layer: gradients of the adapted vectors.
+    grads: Vec<Vec<Vec<f32>>>,
+    /// Per layer: the materialised weight, and the gradient with respect to it.
+    w: Vec<Vec<f32>>,
+    dw: Vec<Vec<f32>>,
+    /// Activations at every layer boundary, `[capacity, len]` each.
+    acts: Vec<Vec<f32>>,
+    /// Two gradient buffers, `[capacity, max len]`.
+    da: Vec<f32>,
+    db: Vec<f32>,
+    /// One patch (`[C * K]`) and its gradient; Kronecker scratch.
+    patch: Vec<f32>,
+    dpatch: Vec<f32>,
+    scratch: [Vec<f32>; 2],
+    /// Inner steps per adaptation and the scale applied to every layer's lr.
+    pub inner_steps: usize,
+    /// Multiplies every layer's learned inner learning rate.
+    pub lr_scale: f32,
+}
+
+impl Session {
+    /// A session at the meta-learned initialisation, with buffers for `capacity` examples per
+    /// chunk (1 to [`MAX_CAPACITY`]). All allocation happens here, and fails with a status
+    /// rather than an abort: a session over [`MAX_SESSION_BYTES`] is refused before anything
+    /// is allocated, and a failed allocation is [`Error::OutOfMemory`].
+    pub fn new(model: Arc<RtModel>, capacity: usize) -> Result<Self, Error> {
+        if capacity == 0 || capacity > MAX_CAPACITY {
+            return Err(DataError::Shape(ShapeError::OverLimit {
+                what: format!("session capacity {capacity} (examples per chunk; at least 1)"),
+                value: Some(capacity as u128),
+                limit: MAX_CAPACITY as u64,
+            })
+            .into());
+        }
+        let bytes = model.session_bytes(capacity);
+        if bytes.is_none_or(|b| b > MAX_SESSION_BYTES as u128) {
+            return Err(DataError::Shape(ShapeError::OverLimit {
+                what: format!(
+                    "memory of a session with capacity {capacity} (bytes; try a smaller capacity)"
+                ),
+                value: bytes,
+                limit: MAX_SESSION_BYTES,
+            })
+            .into());
+        }
+        let vectors = |what| -> Result<Vec<Vec<Vec<f32>>>, Error> {
+            model
+                .layers
+                .iter()
+                .map(|l| l.adapted0.iter().map(|v| copy_of(v, what)).collect())
+                .collect()
+        };
+        let adapted = vectors("adapted parameters")?;
+        let backup = vectors("adapted parameters")?;
+        let grads = vectors("gradients")?;
+        let weights = |what| -> Result<Vec<Vec<f32>>, Error> {
+            model
+                .layers
+                .iter()
+                .map(|l| zeros(l.weight_len, what))
+                .collect()
+        };
+        let w = weights("weights")?;
+        let dw = weights("weight gradients")?;
+        let mut acts = vec![zeros(capacity * model.input_len, "activations")?];
+        for l in &model.layers {
+            acts.push(zeros(capacity * l.out_len, "activations")?);
+        }
+        let max_act = model
+            .layers
+            .iter()
+            .map(|l| l.in_len.max(l.out_len))
+            .max()
+            .unwrap_or(1);
+        let max_patch = model.max_patch();
+        let max_kron = kron_scratch_len(&model.layers);
+        let mut s = Session {
+            capacity,
+            backup,
+            adapted,
+            grads,
+            w,
+            dw,
+            acts,
+            da: zeros(capacity * max_act, "activation gradients")?,
+            db: zeros(capacity * max_act, "activation gradients")?,
+            patch: zeros(max_patch, "patches")?,
+            dpatch: zeros(max_patch, "patches")?,
+            scratch: [
+                zeros(max_kron, "Kronecker scratch")?,
+                zeros(max_kron, "Kronecker scratch")?,
+            ],
+            inner_steps: model.inner_steps,
+            lr_scale: 1.0,
+            model,
+        };
+        s.materialize_all();
+        Ok(s)
+    }
+
+    /// The model.
+    pub fn model(&self) -> &Arc<RtModel> {
+        &self.model
+    }
+
+    /// Back to the meta-learned initialisation.
+    pub fn reset(&mut self) {
+        for (l, layer) in self.adapted.iter_mut().zip(&self.model.layers) {
+            for (v, v0) in l.iter_mut().zip(&layer.adapted0) {
+                v.copy_from_slice(v0);
+            }
+        }
+        self.materialize_all();
+    }
+
+    fn materialize_all(&mut self) {
+        for i in 0..self.model.layers.len() {
+            let layer = &self.model.layers[i];
+            let Some(v) = self.adapted[i].first() else {
+                continue;
+            };
+            let [s0, s1] = &mut self.scratch;
+            materialize(&layer.weights, v, &mut self.w[i], s0, s1);
+        }
+    }
+
+    fn check(&self, what: &'static str, data: &[f32], n: usize, per: usize) -> Result<(), Error> {
+        check_len(what, data.len(), n, per)?;
+        if !all_finite(data) {
+            return Err(DataError::NonFinite(what).into());
+        }
+        Ok(())
+    }
+
+    /// Predicts `out` `[n, output_len]` for `x` `[n, input_len]`. Allocation-free.
+    pub fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error> {
+        self.check("inputs", x, n, self.model.input_len)?;
+        let fo = self.model.output_len;
+        check_len("output buffer", out.len(), n, fo)?;
+        let fi = self.model.input_len;
+        let mut start = 0;
+        while start < n {
+            let m = (n - start).min(self.capacity);
+            self.forward_chunk(&x[start * fi..(start + m) * fi], m);
+            let last = self.acts.last().expect("non-empty");
+            out[start * fo..(start + m) * fo].copy_from_slice(&last[..m * fo]);
+            start += m;
+        }
+        if !all_finite(out) {
+            return Err(Error::NonFiniteOutput);
+        }
+        Ok(())
+    }
+
+    /// Mean support loss of the current parameters. Allocation-free.
+    pub fn loss(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        self.check("inputs", x, n, self.model.input_len)?;
+        self.check("targets", y, n, self.model.output_len)?;
+        Ok(self.pass(x, y, n, false))
+    }
+
+    /// Adapts the meta-learned initialisation to a support set (as at meta-training time):
+    /// `x` `[n, input_len]`, `y` `[n, output_len]` (for cross-entropy models, one-hot rows),
+    /// `inner_steps` SGD steps. Returns the support loss after adapting. If the loss turns
+    /// non-finite or explodes, the previous parameters are restored and
+    /// [`Error::Diverged`] says so. Allocation-free.
+    pub fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        self.adapt_impl(x, y, n, true)
+    }
+
+    /// Like [`Session::adapt`], but continues from the current parameters.
+    pub fn refine(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        self.adapt_impl(x, y, n, false)
+    }
+
+    fn adapt_impl(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        n: usize,
+        from_init: bool,
+    ) -> Result<f32, Error> {
+        self.check("inputs", x, n, self.model.input_len)?;
+        self.check("targets", y, n, self.model.output_len)?;
+        for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
+            for (bv, av) in b.iter_mut().zip(a) {
+                bv.copy_from_slice(av);
+            }
+        }
+        if from_init {
+            self.reset();
+        }
+        // Each gradient pass also yields the loss at the current parameters, so a check
+        // costs one extra forward pass in all: after the last step.
+        let mut initial = f32::NAN;
+        for step in 1..=self.inner_steps {
+            let before = self.pass(x, y, n, true);
+            if step == 1 {
+                initial = before;
+            }
+            self.sgd_step();
+            let loss = if step == self.inner_steps {
+                self.pass(x, y, n, false)
+            } else {
+                before
+            };
+            // NaN propagates through every op (ReLU included), so a non-finite parameter
+            // shows in the loss; the final check of the parameters themselves is a cheap
+            // guarantee that no NaN is ever kept (and so ever saved).
+            let nonfinite_params =
+                step == self.inner_steps && !self.adapted.iter().flatten().all(|v| all_finite(v));
+            if !loss.is_finite()
+                || !before.is_finite()
+                || loss > initial * EXPLODE_FACTOR + EXPLODE_SLACK
+                || nonfinite_params
+            {
+                self.restore_backup();
+                return Err(DivergedError {
+                    step,
+                    loss: loss as f64,
+                    initial: initial as f64,
+                    nonfinite_params,
+                }
+                .into());
+            }
+            if step == self.inner_steps {
+                return Ok(loss);
+            }
+        }
+        // Zero inner steps: report the loss of the parameters as they are; a non-finite
+        // one is reported (and the reset undone) like any other.
+        let loss = self.pass(x, y, n, false);
+        if !loss.is_finite() {
+            self.restore_backup();
+            return Err(DivergedError {
+                step: 0,
+                loss: loss as f64,
+                initial: loss as f64,
+                nonfinite_params: false,
+            }
+            .into());
+        }
+        Ok(loss)
+    }
+
+    /// Back to the parameters saved at the start of the adaptation.
+    fn restore_backup(&mut self) {
+        for (a, b) in self.adapted.iter_mut().zip(&self.backup) {
+            for (av, bv) in a.iter_mut().zip(b) {
+                av.copy_from_slice(bv);
+            }
+        }
+        self.materialize_all();
+    }
+
+    fn sgd_step(&mut self) {
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let lr = layer.lr * self.lr_scale;
+            for (v, g) in self.adapted[i].iter_mut().zip(&self.grads[i]) {
+                for (vj, gj) in v.iter_mut().zip(g) {
+                    *vj -= lr * gj;
+                }
+            }
+        }
+        self.materialize_all();
+    }
+
+    /// Forward over all chunks; returns the mean loss. With `grad`, also accumulates the
+    /// gradients of the adapted parameters into `self.grads`.
+    fn pass(&mut self, x: &[f32], y: &[f32], n: usize, grad: bool) -> f32 {
+        if grad {
+            for g in self.grads.iter_mut().flatten() {
+                g.fill(0.0);
+            }
+            for d in &mut self.dw {
+                d.fill(0.0);
+            }
+        }
+        let (fi, fo) = (self.model.input_len, self.model.output_len);
+        let mut total = 0.0f64;
+        let mut start = 0;
+        while start < n {
+            let m = (n - start).min(self.capacity);
+            self.forward_chunk(&x[start * fi..(start + m) * fi], m);
+            let yc = &y[start * fo..(start + m) * fo];
+            total += self.loss_chunk(yc, m, n, grad);
+            if grad {
+                self.backward_chunk(m);
+            }
+            start += m;
+        }
+        if grad {
+            for i in 0..self.model.layers.len() {
+                if self.adapted[i].is_empty() {
+                    continue;
+                }
+                let layer = &self.model.layers[i];
+                let [s0, s1] = &mut self.scratch;
+                let (g_main, _) = self.grads[i].split_first_mut().expect("non-empty");
+                weights_backward(&layer.weights, &self.dw[i], g_main, s0, s1);
+            }
+        }
+        (total / n as f64) as f32
+    }
+
+    /// Sum over the chunk of per-example losses; with `grad`, writes dL/d(output) (for the
+    /// mean over all `n` examples) into `self.da`.
+    fn loss_chunk(&mut self, y: &[f32], m: usize, n: usize, grad: bool) -> f64 {
+        let fo = self.model.output_len;
+        let out = &self.acts.last().expect("non-empty")[..m * fo];
+        let mut total = 0.0f64;
+        match self.model.loss {
+            Loss::Mse => {
+                let scale = 2.0 / (n * fo) as f32;
+                for (j, (o, t)) in out.iter().zip(y).enumerate() {
+                    let d = o - t;
+                    total += (d * d) as f64 / fo as f64;
+                    if grad {
+                        self.da[j] = d * scale;
+                    }
+                }
+            }
+            Loss::CrossEntropy => {
+                for r in 0..m {
+                    let z = &out[r * fo..(r + 1) * fo];
+                    let t = &y[r * fo..(r + 1) * fo];
+                    let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f32 = z.iter().map(|v| exp(v - max)).sum();
+                    let log_sum = max + ln(sum);
+                    let mass: f32 = t.iter().sum();
+                    total += z
+                        .iter()
+                        .zip(t)
+                        .map(|(zi, ti)| (ti * (log_sum - zi)) as f64)
+                        .sum::<f64>();
+                    if grad {
+                        for c in 0..fo {
+                            let p = exp(z[c] - log_sum);
+                            self.da[r * fo + c] = (p * mass - t[c]) / n as f32;
+                        }
+                    }
+                }
+            }
+        }
+        total
+    }
+
+    fn forward_chunk(&mut self, x: &[f32], m: usize) {
+        self.acts[0][..x.len()].copy_from_slice(x);
+        for (i, layer) in self.model.layers.iter().enumerate() {
+            let (before, after) = self.acts.split_at_mut(i + 1);
+            let input = &before[i][..m * layer.in_len];
+            let out = &mut after[0][..m * layer.out_len];
+            let bias = self.adapted[i].get(1).map(Vec::as_slice);
+            forward(layer, &self.w[i], bias, input, out, m, &mut self.patch);
+            if layer.relu {
+                // Not `max(0)`: that turns NaN into 0 and hides a divergence. A select with
+                // an unconditional store, so that it vectorises (a conditional store does not).
+                for v in out.iter_mut() {
+                    *v = if *v < 0.0 { 0.0 } else { *v };
+                }
+            }
+        }
+    }
+
+    fn backward_chunk(&mut self, m: usize) {
+        // self.da holds dL/d(output of the last layer).
+        let first_param = self.adapted.iter().position(|a| !a.is_empty()).unwrap_or(0);
+        for i in (0..self.model.layers.len()).rev() {
+            let layer = &self.model.layers[i];
+            let out = &self.acts[i + 1][..m * layer.out_len];
+            let dz = &mut self.da[..m * layer.out_len];
+            if layer.relu {
+                for (d, o) in dz.iter_mut().zip(out) {
+                    if *o <= 0.0 {
+                        *d = 0.0;
+                    }
+                }
+            }
+            let need_dx = i > first_param;
+            let input = &self.acts[i][..m * layer.in_len];
+            let dx = &mut self.db[..m * layer.in_len];
+            // The weight gradient goes to dw (then through weights_backward); the bias
+            // gradient straight to its slot.
+            let dbias = self.grads[i].get_mut(1);
+            backward(
+                layer,
+                &self.w[i],
+                input,
+                dz,
+                &mut self.dw[i],
+                dbias.map(|b| b.as_mut_slice()),
+                need_dx.then_some(dx),
+                m,
+                &mut self.patch,
+                &mut self.dpatch,
+            );
+            if !need_dx {
+                break;
+            }
+            core::mem::swap(&mut self.da, &mut self.db);
+        }
+    }
+
+    /// Writes the adapted parameters to `buf` (at least [`RtModel::state_len`] bytes); see
+    /// [`encode_state`]. Returns the bytes written.
+    pub fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error> {
+        encode_state(
+            self.model.fingerprint,
+            self.adapted.iter().flatten().flatten().copied(),
+            self.model.adapted_len(),
+            buf,
+        )
+    }
+
+    /// Restores parameters saved by [`Session::save_state`] for the same model. On any error
+    /// the session is left as it was. Allocation-free.
+    pub fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
+        check_state(self.model.fingerprint, self.model.adapted_len(), buf)?;
+        for (dst, v) in self
+            .adapted
+            .iter_mut()
+            .flatten()
+            .flatten()
+            .zip(state_values(buf))
+        {
+            *dst = v;
+        }
+        self.materialize_all();
+        Ok(())
+    }
+
+    /// The adapted vectors of layer `i` (v or W, then the bias).
+    pub fn adapted(&self, i: usize) -> &[Vec<f32>] {
+        &self.adapted[i]
+    }
+}
