@@ -11,9 +11,11 @@
 //! `msr_session` belongs to one thread at a time (move it, don't share it).
 
 #![allow(non_camel_case_types)]
-// Every exported function checks its pointers before use; the safety contract is the
-// header's documentation, not a Rust `unsafe fn` signature.
-#![allow(clippy::not_unsafe_ptr_arg_deref)]
+//! Safety, for every function that takes pointers (all are `unsafe extern "C"`): each
+//! pointer is NULL (refused with `MSR_ERR_NULL` where it is required) or valid for what
+//! the function documents: arrays for the element counts passed with them, `msr_model`
+//! and `msr_session` pointers from this library and not yet freed, and a session used by
+//! one thread at a time (a second thread inside the same session gets `MSR_ERR_BUSY`).
 
 use std::cell::{Cell, RefCell, UnsafeCell};
 use std::ffi::{CStr, CString, c_char};
@@ -255,10 +257,12 @@ impl Drop for Claim<'_> {
     }
 }
 
-/// Runs `f` on the state of `session` (checked non-NULL by the caller; a live session from
-/// `msr_session_new` by the C contract), unless another thread is inside a call on it
+/// Runs `f` on the state of `session`, unless another thread is inside a call on it
 /// (`MSR_ERR_BUSY`).
-fn with_session(
+///
+/// # Safety
+/// `session` is non-NULL and a live session from `msr_session_new`.
+unsafe fn with_session(
     session: *const msr_session,
     f: impl FnOnce(&mut SessionState) -> msr_status,
 ) -> msr_status {
@@ -313,7 +317,9 @@ pub extern "C" fn msr_last_error() -> *const c_char {
     LAST_ERROR.with(|e| e.borrow().as_ptr())
 }
 
-fn new_model(record: &ModelRecord, out: *mut *mut msr_model) -> msr_status {
+/// # Safety
+/// `out` is non-NULL and writable.
+unsafe fn new_model(record: &ModelRecord, out: *mut *mut msr_model) -> msr_status {
     match RtModel::new(record) {
         Ok(rt) => {
             let model = Box::new(msr_model {
@@ -333,8 +339,14 @@ fn new_model(record: &ModelRecord, out: *mut *mut msr_model) -> msr_status {
 /// `msr_model_free`. On failure `*out` is untouched. The header is checked before the body
 /// is read: a file that is not a model, or declares a body over the limit, is refused
 /// without reading it (a device or a pipe is never read to exhaustion).
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_model_load_file(path: *const c_char, out: *mut *mut msr_model) -> msr_status {
+pub unsafe extern "C" fn msr_model_load_file(
+    path: *const c_char,
+    out: *mut *mut msr_model,
+) -> msr_status {
     guard(|| {
         non_null!(path, out);
         // SAFETY: non-NULL, NUL-terminated by contract.
@@ -350,7 +362,8 @@ pub extern "C" fn msr_model_load_file(path: *const c_char, out: *mut *mut msr_mo
             Err(e) => return from_error(e),
         };
         match ModelRecord::from_bytes(&bytes) {
-            Ok(record) => new_model(&record, out),
+            // SAFETY: `out` was checked non-NULL above.
+            Ok(record) => unsafe { new_model(&record, out) },
             Err(e) => from_error(Error::Format(e)),
         }
     })
@@ -358,8 +371,11 @@ pub extern "C" fn msr_model_load_file(path: *const c_char, out: *mut *mut msr_mo
 
 /// Loads a model from `len` bytes of a `.msr` file in memory (copied; the buffer may be
 /// freed after the call). On success `*out` owns a new model.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_model_load_bytes(
+pub unsafe extern "C" fn msr_model_load_bytes(
     data: *const u8,
     len: usize,
     out: *mut *mut msr_model,
@@ -369,7 +385,8 @@ pub extern "C" fn msr_model_load_bytes(
         // SAFETY: `data` points to `len` bytes by contract.
         let bytes = unsafe { slice(data, len) };
         match ModelRecord::from_bytes(bytes) {
-            Ok(record) => new_model(&record, out),
+            // SAFETY: `out` was checked non-NULL above.
+            Ok(record) => unsafe { new_model(&record, out) },
             Err(e) => from_error(Error::Format(e)),
         }
     })
@@ -377,8 +394,11 @@ pub extern "C" fn msr_model_load_bytes(
 
 /// Frees a model and sets `*model` to NULL. Accepts NULL and a pointer to NULL. Sessions
 /// created from the model keep it alive: free them in any order.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_model_free(model: *mut *mut msr_model) {
+pub unsafe extern "C" fn msr_model_free(model: *mut *mut msr_model) {
     let _ = guard(|| {
         if !model.is_null() {
             // SAFETY: `*model` is NULL or a pointer from msr_model_load_*.
@@ -394,8 +414,11 @@ pub extern "C" fn msr_model_free(model: *mut *mut msr_model) {
 }
 
 /// Fills `*info` with facts about `model`.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_model_get_info(
+pub unsafe extern "C" fn msr_model_get_info(
     model: *const msr_model,
     info: *mut msr_model_info,
 ) -> msr_status {
@@ -425,8 +448,11 @@ pub extern "C" fn msr_model_get_info(
 /// default, 32) allocates, without allocating it: a robot can reserve it up front, and
 /// `msr_session_new` refuses sessions over 1 GiB. `MSR_ERR_INVALID_ARGUMENT` for a capacity
 /// over 65536.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_model_session_bytes(
+pub unsafe extern "C" fn msr_model_session_bytes(
     model: *const msr_model,
     capacity: usize,
     bytes: *mut usize,
@@ -483,8 +509,11 @@ fn try_zeros(n: usize, what: &str) -> Result<Vec<f32>, msr_status> {
 /// (defaults). All memory the session needs is allocated here: afterwards, adapt and
 /// predict allocate nothing (labels beyond `capacity` examples excepted). Free it with
 /// `msr_session_free`.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_session_new(
+pub unsafe extern "C" fn msr_session_new(
     model: *const msr_model,
     options: *const msr_session_options,
     out: *mut *mut msr_session,
@@ -600,8 +629,11 @@ pub extern "C" fn msr_session_new(
 }
 
 /// Frees a session and sets `*session` to NULL. Accepts NULL and a pointer to NULL.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_session_free(session: *mut *mut msr_session) {
+pub unsafe extern "C" fn msr_session_free(session: *mut *mut msr_session) {
     let _ = guard(|| {
         if !session.is_null() {
             // SAFETY: `*session` is NULL or a pointer from msr_session_new.
@@ -635,8 +667,11 @@ fn adapted(result: Result<f32, Error>, loss_out: *mut f32) -> msr_status {
 /// receives the support loss after adapting. On any error the session keeps its previous
 /// parameters (`MSR_ERR_DIVERGED`: the adaptation went non-finite or exploded and was
 /// rolled back). Allocation-free.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_session_adapt(
+pub unsafe extern "C" fn msr_session_adapt(
     session: *mut msr_session,
     x: *const f32,
     x_len: usize,
@@ -647,7 +682,7 @@ pub extern "C" fn msr_session_adapt(
 ) -> msr_status {
     guard(|| {
         non_null!(session, x, y);
-        with_session(session, |s| {
+        let run = |s: &mut SessionState| {
             if s.loss != Loss::Mse {
                 return fail(
                     msr_status::MSR_ERR_UNSUPPORTED,
@@ -657,15 +692,20 @@ pub extern "C" fn msr_session_adapt(
             // SAFETY: pointers and lengths by contract.
             let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
             adapted(s.session.adapt(xs, ys, n), loss_out)
-        })
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
     })
 }
 
 /// Adapts a classification model to a support set: `x` `[n, input_len]`, `labels` `[n]`
 /// class indices in `[0, output_len)`. `x_len` is checked against `n` before any label is
 /// read. Otherwise as `msr_session_adapt`. Allocation-free for `n <= capacity`.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_session_adapt_labels(
+pub unsafe extern "C" fn msr_session_adapt_labels(
     session: *mut msr_session,
     x: *const f32,
     x_len: usize,
@@ -675,7 +715,7 @@ pub extern "C" fn msr_session_adapt_labels(
 ) -> msr_status {
     guard(|| {
         non_null!(session, x, labels);
-        with_session(session, |s| {
+        let run = |s: &mut SessionState| {
             let classes = s.classes;
             if s.loss != Loss::CrossEntropy {
                 return fail(
@@ -725,7 +765,9 @@ pub extern "C" fn msr_session_adapt_labels(
                 y[r * classes + *l as usize] = 1.0;
             }
             adapted(s.session.adapt(xs, y, n), loss_out)
-        })
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
     })
 }
 
@@ -733,8 +775,11 @@ pub extern "C" fn msr_session_adapt_labels(
 /// with the session's current parameters. `out_len` must be `n * output_len`. A prediction
 /// that overflows f32 (inputs far outside the model's range) is `MSR_ERR_NON_FINITE`.
 /// Allocation-free and lock-free.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_session_predict(
+pub unsafe extern "C" fn msr_session_predict(
     session: *mut msr_session,
     x: *const f32,
     x_len: usize,
@@ -744,7 +789,7 @@ pub extern "C" fn msr_session_predict(
 ) -> msr_status {
     guard(|| {
         non_null!(session, x, out);
-        with_session(session, |s| {
+        let run = |s: &mut SessionState| {
             // SAFETY: pointers and lengths by contract; `out` is writable for `out_len`
             // floats.
             let (xs, o) = unsafe {
@@ -757,27 +802,37 @@ pub extern "C" fn msr_session_predict(
                 Ok(()) => msr_status::MSR_OK,
                 Err(e) => from_error(e),
             }
-        })
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
     })
 }
 
 /// Returns the session to the model's meta-learned initialisation.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_session_reset(session: *mut msr_session) -> msr_status {
+pub unsafe extern "C" fn msr_session_reset(session: *mut msr_session) -> msr_status {
     guard(|| {
         non_null!(session);
-        with_session(session, |s| {
+        let run = |s: &mut SessionState| {
             s.session.reset();
             msr_status::MSR_OK
-        })
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
     })
 }
 
 /// Writes the session's adapted parameters to `buf` (`len` bytes, at least the model's
 /// `state_len`) and the byte count to `*written`. A robot can keep one state per tool or
 /// terrain and restore it with `msr_session_load_state`. Every state written loads.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_session_save_state(
+pub unsafe extern "C" fn msr_session_save_state(
     session: *const msr_session,
     buf: *mut u8,
     len: usize,
@@ -785,7 +840,7 @@ pub extern "C" fn msr_session_save_state(
 ) -> msr_status {
     guard(|| {
         non_null!(session, buf, written);
-        with_session(session, |s| {
+        let run = |s: &mut SessionState| {
             // SAFETY: `buf` is writable for `len` bytes by contract.
             let b = unsafe { std::slice::from_raw_parts_mut(buf, len) };
             match s.session.save_state(b) {
@@ -796,29 +851,36 @@ pub extern "C" fn msr_session_save_state(
                 }
                 Err(e) => from_error(e),
             }
-        })
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
     })
 }
 
 /// Restores parameters saved by `msr_session_save_state` from a session of the same model.
 /// A state of another model, a corrupted or truncated one, is refused (`MSR_ERR_FORMAT`)
 /// and the session is left as it was.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
 #[unsafe(no_mangle)]
-pub extern "C" fn msr_session_load_state(
+pub unsafe extern "C" fn msr_session_load_state(
     session: *mut msr_session,
     buf: *const u8,
     len: usize,
 ) -> msr_status {
     guard(|| {
         non_null!(session, buf);
-        with_session(session, |s| {
+        let run = |s: &mut SessionState| {
             // SAFETY: pointers and lengths by contract.
             let b = unsafe { slice(buf, len) };
             match s.session.load_state(b) {
                 Ok(()) => msr_status::MSR_OK,
                 Err(e) => from_error(e),
             }
-        })
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
     })
 }
 

@@ -68,7 +68,7 @@ fn last_error() -> String {
 
 fn load(bytes: &[u8]) -> (msr_status, *mut msr_model) {
     let mut m = ptr::null_mut();
-    let s = msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut m);
+    let s = unsafe { msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut m) };
     (s, m)
 }
 
@@ -85,18 +85,21 @@ fn version_and_model_info() {
     let (s, mut m) = load(&record(Loss::Mse).to_bytes());
     assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
     let mut info = msr_model_info::default();
-    assert_eq!(msr_model_get_info(m, &mut info), msr_status::MSR_OK);
+    assert_eq!(
+        unsafe { msr_model_get_info(m, &mut info) },
+        msr_status::MSR_OK
+    );
     assert_eq!((info.input_len, info.output_len, info.layers), (6, 3, 2));
     assert_eq!(info.adapted_len, 4 + 5 + 15 + 3);
     assert_eq!(info.loss, msr_loss::MSR_LOSS_MSE as i32);
     assert_eq!(info.inner_steps, 2);
-    msr_model_free(&mut m);
+    unsafe { msr_model_free(&mut m) };
     assert!(m.is_null());
-    msr_model_free(&mut m); // pointer to NULL
-    msr_model_free(ptr::null_mut()); // NULL
+    unsafe { msr_model_free(&mut m) }; // pointer to NULL
+    unsafe { msr_model_free(ptr::null_mut()) }; // NULL
     let mut s = ptr::null_mut();
-    msr_session_free(&mut s);
-    msr_session_free(ptr::null_mut());
+    unsafe { msr_session_free(&mut s) };
+    unsafe { msr_session_free(ptr::null_mut()) };
 }
 
 #[test]
@@ -104,12 +107,12 @@ fn bad_files_get_their_own_status_and_message() {
     let good = record(Loss::Mse).to_bytes();
     let mut m = ptr::null_mut();
     assert_eq!(
-        msr_model_load_bytes(ptr::null(), 10, &mut m),
+        unsafe { msr_model_load_bytes(ptr::null(), 10, &mut m) },
         msr_status::MSR_ERR_NULL
     );
     assert!(last_error().contains("NULL"), "{}", last_error());
     assert_eq!(
-        msr_model_load_bytes(good.as_ptr(), good.len(), ptr::null_mut()),
+        unsafe { msr_model_load_bytes(good.as_ptr(), good.len(), ptr::null_mut()) },
         msr_status::MSR_ERR_NULL
     );
 
@@ -131,7 +134,7 @@ fn bad_files_get_their_own_status_and_message() {
     let path = c"/nonexistent/dir/model.msr";
     let mut m = ptr::null_mut();
     assert_eq!(
-        msr_model_load_file(path.as_ptr(), &mut m),
+        unsafe { msr_model_load_file(path.as_ptr(), &mut m) },
         msr_status::MSR_ERR_IO
     );
     assert!(
@@ -150,7 +153,7 @@ fn bad_calls_leave_the_session_as_it_was() {
         ..Default::default()
     };
     assert_eq!(
-        msr_session_new(m, &gpu, &mut sess),
+        unsafe { msr_session_new(m, &gpu, &mut sess) },
         msr_status::MSR_ERR_BACKEND
     );
     let weird = msr_session_options {
@@ -158,19 +161,19 @@ fn bad_calls_leave_the_session_as_it_was() {
         ..Default::default()
     };
     assert_eq!(
-        msr_session_new(m, &weird, &mut sess),
+        unsafe { msr_session_new(m, &weird, &mut sess) },
         msr_status::MSR_ERR_INVALID_ARGUMENT
     );
     assert!(sess.is_null());
     assert_eq!(
-        msr_session_new(m, ptr::null(), &mut sess),
+        unsafe { msr_session_new(m, ptr::null(), &mut sess) },
         msr_status::MSR_OK
     );
 
     let (x, y) = (data(4, 6, 0.0), data(4, 3, 1.0));
     let mut loss = 0.0f32;
     assert_eq!(
-        msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), 4, &mut loss),
+        unsafe { msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), 4, &mut loss) },
         msr_status::MSR_OK,
         "{}",
         last_error()
@@ -178,72 +181,80 @@ fn bad_calls_leave_the_session_as_it_was() {
     assert!(loss.is_finite());
     let mut before = vec![0.0f32; 12];
     assert_eq!(
-        msr_session_predict(sess, x.as_ptr(), x.len(), 4, before.as_mut_ptr(), 12),
+        unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 4, before.as_mut_ptr(), 12) },
         msr_status::MSR_OK
     );
 
     let check_unchanged = |sess: *mut msr_session| {
         let mut now = vec![0.0f32; 12];
         assert_eq!(
-            msr_session_predict(sess, x.as_ptr(), x.len(), 4, now.as_mut_ptr(), 12),
+            unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 4, now.as_mut_ptr(), 12) },
             msr_status::MSR_OK
         );
         assert_eq!(now, before);
     };
 
     // Wrong lengths, n = 0, NULLs, NaN, labels on a regression model.
-    let st = msr_session_adapt(
-        sess,
-        x.as_ptr(),
-        x.len() - 1,
-        y.as_ptr(),
-        y.len(),
-        4,
-        ptr::null_mut(),
-    );
+    let st = unsafe {
+        msr_session_adapt(
+            sess,
+            x.as_ptr(),
+            x.len() - 1,
+            y.as_ptr(),
+            y.len(),
+            4,
+            ptr::null_mut(),
+        )
+    };
     assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
     assert!(last_error().contains("inputs"), "{}", last_error());
-    let st = msr_session_adapt(sess, x.as_ptr(), 0, y.as_ptr(), 0, 0, ptr::null_mut());
+    let st = unsafe { msr_session_adapt(sess, x.as_ptr(), 0, y.as_ptr(), 0, 0, ptr::null_mut()) };
     assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
     assert!(last_error().contains("empty"), "{}", last_error());
-    let st = msr_session_adapt(
-        sess,
-        ptr::null(),
-        0,
-        y.as_ptr(),
-        y.len(),
-        4,
-        ptr::null_mut(),
-    );
+    let st = unsafe {
+        msr_session_adapt(
+            sess,
+            ptr::null(),
+            0,
+            y.as_ptr(),
+            y.len(),
+            4,
+            ptr::null_mut(),
+        )
+    };
     assert_eq!(st, msr_status::MSR_ERR_NULL);
     let mut nan = y.clone();
     nan[5] = f32::NAN;
-    let st = msr_session_adapt(
-        sess,
-        x.as_ptr(),
-        x.len(),
-        nan.as_ptr(),
-        nan.len(),
-        4,
-        ptr::null_mut(),
-    );
+    let st = unsafe {
+        msr_session_adapt(
+            sess,
+            x.as_ptr(),
+            x.len(),
+            nan.as_ptr(),
+            nan.len(),
+            4,
+            ptr::null_mut(),
+        )
+    };
     assert_eq!(st, msr_status::MSR_ERR_NON_FINITE);
     let mut inf = x.clone();
     inf[0] = f32::INFINITY;
     let mut out = vec![0.0f32; 12];
-    let st = msr_session_predict(sess, inf.as_ptr(), inf.len(), 4, out.as_mut_ptr(), 12);
+    let st = unsafe { msr_session_predict(sess, inf.as_ptr(), inf.len(), 4, out.as_mut_ptr(), 12) };
     assert_eq!(st, msr_status::MSR_ERR_NON_FINITE);
-    let st = msr_session_predict(sess, x.as_ptr(), x.len(), 4, out.as_mut_ptr(), 11);
+    let st = unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 4, out.as_mut_ptr(), 11) };
     assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
     let labels = [0i32, 1, 2, 0];
-    let st = msr_session_adapt_labels(
-        sess,
-        x.as_ptr(),
-        x.len(),
-        labels.as_ptr(),
-        4,
-        ptr::null_mut(),
-    );
+    let st = unsafe {
+        msr_session_adapt_labels(
+            sess,
+            x.as_ptr(),
+            x.len(),
+            labels.as_ptr(),
+            4,
+            ptr::null_mut(),
+        )
+    };
     assert_eq!(st, msr_status::MSR_ERR_UNSUPPORTED);
     check_unchanged(sess);
 
@@ -253,54 +264,59 @@ fn bad_calls_leave_the_session_as_it_was() {
         lr_scale: 1e9,
         ..Default::default()
     };
-    assert_eq!(msr_session_new(m, &opts, &mut hot), msr_status::MSR_OK);
-    let mut p0 = vec![0.0f32; 12];
-    msr_session_predict(hot, x.as_ptr(), x.len(), 4, p0.as_mut_ptr(), 12);
-    let st = msr_session_adapt(
-        hot,
-        x.as_ptr(),
-        x.len(),
-        y.as_ptr(),
-        y.len(),
-        4,
-        ptr::null_mut(),
+    assert_eq!(
+        unsafe { msr_session_new(m, &opts, &mut hot) },
+        msr_status::MSR_OK
     );
+    let mut p0 = vec![0.0f32; 12];
+    unsafe { msr_session_predict(hot, x.as_ptr(), x.len(), 4, p0.as_mut_ptr(), 12) };
+    let st = unsafe {
+        msr_session_adapt(
+            hot,
+            x.as_ptr(),
+            x.len(),
+            y.as_ptr(),
+            y.len(),
+            4,
+            ptr::null_mut(),
+        )
+    };
     assert_eq!(st, msr_status::MSR_ERR_DIVERGED, "{}", last_error());
     assert!(last_error().contains("rolled back"), "{}", last_error());
     let mut p1 = vec![0.0f32; 12];
-    msr_session_predict(hot, x.as_ptr(), x.len(), 4, p1.as_mut_ptr(), 12);
+    unsafe { msr_session_predict(hot, x.as_ptr(), x.len(), 4, p1.as_mut_ptr(), 12) };
     assert_eq!(p0, p1);
 
     // Saved state: round trip into a fresh session; refused when corrupt.
     let mut info = msr_model_info::default();
-    msr_model_get_info(m, &mut info);
+    unsafe { msr_model_get_info(m, &mut info) };
     let mut buf = vec![0u8; info.state_len];
     let mut written = 0usize;
     assert_eq!(
-        msr_session_save_state(sess, buf.as_mut_ptr(), buf.len(), &mut written),
+        unsafe { msr_session_save_state(sess, buf.as_mut_ptr(), buf.len(), &mut written) },
         msr_status::MSR_OK
     );
     assert_eq!(written, info.state_len);
-    assert_eq!(msr_session_reset(hot), msr_status::MSR_OK);
+    assert_eq!(unsafe { msr_session_reset(hot) }, msr_status::MSR_OK);
     assert_eq!(
-        msr_session_load_state(hot, buf.as_ptr(), buf.len()),
+        unsafe { msr_session_load_state(hot, buf.as_ptr(), buf.len()) },
         msr_status::MSR_OK
     );
     check_unchanged(hot);
     buf[13] ^= 1;
     assert_eq!(
-        msr_session_load_state(hot, buf.as_ptr(), buf.len()),
+        unsafe { msr_session_load_state(hot, buf.as_ptr(), buf.len()) },
         msr_status::MSR_ERR_FORMAT
     );
     check_unchanged(hot);
-    let st = msr_session_save_state(sess, buf.as_mut_ptr(), 3, &mut written);
+    let st = unsafe { msr_session_save_state(sess, buf.as_mut_ptr(), 3, &mut written) };
     assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
 
     // Free the model first: sessions keep it alive.
-    msr_model_free(&mut m);
+    unsafe { msr_model_free(&mut m) };
     check_unchanged(sess);
-    msr_session_free(&mut sess);
-    msr_session_free(&mut hot);
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_session_free(&mut hot) };
     assert!(sess.is_null() && hot.is_null());
 }
 
@@ -309,7 +325,7 @@ fn classification_models_take_labels() {
     let (_, mut m) = load(&record(Loss::CrossEntropy).to_bytes());
     let mut sess = ptr::null_mut();
     assert_eq!(
-        msr_session_new(m, ptr::null(), &mut sess),
+        unsafe { msr_session_new(m, ptr::null(), &mut sess) },
         msr_status::MSR_OK
     );
     let x = data(6, 6, 0.3);
@@ -326,15 +342,19 @@ fn classification_models_take_labels() {
         lr_scale: 1e-12,
         ..Default::default()
     };
-    msr_session_new(m, &opts, &mut zero);
+    unsafe { msr_session_new(m, &opts, &mut zero) };
     assert_eq!(
-        msr_session_adapt_labels(zero, x.as_ptr(), x.len(), labels.as_ptr(), 6, &mut before),
+        unsafe {
+            msr_session_adapt_labels(zero, x.as_ptr(), x.len(), labels.as_ptr(), 6, &mut before)
+        },
         msr_status::MSR_OK,
         "{}",
         last_error()
     );
     assert_eq!(
-        msr_session_adapt_labels(sess, x.as_ptr(), x.len(), labels.as_ptr(), 6, &mut after),
+        unsafe {
+            msr_session_adapt_labels(sess, x.as_ptr(), x.len(), labels.as_ptr(), 6, &mut after)
+        },
         msr_status::MSR_OK
     );
     assert!(
@@ -342,22 +362,26 @@ fn classification_models_take_labels() {
         "adapting lowers the support loss: {before} -> {after}"
     );
     let bad = [0i32, 1, 3, 0, 1, 2];
-    let st = msr_session_adapt_labels(sess, x.as_ptr(), x.len(), bad.as_ptr(), 6, ptr::null_mut());
+    let st = unsafe {
+        msr_session_adapt_labels(sess, x.as_ptr(), x.len(), bad.as_ptr(), 6, ptr::null_mut())
+    };
     assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
     assert!(last_error().contains("label 2 is 3"), "{}", last_error());
-    let st = msr_session_adapt(
-        sess,
-        x.as_ptr(),
-        x.len(),
-        y0.as_ptr(),
-        y0.len(),
-        6,
-        ptr::null_mut(),
-    );
+    let st = unsafe {
+        msr_session_adapt(
+            sess,
+            x.as_ptr(),
+            x.len(),
+            y0.as_ptr(),
+            y0.len(),
+            6,
+            ptr::null_mut(),
+        )
+    };
     assert_eq!(st, msr_status::MSR_ERR_UNSUPPORTED);
-    msr_session_free(&mut sess);
-    msr_session_free(&mut zero);
-    msr_model_free(&mut m);
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_session_free(&mut zero) };
+    unsafe { msr_model_free(&mut m) };
 }
 
 /// 8 threads share one model, each adapting and predicting its own tasks: the results equal
@@ -373,7 +397,7 @@ fn eight_threads_on_one_model_match_one_thread() {
     let run = |model: *mut msr_model, task: usize| -> Vec<f32> {
         let mut s = ptr::null_mut();
         assert_eq!(
-            msr_session_new(model, ptr::null(), &mut s),
+            unsafe { msr_session_new(model, ptr::null(), &mut s) },
             msr_status::MSR_OK
         );
         let mut results = Vec::new();
@@ -381,25 +405,27 @@ fn eight_threads_on_one_model_match_one_thread() {
             let seed = (task * 100 + round) as f32 * 0.01;
             let (x, y) = (data(3, 6, seed), data(3, 3, seed + 0.5));
             assert_eq!(
-                msr_session_adapt(
-                    s,
-                    x.as_ptr(),
-                    x.len(),
-                    y.as_ptr(),
-                    y.len(),
-                    3,
-                    ptr::null_mut()
-                ),
+                unsafe {
+                    msr_session_adapt(
+                        s,
+                        x.as_ptr(),
+                        x.len(),
+                        y.as_ptr(),
+                        y.len(),
+                        3,
+                        ptr::null_mut(),
+                    )
+                },
                 msr_status::MSR_OK
             );
             let mut out = vec![0.0f32; 9];
             assert_eq!(
-                msr_session_predict(s, x.as_ptr(), x.len(), 3, out.as_mut_ptr(), 9),
+                unsafe { msr_session_predict(s, x.as_ptr(), x.len(), 3, out.as_mut_ptr(), 9) },
                 msr_status::MSR_OK
             );
             results.extend(out);
         }
-        msr_session_free(&mut s);
+        unsafe { msr_session_free(&mut s) };
         results
     };
     let expected: Vec<Vec<f32>> = (0..8).map(|t| run(m, t)).collect();
@@ -416,7 +442,7 @@ fn eight_threads_on_one_model_match_one_thread() {
         assert_eq!(h.join().unwrap(), expected[t], "thread {t}");
     }
     let mut m = m;
-    msr_model_free(&mut m);
+    unsafe { msr_model_free(&mut m) };
 }
 
 /// The burn path (what a GPU session runs, here on burn-ndarray) and the real-time engine
@@ -430,9 +456,12 @@ fn the_burn_path_agrees_with_the_real_time_engine() {
         ..Default::default()
     };
     let (mut rt, mut bn) = (ptr::null_mut(), ptr::null_mut());
-    assert_eq!(msr_session_new(m, ptr::null(), &mut rt), msr_status::MSR_OK);
     assert_eq!(
-        msr_session_new(m, &burn_opts, &mut bn),
+        unsafe { msr_session_new(m, ptr::null(), &mut rt) },
+        msr_status::MSR_OK
+    );
+    assert_eq!(
+        unsafe { msr_session_new(m, &burn_opts, &mut bn) },
         msr_status::MSR_OK,
         "{}",
         last_error()
@@ -440,11 +469,11 @@ fn the_burn_path_agrees_with_the_real_time_engine() {
     let (x, y) = (data(5, 6, 0.2), data(5, 3, 0.9));
     let (mut l_rt, mut l_bn) = (0.0f32, 0.0f32);
     assert_eq!(
-        msr_session_adapt(rt, x.as_ptr(), 30, y.as_ptr(), 15, 5, &mut l_rt),
+        unsafe { msr_session_adapt(rt, x.as_ptr(), 30, y.as_ptr(), 15, 5, &mut l_rt) },
         msr_status::MSR_OK
     );
     assert_eq!(
-        msr_session_adapt(bn, x.as_ptr(), 30, y.as_ptr(), 15, 5, &mut l_bn),
+        unsafe { msr_session_adapt(bn, x.as_ptr(), 30, y.as_ptr(), 15, 5, &mut l_bn) },
         msr_status::MSR_OK
     );
     assert!(
@@ -452,9 +481,9 @@ fn the_burn_path_agrees_with_the_real_time_engine() {
         "{l_rt} vs {l_bn}"
     );
     let (mut p_rt, mut p_bn) = (vec![0.0f32; 15], vec![0.0f32; 15]);
-    msr_session_predict(rt, x.as_ptr(), 30, 5, p_rt.as_mut_ptr(), 15);
+    unsafe { msr_session_predict(rt, x.as_ptr(), 30, 5, p_rt.as_mut_ptr(), 15) };
     assert_eq!(
-        msr_session_predict(bn, x.as_ptr(), 30, 5, p_bn.as_mut_ptr(), 15),
+        unsafe { msr_session_predict(bn, x.as_ptr(), 30, 5, p_bn.as_mut_ptr(), 15) },
         msr_status::MSR_OK
     );
     for (a, b) in p_rt.iter().zip(&p_bn) {
@@ -463,37 +492,37 @@ fn the_burn_path_agrees_with_the_real_time_engine() {
 
     // State saved on burn loads into the real-time engine, and vice versa.
     let mut info = msr_model_info::default();
-    msr_model_get_info(m, &mut info);
+    unsafe { msr_model_get_info(m, &mut info) };
     let mut buf = vec![0u8; info.state_len];
     let mut written = 0;
     assert_eq!(
-        msr_session_save_state(bn, buf.as_mut_ptr(), buf.len(), &mut written),
+        unsafe { msr_session_save_state(bn, buf.as_mut_ptr(), buf.len(), &mut written) },
         msr_status::MSR_OK
     );
-    msr_session_reset(rt);
+    unsafe { msr_session_reset(rt) };
     assert_eq!(
-        msr_session_load_state(rt, buf.as_ptr(), written),
+        unsafe { msr_session_load_state(rt, buf.as_ptr(), written) },
         msr_status::MSR_OK
     );
     let mut p = vec![0.0f32; 15];
-    msr_session_predict(rt, x.as_ptr(), 30, 5, p.as_mut_ptr(), 15);
+    unsafe { msr_session_predict(rt, x.as_ptr(), 30, 5, p.as_mut_ptr(), 15) };
     for (a, b) in p.iter().zip(&p_bn) {
         assert!((a - b).abs() < 1e-5, "{a} vs {b}");
     }
-    msr_session_reset(bn);
+    unsafe { msr_session_reset(bn) };
     assert_eq!(
-        msr_session_load_state(bn, buf.as_ptr(), written),
+        unsafe { msr_session_load_state(bn, buf.as_ptr(), written) },
         msr_status::MSR_OK
     );
-    msr_session_predict(bn, x.as_ptr(), 30, 5, p.as_mut_ptr(), 15);
+    unsafe { msr_session_predict(bn, x.as_ptr(), 30, 5, p.as_mut_ptr(), 15) };
     assert_eq!(p, p_bn);
 
     // Bad input on the burn path: typed errors, nothing changes.
-    let st = msr_session_adapt(bn, x.as_ptr(), 29, y.as_ptr(), 15, 5, ptr::null_mut());
+    let st = unsafe { msr_session_adapt(bn, x.as_ptr(), 29, y.as_ptr(), 15, 5, ptr::null_mut()) };
     assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
     let mut nan = x.clone();
     nan[2] = f32::NAN;
-    let st = msr_session_adapt(bn, nan.as_ptr(), 30, y.as_ptr(), 15, 5, ptr::null_mut());
+    let st = unsafe { msr_session_adapt(bn, nan.as_ptr(), 30, y.as_ptr(), 15, 5, ptr::null_mut()) };
     assert_eq!(st, msr_status::MSR_ERR_NON_FINITE);
     let hot_opts = msr_session_options {
         backend: msr_backend::MSR_BACKEND_CPU_BURN as i32,
@@ -501,10 +530,10 @@ fn the_burn_path_agrees_with_the_real_time_engine() {
         ..Default::default()
     };
     let mut hot = ptr::null_mut();
-    msr_session_new(m, &hot_opts, &mut hot);
-    let st = msr_session_adapt(hot, x.as_ptr(), 30, y.as_ptr(), 15, 5, ptr::null_mut());
+    unsafe { msr_session_new(m, &hot_opts, &mut hot) };
+    let st = unsafe { msr_session_adapt(hot, x.as_ptr(), 30, y.as_ptr(), 15, 5, ptr::null_mut()) };
     assert_eq!(st, msr_status::MSR_ERR_DIVERGED, "{}", last_error());
-    msr_session_predict(bn, x.as_ptr(), 30, 5, p.as_mut_ptr(), 15);
+    unsafe { msr_session_predict(bn, x.as_ptr(), 30, 5, p.as_mut_ptr(), 15) };
     assert_eq!(p, p_bn);
 
     // The GPU: present only in a `wgpu` build with an adapter; never a silent CPU fallback.
@@ -513,7 +542,7 @@ fn the_burn_path_agrees_with_the_real_time_engine() {
         ..Default::default()
     };
     let mut g = ptr::null_mut();
-    let st = msr_session_new(m, &gpu_opts, &mut g);
+    let st = unsafe { msr_session_new(m, &gpu_opts, &mut g) };
     if msr_runtime::device::gpus().is_empty() {
         assert_eq!(st, msr_status::MSR_ERR_BACKEND);
         assert!(last_error().contains("GPU"), "{}", last_error());
@@ -522,9 +551,9 @@ fn the_burn_path_agrees_with_the_real_time_engine() {
         assert_eq!(st, msr_status::MSR_OK, "{}", last_error());
     }
     for s in [&mut rt, &mut bn, &mut hot, &mut g] {
-        msr_session_free(s);
+        unsafe { msr_session_free(s) };
     }
-    msr_model_free(&mut m);
+    unsafe { msr_model_free(&mut m) };
 }
 
 #[test]
@@ -546,7 +575,7 @@ fn options_over_the_limits_are_invalid_arguments() {
             ..Default::default()
         };
         assert_eq!(
-            msr_session_new(m, &o, &mut sess),
+            unsafe { msr_session_new(m, &o, &mut sess) },
             msr_status::MSR_ERR_INVALID_ARGUMENT,
             "capacity {capacity}, inner_steps {inner_steps}"
         );
@@ -558,11 +587,11 @@ fn options_over_the_limits_are_invalid_arguments() {
     // The memory a session needs, before it is allocated; it grows with the capacity.
     let (mut small, mut large) = (0usize, 0usize);
     assert_eq!(
-        msr_model_session_bytes(m, 1, &mut small),
+        unsafe { msr_model_session_bytes(m, 1, &mut small) },
         msr_status::MSR_OK
     );
     assert_eq!(
-        msr_model_session_bytes(m, 1000, &mut large),
+        unsafe { msr_model_session_bytes(m, 1000, &mut large) },
         msr_status::MSR_OK
     );
     // 1 example per chunk: every buffer once; 999 more examples need at least their
@@ -570,11 +599,11 @@ fn options_over_the_limits_are_invalid_arguments() {
     assert!(small > 4 * (6 + 5 + 3), "{small}");
     assert!(large >= small + 999 * 4 * (6 + 5 + 3), "{small} {large}");
     assert_eq!(
-        msr_model_session_bytes(m, 1 << 20, &mut large),
+        unsafe { msr_model_session_bytes(m, 1 << 20, &mut large) },
         msr_status::MSR_ERR_INVALID_ARGUMENT
     );
     assert_eq!(
-        msr_model_session_bytes(ptr::null(), 1, &mut large),
+        unsafe { msr_model_session_bytes(ptr::null(), 1, &mut large) },
         msr_status::MSR_ERR_NULL
     );
     // The largest allowed options work.
@@ -583,9 +612,12 @@ fn options_over_the_limits_are_invalid_arguments() {
         inner_steps: 1000,
         ..Default::default()
     };
-    assert_eq!(msr_session_new(m, &o, &mut sess), msr_status::MSR_OK);
-    msr_session_free(&mut sess);
-    msr_model_free(&mut m);
+    assert_eq!(
+        unsafe { msr_session_new(m, &o, &mut sess) },
+        msr_status::MSR_OK
+    );
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
 }
 
 #[test]
@@ -593,85 +625,90 @@ fn an_overflowing_n_is_refused_before_anything_changes() {
     let (_, mut m) = load(&record(Loss::Mse).to_bytes());
     let mut sess = ptr::null_mut();
     assert_eq!(
-        msr_session_new(m, ptr::null(), &mut sess),
+        unsafe { msr_session_new(m, ptr::null(), &mut sess) },
         msr_status::MSR_OK
     );
     let (x, y) = (data(4, 6, 0.0), data(4, 3, 1.0));
     assert_eq!(
+        unsafe {
+            msr_session_adapt(
+                sess,
+                x.as_ptr(),
+                x.len(),
+                y.as_ptr(),
+                y.len(),
+                4,
+                ptr::null_mut(),
+            )
+        },
+        msr_status::MSR_OK
+    );
+    let mut before = vec![0.0f32; 12];
+    unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 4, before.as_mut_ptr(), 12) };
+    // n * 6 wraps to 24 (mod 2^64) and n * 3 to 12.
+    let n = 4 + (1usize << 63);
+    assert_eq!(n.wrapping_mul(6), 24);
+    let st = unsafe {
         msr_session_adapt(
             sess,
             x.as_ptr(),
             x.len(),
             y.as_ptr(),
             y.len(),
-            4,
-            ptr::null_mut()
-        ),
-        msr_status::MSR_OK
-    );
-    let mut before = vec![0.0f32; 12];
-    msr_session_predict(sess, x.as_ptr(), x.len(), 4, before.as_mut_ptr(), 12);
-    // n * 6 wraps to 24 (mod 2^64) and n * 3 to 12.
-    let n = 4 + (1usize << 63);
-    assert_eq!(n.wrapping_mul(6), 24);
-    let st = msr_session_adapt(
-        sess,
-        x.as_ptr(),
-        x.len(),
-        y.as_ptr(),
-        y.len(),
-        n,
-        ptr::null_mut(),
-    );
+            n,
+            ptr::null_mut(),
+        )
+    };
     assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
     let e = last_error();
     assert!(e.contains("overflows") && !e.contains("1844674407"), "{e}");
     let mut out = vec![0.0f32; 12];
-    let st = msr_session_predict(sess, x.as_ptr(), x.len(), n, out.as_mut_ptr(), 12);
+    let st = unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), n, out.as_mut_ptr(), 12) };
     assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
-    msr_session_predict(sess, x.as_ptr(), x.len(), 4, out.as_mut_ptr(), 12);
+    unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 4, out.as_mut_ptr(), 12) };
     assert_eq!(out, before, "the session must be unchanged");
-    msr_session_free(&mut sess);
-    msr_model_free(&mut m);
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
 }
 
 #[test]
 fn huge_finite_inputs_never_give_ok_with_nan() {
     let (_, mut m) = load(&record(Loss::Mse).to_bytes());
     let mut sess = ptr::null_mut();
-    msr_session_new(m, ptr::null(), &mut sess);
+    unsafe { msr_session_new(m, ptr::null(), &mut sess) };
     let x: Vec<f32> = (0..4 * 6)
         .map(|i| if i % 2 == 0 { 3e38 } else { -3e38 })
         .collect();
     let y = data(4, 3, 1.0);
     let mut loss = 0.0;
-    let st = msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), 4, &mut loss);
+    let st =
+        unsafe { msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), 4, &mut loss) };
     assert_eq!(st, msr_status::MSR_ERR_DIVERGED, "{}", last_error());
     let mut out = vec![0.0f32; 12];
-    let st = msr_session_predict(sess, x.as_ptr(), x.len(), 4, out.as_mut_ptr(), 12);
+    let st = unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 4, out.as_mut_ptr(), 12) };
     assert_eq!(st, msr_status::MSR_ERR_NON_FINITE, "{}", last_error());
     assert!(last_error().contains("overflowed"), "{}", last_error());
     // The session is still at its initialisation: finite, saveable, loadable.
     let mut info = msr_model_info::default();
-    msr_model_get_info(m, &mut info);
+    unsafe { msr_model_get_info(m, &mut info) };
     let mut state = vec![0u8; info.state_len];
     let mut written = 0;
     assert_eq!(
-        msr_session_save_state(sess, state.as_mut_ptr(), state.len(), &mut written),
+        unsafe { msr_session_save_state(sess, state.as_mut_ptr(), state.len(), &mut written) },
         msr_status::MSR_OK
     );
     assert_eq!(
-        msr_session_load_state(sess, state.as_ptr(), written),
+        unsafe { msr_session_load_state(sess, state.as_ptr(), written) },
         msr_status::MSR_OK
     );
     // A saved-state error speaks of a saved state.
     assert_eq!(
-        msr_session_load_state(sess, state.as_ptr(), written - 1),
+        unsafe { msr_session_load_state(sess, state.as_ptr(), written - 1) },
         msr_status::MSR_ERR_FORMAT
     );
     assert!(last_error().contains("saved state"), "{}", last_error());
-    msr_session_free(&mut sess);
-    msr_model_free(&mut m);
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
 }
 
 /// Two threads calling one session at once: every call either does its work correctly or
@@ -680,11 +717,13 @@ fn huge_finite_inputs_never_give_ok_with_nan() {
 fn one_session_used_by_two_threads_is_busy_not_wrong() {
     let (_, mut m) = load(&record(Loss::Mse).to_bytes());
     let mut sess = ptr::null_mut();
-    msr_session_new(m, ptr::null(), &mut sess);
+    unsafe { msr_session_new(m, ptr::null(), &mut sess) };
     let x = data(64, 6, 0.0);
     let mut expected = vec![0.0f32; 64 * 3];
     assert_eq!(
-        msr_session_predict(sess, x.as_ptr(), x.len(), 64, expected.as_mut_ptr(), 64 * 3),
+        unsafe {
+            msr_session_predict(sess, x.as_ptr(), x.len(), 64, expected.as_mut_ptr(), 64 * 3)
+        },
         msr_status::MSR_OK
     );
     struct Shared(*mut msr_session);
@@ -707,14 +746,9 @@ fn one_session_used_by_two_threads_is_busy_not_wrong() {
                     break;
                 }
                 out.fill(f32::NAN);
-                match msr_session_predict(
-                    shared.0,
-                    x.as_ptr(),
-                    x.len(),
-                    64,
-                    out.as_mut_ptr(),
-                    64 * 3,
-                ) {
+                match unsafe {
+                    msr_session_predict(shared.0, x.as_ptr(), x.len(), 64, out.as_mut_ptr(), 64 * 3)
+                } {
                     msr_status::MSR_OK => wrong += usize::from(out != expected),
                     msr_status::MSR_ERR_BUSY => {
                         busy.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -731,6 +765,6 @@ fn one_session_used_by_two_threads_is_busy_not_wrong() {
     let busy = busy.into_inner();
     assert_eq!(wrong, 0, "wrong predictions from a shared session");
     assert!(busy > 0, "two threads never collided in 20 s");
-    msr_session_free(&mut sess);
-    msr_model_free(&mut m);
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
 }

@@ -47,8 +47,8 @@ macro_rules! check {
 struct Guard(*mut msr_model, *mut msr_session);
 impl Drop for Guard {
     fn drop(&mut self) {
-        msr_session_free(&mut self.1);
-        msr_model_free(&mut self.0);
+        unsafe { msr_session_free(&mut self.1) };
+        unsafe { msr_model_free(&mut self.0) };
     }
 }
 
@@ -66,7 +66,7 @@ pub fn case(seed: u64, index: u64) -> Outcome {
 fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
     let mut g = Guard(ptr::null_mut(), ptr::null_mut());
     let s = check!(
-        msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut g.0),
+        unsafe { msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut g.0) },
         "load"
     );
     if s != msr_status::MSR_OK {
@@ -79,7 +79,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
         };
     }
     let mut info = msr_model_info::default();
-    if check!(msr_model_get_info(g.0, &mut info), "info") != msr_status::MSR_OK {
+    if check!(unsafe { msr_model_get_info(g.0, &mut info) }, "info") != msr_status::MSR_OK {
         return Outcome::Broken(format!("info failed: {}", last_error()));
     }
     let macs = match ModelRecord::from_bytes(bytes).map(|rec| rec.net.shapes()) {
@@ -130,7 +130,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
             .find(|&s| cost(s) <= COMPUTE_BUDGET)
             .unwrap_or(1) as usize;
     }
-    let s = check!(msr_session_new(g.0, &o, &mut g.1), "session_new");
+    let s = check!(unsafe { msr_session_new(g.0, &o, &mut g.1) }, "session_new");
     if s != msr_status::MSR_OK {
         return Outcome::Ok {
             loaded: true,
@@ -153,15 +153,17 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
     let mut loss = f32::NAN;
     let s = if info.loss == msr_loss::MSR_LOSS_MSE as i32 {
         check!(
-            msr_session_adapt(
-                g.1,
-                x.as_ptr(),
-                x_len,
-                y.as_ptr(),
-                y.len(),
-                call_n,
-                &mut loss
-            ),
+            unsafe {
+                msr_session_adapt(
+                    g.1,
+                    x.as_ptr(),
+                    x_len,
+                    y.as_ptr(),
+                    y.len(),
+                    call_n,
+                    &mut loss,
+                )
+            },
             "adapt"
         )
     } else {
@@ -177,7 +179,9 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
         // `labels` holds n entries; a call_n above n comes with an x_len that cannot hold
         // call_n rows, and libmsr checks x_len before it reads a label.
         check!(
-            msr_session_adapt_labels(g.1, x.as_ptr(), x_len, labels.as_ptr(), call_n, &mut loss),
+            unsafe {
+                msr_session_adapt_labels(g.1, x.as_ptr(), x_len, labels.as_ptr(), call_n, &mut loss)
+            },
             "adapt_labels"
         )
     };
@@ -188,7 +192,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
 
     let mut out = vec![0.0f32; n * fo];
     let s = check!(
-        msr_session_predict(g.1, x.as_ptr(), x.len(), n, out.as_mut_ptr(), out.len()),
+        unsafe { msr_session_predict(g.1, x.as_ptr(), x.len(), n, out.as_mut_ptr(), out.len()) },
         "predict"
     );
     if s == msr_status::MSR_OK && out.iter().any(|v| !v.is_finite()) {
@@ -200,7 +204,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
     let mut state = vec![0u8; info.state_len];
     let mut written = 0usize;
     let s = check!(
-        msr_session_save_state(g.1, state.as_mut_ptr(), state.len(), &mut written),
+        unsafe { msr_session_save_state(g.1, state.as_mut_ptr(), state.len(), &mut written) },
         "save_state"
     );
     if s == msr_status::MSR_OK {
@@ -211,7 +215,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
             ));
         }
         let l = check!(
-            msr_session_load_state(g.1, state.as_ptr(), written),
+            unsafe { msr_session_load_state(g.1, state.as_ptr(), written) },
             "load_state"
         );
         if l != msr_status::MSR_OK {
@@ -229,12 +233,14 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
             bad[end..].copy_from_slice(&crc.to_le_bytes());
         }
         let l = check!(
-            msr_session_load_state(g.1, bad.as_ptr(), bad.len()),
+            unsafe { msr_session_load_state(g.1, bad.as_ptr(), bad.len()) },
             "load_state (damaged)"
         );
         let mut again = vec![0.0f32; n * fo];
         let p = check!(
-            msr_session_predict(g.1, x.as_ptr(), x.len(), n, again.as_mut_ptr(), again.len()),
+            unsafe {
+                msr_session_predict(g.1, x.as_ptr(), x.len(), n, again.as_mut_ptr(), again.len())
+            },
             "predict after load_state"
         );
         if p == msr_status::MSR_OK && again.iter().any(|v| !v.is_finite()) {
@@ -253,7 +259,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
             return Outcome::Broken("a refused load_state changed the session".into());
         }
     }
-    check!(msr_session_reset(g.1), "reset");
+    check!(unsafe { msr_session_reset(g.1) }, "reset");
     Outcome::Ok {
         loaded: true,
         adapted,

@@ -127,11 +127,14 @@ fn c_session(rec: &ModelRecord) -> (*mut msr_model, *mut msr_session) {
     let bytes = rec.to_bytes();
     let mut m = ptr::null_mut();
     assert_eq!(
-        msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut m),
+        unsafe { msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut m) },
         msr_status::MSR_OK
     );
     let mut s = ptr::null_mut();
-    assert_eq!(msr_session_new(m, ptr::null(), &mut s), msr_status::MSR_OK);
+    assert_eq!(
+        unsafe { msr_session_new(m, ptr::null(), &mut s) },
+        msr_status::MSR_OK
+    );
     (m, s)
 }
 
@@ -166,8 +169,10 @@ fn rank1_adapt_predict(c: &mut Criterion) {
 
     let (mut m, mut s) = c_session(&rec);
     let mut c_abi = || {
-        let st = msr_session_adapt(s, xs.as_ptr(), 70, ys.as_ptr(), 68, 1, ptr::null_mut());
-        let sp = msr_session_predict(s, xq.as_ptr(), 19 * 70, 19, out.as_mut_ptr(), 19 * 68);
+        let st =
+            unsafe { msr_session_adapt(s, xs.as_ptr(), 70, ys.as_ptr(), 68, 1, ptr::null_mut()) };
+        let sp =
+            unsafe { msr_session_predict(s, xq.as_ptr(), 19 * 70, 19, out.as_mut_ptr(), 19 * 68) };
         assert_eq!((st, sp), (msr_status::MSR_OK, msr_status::MSR_OK));
         black_box(&out);
     };
@@ -185,8 +190,8 @@ fn rank1_adapt_predict(c: &mut Criterion) {
     g.finish();
     tails("rank1 adapt+predict, C ABI", &mut c_abi);
     tails("rank1 adapt+predict, burn-ndarray", &mut burn);
-    msr_session_free(&mut s);
-    msr_model_free(&mut m);
+    unsafe { msr_session_free(&mut s) };
+    unsafe { msr_model_free(&mut m) };
 }
 
 fn mlp_predict(c: &mut Criterion) {
@@ -197,19 +202,21 @@ fn mlp_predict(c: &mut Criterion) {
     // Adapt once (10 examples, 5 steps) so the weights are a task's, then time predict.
     let (xs, ys) = (values(10 * 64, 1.0, 10), values(10 * 64, 1.0, 11));
     assert_eq!(
-        msr_session_adapt(
-            s,
-            xs.as_ptr(),
-            xs.len(),
-            ys.as_ptr(),
-            ys.len(),
-            10,
-            ptr::null_mut()
-        ),
+        unsafe {
+            msr_session_adapt(
+                s,
+                xs.as_ptr(),
+                xs.len(),
+                ys.as_ptr(),
+                ys.len(),
+                10,
+                ptr::null_mut(),
+            )
+        },
         msr_status::MSR_OK
     );
     let mut c_abi = || {
-        let st = msr_session_predict(s, x.as_ptr(), 64, 1, out.as_mut_ptr(), 64);
+        let st = unsafe { msr_session_predict(s, x.as_ptr(), 64, 1, out.as_mut_ptr(), 64) };
         assert_eq!(st, msr_status::MSR_OK);
         black_box(&out);
     };
@@ -230,23 +237,25 @@ fn mlp_predict(c: &mut Criterion) {
     tails("mlp predict, burn-ndarray", &mut burn);
 
     let mut adapt = || {
-        let st = msr_session_adapt(
-            s,
-            xs.as_ptr(),
-            xs.len(),
-            ys.as_ptr(),
-            ys.len(),
-            10,
-            ptr::null_mut(),
-        );
+        let st = unsafe {
+            msr_session_adapt(
+                s,
+                xs.as_ptr(),
+                xs.len(),
+                ys.as_ptr(),
+                ys.len(),
+                10,
+                ptr::null_mut(),
+            )
+        };
         assert_eq!(st, msr_status::MSR_OK);
     };
     let mut g = c.benchmark_group("msr mlp 64-256-64 (k=256): adapt 5 steps, 10 examples");
     g.sample_size(20);
     g.bench_function("C ABI, real-time engine", |b| b.iter(&mut adapt));
     g.finish();
-    msr_session_free(&mut s);
-    msr_model_free(&mut m);
+    unsafe { msr_session_free(&mut s) };
+    unsafe { msr_model_free(&mut m) };
 }
 
 /// The glyph classifier of docs/results.md (MSR-Conv, 4 stride-2 blocks of 32 channels, a
@@ -276,18 +285,20 @@ fn glyph_classify(c: &mut Criterion) {
     let mut out = vec![0.0f32; 5];
     let (mut m, mut s) = c_session(&rec);
     let mut adapt = || {
-        let st = msr_session_adapt_labels(
-            s,
-            xs.as_ptr(),
-            xs.len(),
-            labels.as_ptr(),
-            5,
-            ptr::null_mut(),
-        );
+        let st = unsafe {
+            msr_session_adapt_labels(
+                s,
+                xs.as_ptr(),
+                xs.len(),
+                labels.as_ptr(),
+                5,
+                ptr::null_mut(),
+            )
+        };
         assert_eq!(st, msr_status::MSR_OK);
     };
     let mut predict = || {
-        let st = msr_session_predict(s, xq.as_ptr(), 784, 1, out.as_mut_ptr(), 5);
+        let st = unsafe { msr_session_predict(s, xq.as_ptr(), 784, 1, out.as_mut_ptr(), 5) };
         assert_eq!(st, msr_status::MSR_OK);
         black_box(&out);
     };
@@ -308,8 +319,8 @@ fn glyph_classify(c: &mut Criterion) {
     g.bench_function("C ABI, real-time engine", |b| b.iter(&mut predict));
     g.finish();
     tails("glyph predict 1 image, C ABI", &mut predict);
-    msr_session_free(&mut s);
-    msr_model_free(&mut m);
+    unsafe { msr_session_free(&mut s) };
+    unsafe { msr_model_free(&mut m) };
 }
 
 criterion_group!(benches, rank1_adapt_predict, mlp_predict, glyph_classify);

@@ -35,17 +35,20 @@ fn exercise(bytes: &[u8]) -> Outcome {
         message: last_error(),
     };
     let mut model = ptr::null_mut();
-    let s = msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut model);
+    let s = unsafe { msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut model) };
     if s != msr_status::MSR_OK {
         assert!(model.is_null(), "a failed load must not hand out a model");
         return stop("load", s);
     }
     let mut info = msr_model_info::default();
-    assert_eq!(msr_model_get_info(model, &mut info), msr_status::MSR_OK);
+    assert_eq!(
+        unsafe { msr_model_get_info(model, &mut info) },
+        msr_status::MSR_OK
+    );
     let mut session = ptr::null_mut();
-    let s = msr_session_new(model, ptr::null(), &mut session);
+    let s = unsafe { msr_session_new(model, ptr::null(), &mut session) };
     if s != msr_status::MSR_OK {
-        msr_model_free(&mut model);
+        unsafe { msr_model_free(&mut model) };
         return stop("session_new", s);
     }
     let n = 3;
@@ -57,18 +60,22 @@ fn exercise(bytes: &[u8]) -> Outcome {
         let y: Vec<f32> = (0..n * info.output_len)
             .map(|i| (i as f32 * 0.11).cos())
             .collect();
-        msr_session_adapt(
-            session,
-            x.as_ptr(),
-            x.len(),
-            y.as_ptr(),
-            y.len(),
-            n,
-            &mut loss,
-        )
+        unsafe {
+            msr_session_adapt(
+                session,
+                x.as_ptr(),
+                x.len(),
+                y.as_ptr(),
+                y.len(),
+                n,
+                &mut loss,
+            )
+        }
     } else {
         let labels: Vec<i32> = (0..n as i32).map(|i| i % info.output_len as i32).collect();
-        msr_session_adapt_labels(session, x.as_ptr(), x.len(), labels.as_ptr(), n, &mut loss)
+        unsafe {
+            msr_session_adapt_labels(session, x.as_ptr(), x.len(), labels.as_ptr(), n, &mut loss)
+        }
     };
     let mut outcome = None;
     if s == msr_status::MSR_OK {
@@ -77,7 +84,9 @@ fn exercise(bytes: &[u8]) -> Outcome {
         outcome = Some(stop("adapt", s));
     }
     let mut out = vec![0.0f32; n * info.output_len];
-    let s = msr_session_predict(session, x.as_ptr(), x.len(), n, out.as_mut_ptr(), out.len());
+    let s = unsafe {
+        msr_session_predict(session, x.as_ptr(), x.len(), n, out.as_mut_ptr(), out.len())
+    };
     if s == msr_status::MSR_OK {
         assert!(
             out.iter().all(|v| v.is_finite()),
@@ -88,16 +97,17 @@ fn exercise(bytes: &[u8]) -> Outcome {
     }
     let mut state = vec![0u8; info.state_len];
     let mut written = 0;
-    let s = msr_session_save_state(session, state.as_mut_ptr(), state.len(), &mut written);
+    let s =
+        unsafe { msr_session_save_state(session, state.as_mut_ptr(), state.len(), &mut written) };
     if s == msr_status::MSR_OK {
         // Every state written loads back.
-        let back = msr_session_load_state(session, state.as_ptr(), written);
+        let back = unsafe { msr_session_load_state(session, state.as_ptr(), written) };
         assert_eq!(back, msr_status::MSR_OK, "{}", last_error());
     } else if outcome.is_none() {
         outcome = Some(stop("save_state", s));
     }
-    msr_session_free(&mut session);
-    msr_model_free(&mut model);
+    unsafe { msr_session_free(&mut session) };
+    unsafe { msr_model_free(&mut model) };
     outcome.unwrap_or(Outcome {
         call: "all",
         status: msr_status::MSR_OK,
