@@ -124,23 +124,38 @@ const char *msr_last_error(void);
 // `msr_model_free`. On failure `*out` is untouched. The header is checked before the body
 // is read: a file that is not a model, or declares a body over the limit, is refused
 // without reading it (a device or a pipe is never read to exhaustion).
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_model_load_file(const char *path, struct msr_model **out);
 
 // Loads a model from `len` bytes of a `.msr` file in memory (copied; the buffer may be
 // freed after the call). On success `*out` owns a new model.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_model_load_bytes(const uint8_t *data, size_t len, struct msr_model **out);
 
 // Frees a model and sets `*model` to NULL. Accepts NULL and a pointer to NULL. Sessions
 // created from the model keep it alive: free them in any order.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 void msr_model_free(struct msr_model **model);
 
 // Fills `*info` with facts about `model`.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_model_get_info(const struct msr_model *model, struct msr_model_info *info);
 
 // Writes to `*bytes` the memory a CPU session of `model` with chunk `capacity` (0 = the
 // default, 32) allocates, without allocating it: a robot can reserve it up front, and
 // `msr_session_new` refuses sessions over 1 GiB. `MSR_ERR_INVALID_ARGUMENT` for a capacity
 // over 65536.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_model_session_bytes(const struct msr_model *model,
                                         size_t capacity,
                                         size_t *bytes);
@@ -149,11 +164,17 @@ enum msr_status msr_model_session_bytes(const struct msr_model *model,
 // (defaults). All memory the session needs is allocated here: afterwards, adapt and
 // predict allocate nothing (labels beyond `capacity` examples excepted). Free it with
 // `msr_session_free`.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_session_new(const struct msr_model *model,
                                 const struct msr_session_options *options,
                                 struct msr_session **out);
 
 // Frees a session and sets `*session` to NULL. Accepts NULL and a pointer to NULL.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 void msr_session_free(struct msr_session **session);
 
 // Adapts the meta-learned initialisation to a regression support set: `x` `[n, input_len]`,
@@ -161,6 +182,9 @@ void msr_session_free(struct msr_session **session);
 // receives the support loss after adapting. On any error the session keeps its previous
 // parameters (`MSR_ERR_DIVERGED`: the adaptation went non-finite or exploded and was
 // rolled back). Allocation-free.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_session_adapt(struct msr_session *session,
                                   const float *x,
                                   size_t x_len,
@@ -172,6 +196,9 @@ enum msr_status msr_session_adapt(struct msr_session *session,
 // Adapts a classification model to a support set: `x` `[n, input_len]`, `labels` `[n]`
 // class indices in `[0, output_len)`. `x_len` is checked against `n` before any label is
 // read. Otherwise as `msr_session_adapt`. Allocation-free for `n <= capacity`.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_session_adapt_labels(struct msr_session *session,
                                          const float *x,
                                          size_t x_len,
@@ -183,6 +210,9 @@ enum msr_status msr_session_adapt_labels(struct msr_session *session,
 // with the session's current parameters. `out_len` must be `n * output_len`. A prediction
 // that overflows f32 (inputs far outside the model's range) is `MSR_ERR_NON_FINITE`.
 // Allocation-free and lock-free.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_session_predict(struct msr_session *session,
                                     const float *x,
                                     size_t x_len,
@@ -191,11 +221,17 @@ enum msr_status msr_session_predict(struct msr_session *session,
                                     size_t out_len);
 
 // Returns the session to the model's meta-learned initialisation.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_session_reset(struct msr_session *session);
 
 // Writes the session's adapted parameters to `buf` (`len` bytes, at least the model's
 // `state_len`) and the byte count to `*written`. A robot can keep one state per tool or
 // terrain and restore it with `msr_session_load_state`. Every state written loads.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_session_save_state(const struct msr_session *session,
                                        uint8_t *buf,
                                        size_t len,
@@ -204,6 +240,9 @@ enum msr_status msr_session_save_state(const struct msr_session *session,
 // Restores parameters saved by `msr_session_save_state` from a session of the same model.
 // A state of another model, a corrupted or truncated one, is refused (`MSR_ERR_FORMAT`)
 // and the session is left as it was.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_session_load_state(struct msr_session *session, const uint8_t *buf, size_t len);
 
 #ifdef __cplusplus
