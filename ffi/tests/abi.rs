@@ -1,5 +1,9 @@
 //! The C ABI called as C would call it: statuses, messages, NULLs, bad data, threads.
 
+// Every call into the C ABI below is `unsafe`: these tests are the C host, passing live
+// buffers with their true lengths (or deliberately wrong ones, which libmsr must refuse).
+#![allow(clippy::undocumented_unsafe_blocks)]
+
 use std::ffi::CStr;
 use std::ptr;
 

@@ -4,6 +4,11 @@
 //! `MSR_ERR_INTERNAL`, an OK call with a non-finite number, a saved state that does not
 //! load, or a failed call that changed the session are findings.
 
+// The fuzzer is a C host: every unsafe block below calls the C ABI with live buffers and
+// their true lengths, or with deliberately wrong lengths that never exceed the buffers
+// (libmsr must refuse them before reading).
+#![allow(clippy::undocumented_unsafe_blocks)]
+
 use std::ptr;
 
 use msr::*;

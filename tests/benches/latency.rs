@@ -6,6 +6,12 @@
 //! Besides criterion's medians, prints p50 / p99 / max of single calls, measured one by
 //! one (criterion reports central tendencies, not tails).
 
+// Every call into the C ABI below is `unsafe`: these tests are the C host, passing live
+// buffers with their true lengths (or deliberately wrong ones, which libmsr must refuse).
+#![allow(clippy::undocumented_unsafe_blocks)]
+// criterion_group! generates an undocumented function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::ptr;
 use std::time::Instant;

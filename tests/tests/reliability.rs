@@ -3,6 +3,10 @@
 //! load, info, session, adapt, predict, save and load the state. None may abort, hang, or
 //! return MSR_OK with a non-finite number.
 
+// Every call into the C ABI below is `unsafe`: these tests are the C host, passing live
+// buffers with their true lengths (or deliberately wrong ones, which libmsr must refuse).
+#![allow(clippy::undocumented_unsafe_blocks)]
+
 use std::ffi::CStr;
 use std::path::Path;
 use std::ptr;
