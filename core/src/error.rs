@@ -261,3 +261,42 @@ pub enum Error {
         message: String,
     },
 }
+
+/// What kind of failure an [`Error`] is: one kind per status of the C ABI (`msr_status`),
+/// one to one, so that every binding reports the same thing the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The caller's data or options are unusable (a wrong length, n = 0, a value over a
+    /// limit): `MSR_ERR_INVALID_ARGUMENT`.
+    InvalidArgument,
+    /// The data holds NaN or infinity, or a prediction overflowed: `MSR_ERR_NON_FINITE`.
+    NonFinite,
+    /// A model file or saved state is corrupted, inconsistent or over a limit:
+    /// `MSR_ERR_FORMAT`.
+    Format,
+    /// A model file or saved state of a version this build does not read:
+    /// `MSR_ERR_VERSION`.
+    Version,
+    /// A file could not be read: `MSR_ERR_IO`.
+    Io,
+    /// An adaptation diverged and was rolled back: `MSR_ERR_DIVERGED`.
+    Diverged,
+    /// Memory could not be allocated: `MSR_ERR_OUT_OF_MEMORY`.
+    OutOfMemory,
+}
+
+impl Error {
+    /// The kind of this error (see [`ErrorKind`]).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Format(FormatError::UnsupportedVersion { .. })
+            | Error::State(StateError::UnsupportedVersion { .. }) => ErrorKind::Version,
+            Error::Format(_) | Error::Shape(_) | Error::State(_) => ErrorKind::Format,
+            Error::Data(DataError::NonFinite(_)) | Error::NonFiniteOutput => ErrorKind::NonFinite,
+            Error::Data(_) => ErrorKind::InvalidArgument,
+            Error::Diverged(_) => ErrorKind::Diverged,
+            Error::OutOfMemory { .. } => ErrorKind::OutOfMemory,
+            Error::Io { .. } => ErrorKind::Io,
+        }
+    }
+}

@@ -23,9 +23,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
+use msr_core::error::ErrorKind;
 use msr_core::realtime::{Engine, MAX_CAPACITY, RtModel, Session, check_len};
 use msr_core::spec::limits;
-use msr_core::{DataError, Error, FormatError, Loss, ModelRecord, StateError};
+use msr_core::{DataError, Error, Loss, ModelRecord};
 
 /// Status of a call. `MSR_OK` is 0; every error is negative.
 #[repr(C)]
@@ -168,20 +169,21 @@ fn fail(status: msr_status, message: impl Into<String>) -> msr_status {
     status
 }
 
+/// The status of each kind of error, one to one.
+fn status_of(kind: ErrorKind) -> msr_status {
+    match kind {
+        ErrorKind::InvalidArgument => msr_status::MSR_ERR_INVALID_ARGUMENT,
+        ErrorKind::NonFinite => msr_status::MSR_ERR_NON_FINITE,
+        ErrorKind::Format => msr_status::MSR_ERR_FORMAT,
+        ErrorKind::Version => msr_status::MSR_ERR_VERSION,
+        ErrorKind::Io => msr_status::MSR_ERR_IO,
+        ErrorKind::Diverged => msr_status::MSR_ERR_DIVERGED,
+        ErrorKind::OutOfMemory => msr_status::MSR_ERR_OUT_OF_MEMORY,
+    }
+}
+
 fn from_error(e: Error) -> msr_status {
-    let status = match &e {
-        Error::Format(FormatError::UnsupportedVersion { .. })
-        | Error::State(StateError::UnsupportedVersion { .. }) => msr_status::MSR_ERR_VERSION,
-        Error::Format(_) | Error::Shape(_) | Error::State(_) => msr_status::MSR_ERR_FORMAT,
-        Error::Data(DataError::NonFinite(_)) | Error::NonFiniteOutput => {
-            msr_status::MSR_ERR_NON_FINITE
-        }
-        Error::Data(_) => msr_status::MSR_ERR_INVALID_ARGUMENT,
-        Error::Diverged(_) => msr_status::MSR_ERR_DIVERGED,
-        Error::OutOfMemory { .. } => msr_status::MSR_ERR_OUT_OF_MEMORY,
-        Error::Io { .. } => msr_status::MSR_ERR_IO,
-    };
-    fail(status, e.to_string())
+    fail(status_of(e.kind()), e.to_string())
 }
 
 /// Installs, once per process, a panic hook that prints nothing for panics inside an msr
@@ -887,6 +889,24 @@ pub unsafe extern "C" fn msr_session_load_state(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_error_kind_has_its_own_status() {
+        let kinds = [
+            ErrorKind::InvalidArgument,
+            ErrorKind::NonFinite,
+            ErrorKind::Format,
+            ErrorKind::Version,
+            ErrorKind::Io,
+            ErrorKind::Diverged,
+            ErrorKind::OutOfMemory,
+        ];
+        let statuses: std::collections::HashSet<i32> =
+            kinds.iter().map(|k| status_of(*k) as i32).collect();
+        assert_eq!(statuses.len(), kinds.len(), "two kinds share a status");
+        assert!(!statuses.contains(&(msr_status::MSR_OK as i32)));
+        assert!(!statuses.contains(&(msr_status::MSR_ERR_INTERNAL as i32)));
+    }
 
     /// A panic inside a call becomes MSR_ERR_INTERNAL with its message and location, and
     /// prints nothing on the host's stderr, even with RUST_BACKTRACE set. Runs itself as a

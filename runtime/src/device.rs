@@ -26,7 +26,7 @@ pub enum BackendError {
 /// The CPU device (burn-ndarray).
 ///
 /// burn 0.22 marks ndarray deprecated in favour of burn-flex; msr pins ndarray, the backend
-/// whose numbers DESIGN.md measured, and names it in this one place only.
+/// whose speed and results docs/results.md reports, and names it in this one place only.
 #[allow(deprecated)]
 pub fn cpu() -> Device {
     Device::ndarray()

@@ -1,7 +1,9 @@
 //! Forward and hand-written backward of every layer kind, as burn tensor ops.
 //!
 //! Every function here is ordinary tensor code, so an autodiff device can differentiate
-//! through the backward as well (the exact second-order meta-gradient, DESIGN.md section 2).
+//! through the backward as well: burn cannot take a gradient of a gradient, so the inner
+//! gradient is written by hand and autodiff through it gives the exact second-order
+//! meta-gradient (checked against finite differences in f64).
 //!
 //! Conventions (T tasks, N examples per task):
 //! - activations are `[T, N, C, S]`: channels and the flattened spatial positions

@@ -66,7 +66,8 @@ fn rank1() -> ModelRecord {
     }
 }
 
-/// The 64 -> 256 -> 64 MSR MLP of DESIGN.md section 5 (k = 256 per layer, ReLU).
+/// A 64 -> 256 -> 64 MSR MLP (k = 256 per layer, ReLU): the PyTorch reference
+/// (shared/reference/torch_msr_bench.py) times the same network.
 fn mlp() -> ModelRecord {
     let share = |i, o| Op::ShareLinear {
         inputs: i,

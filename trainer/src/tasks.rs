@@ -1,4 +1,5 @@
-//! Task families, generated on the fly from a seed (DESIGN.md section 4).
+//! Task families, generated on the fly from a seed (the paper's 2-D data is 17 GB on
+//! disk; generating it from disjoint train and test seed ranges needs none).
 //!
 //! Train and test tasks come from disjoint id ranges: train task ids are below
 //! [`TEST_TASK_BASE`], test task ids start there. A task id and the family fully determine

@@ -1,5 +1,5 @@
-//! Few-shot glyph classification from real fonts: an Aug-Omniglot stand-in (DESIGN.md
-//! section 4; Omniglot itself is in no registry reachable here).
+//! Few-shot glyph classification from real fonts: an Aug-Omniglot stand-in (Omniglot
+//! itself is in no package registry this project can install from).
 //!
 //! Shaped like Omniglot: alphabets (scripts) -> characters (classes) -> [`INSTANCES`]
 //! 28x28 instances each. An alphabet is one script of Google's Noto fonts, with every font
