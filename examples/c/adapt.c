@@ -36,9 +36,8 @@ static float normal(void) {
         }                                                                       \
     } while (0)
 
-/* Reads an episode file ("MSREPIS1", u32 support, query, input length, classes, then support
- * inputs f32, support labels i32, query inputs, query labels; little-endian, as on x86 and
- * ARM). Returns 0 on success; *x and *labels are malloc'ed, support first. */
+/* Reads an episode file (the layout is in docs/file-formats.md; little-endian, as on x86
+ * and ARM). Returns 0 on success; *x and *labels are malloc'ed, support first. */
 static int read_episode(const char *path, size_t input_len, size_t *support, size_t *query,
                         float **x, int32_t **labels) {
     FILE *f = fopen(path, "rb");

@@ -69,9 +69,7 @@ enum Command {
         alphabet: Option<String>,
     },
     /// Write one test episode of a classification family to a file a C program can read
-    /// (the C example's classification mode): magic "MSREPIS1", then u32 little-endian
-    /// support count, query count, input length, classes; support inputs (f32), support
-    /// labels (i32), query inputs, query labels.
+    /// (the C example's classification mode; the layout is in docs/file-formats.md).
     Episode {
         /// Classification family: glyphs or glyphs-mini.
         #[arg(long, default_value = "glyphs-mini")]

@@ -36,10 +36,8 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// The first task of a classification batch in the episode file format the C example
-    /// reads: magic `MSREPIS1`, then u32 little-endian support count, query count, input
-    /// length and classes; support inputs (f32), support labels (i32), query inputs, query
-    /// labels. Labels are the positions of the one-hot targets.
+    /// The first task of a classification batch as an episode file (docs/file-formats.md),
+    /// the format the C example reads. Labels are the positions of the one-hot targets.
     pub fn episode_bytes(&self, ways: usize) -> Vec<u8> {
         let fin = self.xs.len() / (self.tasks * self.support);
         let labels = |y: &[f32]| -> Vec<i32> {
