@@ -1,0 +1,115 @@
+//! Checkpoints that survive a kill: written atomically, refused when corrupt or foreign
+//! (docs/file-formats.md).
+
+use std::path::Path;
+
+use burn::tensor::{Device, Tensor};
+use msr_runtime::format::{LayerRecord, ModelInfo, ModelRecord};
+use msr_runtime::model::record_from_params;
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+/// What a checkpoint file holds.
+#[derive(Serialize, Deserialize)]
+struct Checkpoint {
+    config: TrainConfig,
+    step: u64,
+    adam_t: u64,
+    params: Vec<LayerRecord>,
+    adam_m: Vec<Vec<f32>>,
+    adam_v: Vec<Vec<f32>>,
+}
+
+/// Adam's step count and first and second moments, as stored in a checkpoint.
+pub(super) type AdamState = (u64, Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+const CHECKPOINT_MAGIC: &[u8; 8] = b"MSRCKPT2";
+
+impl Trainer {
+    /// Writes a checkpoint atomically (temporary file, then rename).
+    pub fn save_checkpoint(&self, path: &Path) -> Result<(), TrainError> {
+        let dl = |ts: &[Tensor<2>]| ts.iter().map(msr_runtime::model::download).collect();
+        let ck = Checkpoint {
+            config: self.config.clone(),
+            step: self.step,
+            adam_t: self.adam.t,
+            params: record_from_params(&self.params),
+            adam_m: dl(&self.adam.m),
+            adam_v: dl(&self.adam.v),
+        };
+        let body = postcard::to_allocvec(&ck).expect("encoding into a Vec cannot fail");
+        let mut bytes = Vec::with_capacity(body.len() + 12);
+        bytes.extend_from_slice(CHECKPOINT_MAGIC);
+        bytes.extend_from_slice(&body);
+        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io(path))
+    }
+
+    /// Resumes from a checkpoint on the CPU; see [`Trainer::resume_on`].
+    pub fn resume(path: &Path, expected: Option<&TrainConfig>) -> Result<Self, TrainError> {
+        Self::resume_on(path, expected, msr_runtime::device::cpu())
+    }
+
+    /// Resumes from a checkpoint; refuses a corrupt one or one of another configuration
+    /// (`expected`, when given, must match except for the total number of steps).
+    pub fn resume_on(
+        path: &Path,
+        expected: Option<&TrainConfig>,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        let bad = |reason: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        if bytes.len() < 12 || &bytes[..8] != CHECKPOINT_MAGIC {
+            return Err(bad("not an msr checkpoint (bad magic or too short)".into()));
+        }
+        let body = &bytes[8..bytes.len() - 4];
+        let stored = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"));
+        if crc32fast::hash(body) != stored {
+            return Err(bad("checksum mismatch: the file is corrupt".into()));
+        }
+        let ck: Checkpoint =
+            postcard::from_bytes(body).map_err(|e| bad(format!("malformed: {e}")))?;
+        ck.config
+            .validate()
+            .map_err(|e| bad(format!("out-of-range field: {e}")))?;
+        let mut config = ck.config.clone();
+        if let Some(exp) = expected {
+            let mut a = exp.clone();
+            a.steps = config.steps;
+            if a != config {
+                return Err(bad(format!(
+                    "it was made with another configuration; these fields differ (checkpoint vs requested): {}",
+                    config.differences(&a).join(", ")
+                )));
+            }
+            config.steps = exp.steps;
+        }
+        let (family, spec, _) = config.family_and_spec().map_err(&bad)?;
+        let record = ModelRecord {
+            info: ModelInfo {
+                name: String::new(),
+                task_family: String::new(),
+                inner_steps: 0,
+                trainer_version: String::new(),
+            },
+            net: spec.clone(),
+            layers: ck.params.clone(),
+        };
+        record.validate().map_err(|e| bad(e.to_string()))?;
+        Self::from_parts(
+            config,
+            family,
+            spec,
+            &ck.params,
+            Some((ck.adam_t, ck.adam_m, ck.adam_v)),
+            ck.step,
+            device,
+        )
+    }
+}

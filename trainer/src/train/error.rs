@@ -1,0 +1,37 @@
+//! The errors of the training library.
+
+use std::path::{Path, PathBuf};
+
+/// Errors of the training loop's files.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(String),
+    /// A checkpoint could not be used.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// File system.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// From the runtime.
+    #[error(transparent)]
+    Runtime(#[from] msr_runtime::Error),
+}
+
+pub(super) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}

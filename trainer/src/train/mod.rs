@@ -1,0 +1,25 @@
+//! The outer loop: exact second-order meta-gradients through the runtime's `adapt`, Adam,
+//! evaluation through the runtime, checkpoints that survive a kill. One file per seam:
+//! configuration, optimiser, batches, the trainer, checkpoints, evaluation, the bench.
+
+mod adam;
+mod batch;
+mod bench;
+mod checkpoint;
+mod config;
+mod error;
+mod eval;
+#[cfg(test)]
+mod tests;
+mod trainer;
+
+use adam::Adam;
+use checkpoint::AdamState;
+use error::io;
+
+pub use batch::{DeviceBatch, train_batch};
+pub use bench::{BenchResult, bench_outer_step, elapsed};
+pub use config::TrainConfig;
+pub use error::TrainError;
+pub use eval::{EvalResult, evaluate, evaluate_on, proto_logits};
+pub use trainer::Trainer;
