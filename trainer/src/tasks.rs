@@ -10,6 +10,16 @@ use std::str::FromStr;
 
 use crate::rng::Rng;
 
+mod episodes;
+pub mod glyphs;
+pub mod npz;
+mod rank;
+pub mod rot;
+#[cfg(test)]
+mod tests;
+
+use npz::file_batch;
+
 /// Test task ids start here; train task ids are drawn below it.
 pub const TEST_TASK_BASE: u64 = 1 << 62;
 /// Validation task ids start here (above the test ids); only the glyph families have a
@@ -290,65 +300,6 @@ impl Family {
         }
     }
 
-    /// The task's filters: per-position `[68, 3]` (1-D), or the filter bank
-    /// `[channels, 3, 3]` (2-D); empty for a task file (its targets are data).
-    pub fn filters(&self, id: u64) -> Vec<f64> {
-        let mut rng = Rng::derive(&[self.problem as u64, id, 1]);
-        match self.problem {
-            Problem::Npz | Problem::Glyphs => Vec::new(),
-            Problem::Rot8 | Problem::Rot8Flip => rot::filter_bank(self.problem, &mut rng),
-            Problem::Rank1 => {
-                let f: Vec<f64> = (0..TAPS).map(|_| rng.normal()).collect();
-                (0..SEQ_OUT).flat_map(|_| f.iter().cloned()).collect()
-            }
-            Problem::Rank2 | Problem::Rank5 => {
-                let rank = self.connectivity.len() / SEQ_OUT;
-                let basis: Vec<f64> = (0..rank * TAPS).map(|_| rng.normal()).collect();
-                let mut out = vec![0.0; SEQ_OUT * TAPS];
-                for p in 0..SEQ_OUT {
-                    for r in 0..rank {
-                        let c = self.connectivity[p * rank + r];
-                        for q in 0..TAPS {
-                            out[p * TAPS + q] += c * basis[r * TAPS + q];
-                        }
-                    }
-                }
-                out
-            }
-        }
-    }
-
-    /// Appends `n` examples of task `id` (drawn from `rng`) to `x` and `y`.
-    fn examples(
-        &self,
-        filters: &[f64],
-        n: usize,
-        rng: &mut Rng,
-        x: &mut Vec<f32>,
-        y: &mut Vec<f32>,
-    ) {
-        if self.problem.is_2d() {
-            for _ in 0..n {
-                let img: Vec<f64> = (0..IMG * IMG).map(|_| rng.normal()).collect();
-                x.extend(img.iter().map(|&v| v as f32));
-                y.extend(
-                    rot::conv_valid(&img, IMG, filters)
-                        .iter()
-                        .map(|&v| v as f32),
-                );
-            }
-            return;
-        }
-        for _ in 0..n {
-            let xi: Vec<f64> = (0..SEQ_IN).map(|_| rng.normal()).collect();
-            x.extend(xi.iter().map(|&v| v as f32));
-            for p in 0..SEQ_OUT {
-                let f = &filters[p * TAPS..(p + 1) * TAPS];
-                y.push((0..TAPS).map(|q| f[q] * xi[p + q]).sum::<f64>() as f32);
-            }
-        }
-    }
-
     /// The tasks with the given ids, each split into `support` + `query` examples (from a
     /// file: the first `support` examples of the task, then the next `query`).
     pub fn batch(&self, ids: &[u64], support: usize, query: usize) -> Batch {
@@ -396,86 +347,6 @@ impl Family {
         self.test_ids(n)
     }
 
-    /// Classification episodes: `ways` distinct characters of the id's split (train, test or
-    /// validation alphabets), `support / ways` and `query / ways` distinct instances of each;
-    /// targets one-hot; queries augmented if the family says so.
-    fn episodes(&self, g: &glyphs::Glyphs, ids: &[u64], support: usize, query: usize) -> Batch {
-        let ways = self.ways;
-        assert!(
-            support.is_multiple_of(ways) && query.is_multiple_of(ways),
-            "support and query must be multiples of the ways"
-        );
-        let (shots, queries) = (support / ways, query / ways);
-        assert!(
-            shots + queries <= glyphs::INSTANCES,
-            "too many examples per class"
-        );
-        let px = glyphs::SIDE * glyphs::SIDE;
-        let mut b = Batch {
-            tasks: ids.len(),
-            support,
-            query,
-            xs: vec![0.0; ids.len() * support * px],
-            ys: vec![0.0; ids.len() * support * ways],
-            xq: vec![0.0; ids.len() * query * px],
-            yq: vec![0.0; ids.len() * query * ways],
-        };
-        for (t, &id) in ids.iter().enumerate() {
-            let split = if id < TEST_TASK_BASE {
-                glyphs::Split::Train
-            } else if id < VAL_TASK_BASE {
-                glyphs::Split::Test
-            } else {
-                glyphs::Split::Val
-            };
-            let classes = g.classes(split);
-            let mut rng = Rng::derive(&[self.problem as u64, id, 4]);
-            // Augmentations draw from their own stream: the episode's classes and instances
-            // are the same with and without them.
-            let mut aug_rng = Rng::derive(&[self.problem as u64, id, 5]);
-            let mut chosen: Vec<usize> = Vec::with_capacity(ways);
-            while chosen.len() < ways {
-                let c = rng.below(classes.len());
-                if !chosen.contains(&c) {
-                    chosen.push(c);
-                }
-            }
-            for (label, &c) in chosen.iter().enumerate() {
-                let (alphabet, ch) = classes[c];
-                let mut inst: Vec<usize> = (0..glyphs::INSTANCES).collect();
-                for i in 0..shots + queries {
-                    let j = i + rng.below(glyphs::INSTANCES - i);
-                    inst.swap(i, j);
-                }
-                for (i, &instance) in inst[..shots + queries].iter().enumerate() {
-                    let (x, y, row) = if i < shots {
-                        (&mut b.xs, &mut b.ys, t * support + label * shots + i)
-                    } else {
-                        (
-                            &mut b.xq,
-                            &mut b.yq,
-                            t * query + label * queries + i - shots,
-                        )
-                    };
-                    let aug = if i >= shots && self.augment_query {
-                        glyphs::Augment::random(&mut aug_rng)
-                    } else {
-                        glyphs::Augment::NONE
-                    };
-                    g.render(
-                        alphabet,
-                        ch,
-                        instance,
-                        aug,
-                        &mut x[row * px..(row + 1) * px],
-                    );
-                    y[row * ways + label] = 1.0;
-                }
-            }
-        }
-        b
-    }
-
     /// The first `n` test tasks (the same for every run and model; from a file, at most
     /// its test tasks).
     pub fn test_ids(&self, n: usize) -> Vec<u64> {
@@ -483,125 +354,5 @@ impl Family {
             Some(f) => f.test.iter().take(n).map(|&t| t as u64).collect(),
             None => (0..n as u64).map(|i| TEST_TASK_BASE + i).collect(),
         }
-    }
-}
-
-fn file_batch(f: &npz::NpzTasks, ids: &[u64], support: usize, query: usize) -> Batch {
-    assert!(
-        support + query <= f.examples,
-        "support + query exceeds the file's examples"
-    );
-    let (fi, fo) = (f.input_len(), f.output_len());
-    let mut b = Batch {
-        tasks: ids.len(),
-        support,
-        query,
-        xs: Vec::with_capacity(ids.len() * support * fi),
-        ys: Vec::with_capacity(ids.len() * support * fo),
-        xq: Vec::with_capacity(ids.len() * query * fi),
-        yq: Vec::with_capacity(ids.len() * query * fo),
-    };
-    for &id in ids {
-        let t = id as usize;
-        let x = &f.x[t * f.examples * fi..(t + 1) * f.examples * fi];
-        let y = &f.y[t * f.examples * fo..(t + 1) * f.examples * fo];
-        b.xs.extend_from_slice(&x[..support * fi]);
-        b.ys.extend_from_slice(&y[..support * fo]);
-        b.xq.extend_from_slice(&x[support * fi..(support + query) * fi]);
-        b.yq.extend_from_slice(&y[support * fo..(support + query) * fo]);
-    }
-    b
-}
-
-pub mod npz;
-
-pub mod glyphs;
-pub mod rot;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rank1_targets_are_a_valid_convolution_and_deterministic() {
-        let fam = Family::new(Problem::Rank1);
-        let b = fam.batch(&[5], 1, 2);
-        assert_eq!(b, fam.batch(&[5], 1, 2));
-        let f = fam.filters(5);
-        assert_eq!(&f[0..3], &f[3..6], "one filter shared by every position");
-        let x = &b.xs[..SEQ_IN];
-        for p in 0..SEQ_OUT {
-            let y: f64 = (0..3).map(|q| f[q] * x[p + q] as f64).sum();
-            assert!((b.ys[p] as f64 - y).abs() < 1e-5);
-        }
-        assert_ne!(fam.filters(5), fam.filters(6));
-    }
-
-    #[test]
-    fn low_rank_filters_span_rank_dims_and_train_test_ids_are_disjoint() {
-        for (problem, rank) in [(Problem::Rank2, 2), (Problem::Rank5, 5)] {
-            let fam = Family::new(problem);
-            // Every position's filter is a convex combination of `rank` basis filters: the
-            // 68 x 3 filter matrix has rank min(rank, 3), and positions differ.
-            let f = fam.filters(9);
-            assert_ne!(&f[0..3], &f[3..6]);
-            let row_sums = fam.connectivity.chunks(rank).map(|r| r.iter().sum::<f64>());
-            assert!(row_sums.into_iter().all(|s| (s - 1.0).abs() < 1e-12));
-        }
-        let fam = Family::new(Problem::Rank1);
-        let train = fam.train_ids(1, 0, 1000);
-        assert!(train.iter().all(|&id| id < TEST_TASK_BASE));
-        assert!(fam.test_ids(300).iter().all(|&id| id >= TEST_TASK_BASE));
-        assert_ne!(fam.train_ids(1, 0, 4), fam.train_ids(1, 1, 4));
-    }
-
-    #[test]
-    fn glyph_episodes_have_distinct_classes_one_hot_labels_and_augmented_queries_only() {
-        let plain = Family::open("glyphs-mini")
-            .unwrap()
-            .with_episodes(5, false)
-            .unwrap();
-        let aug = plain.clone().with_episodes(5, true).unwrap();
-        assert!(plain.is_classification());
-        assert_eq!((plain.input_len(), plain.output_len()), (784, 5));
-        let ids = [3, TEST_TASK_BASE + 1, VAL_TASK_BASE + 2];
-        let (p, a) = (plain.batch(&ids, 10, 15), aug.batch(&ids, 10, 15));
-        assert!(p == plain.batch(&ids, 10, 15), "deterministic");
-        assert_eq!(
-            (p.xs.len(), p.ys.len(), p.yq.len()),
-            (3 * 10 * 784, 3 * 10 * 5, 3 * 15 * 5)
-        );
-        // Augmentation touches the queries only: the runtime adapts on clean support sets.
-        assert!(p.xs == a.xs && p.ys == a.ys && p.yq == a.yq);
-        assert!(p.xq != a.xq);
-        for t in 0..3 {
-            // One-hot targets; every class has 2 support and 3 query examples.
-            let counts = |y: &[f32], n: usize| -> Vec<usize> {
-                let mut c = vec![0; 5];
-                for row in y[t * n * 5..(t + 1) * n * 5].chunks(5) {
-                    assert_eq!(row.iter().filter(|&&v| v == 1.0).count(), 1);
-                    assert_eq!(row.iter().filter(|&&v| v == 0.0).count(), 4);
-                    c[row.iter().position(|&v| v == 1.0).unwrap()] += 1;
-                }
-                c
-            };
-            assert_eq!(counts(&p.ys, 10), vec![2; 5]);
-            assert_eq!(counts(&p.yq, 15), vec![3; 5]);
-            // Support and query images of a class are different instances.
-            let img = |x: &[f32], i: usize| x[i * 784..(i + 1) * 784].to_vec();
-            let s0 = img(&p.xs, t * 10);
-            assert!((0..15).all(|q| img(&p.xq, t * 15 + q) != s0));
-        }
-        // Train, test and validation episodes draw their classes from disjoint alphabets.
-        let g = plain.glyphs().unwrap();
-        let train: std::collections::HashSet<_> = g.classes(glyphs::Split::Train).iter().collect();
-        assert!(
-            g.classes(glyphs::Split::Test)
-                .iter()
-                .all(|c| !train.contains(c))
-        );
-        assert_eq!(plain.val_ids(2), vec![VAL_TASK_BASE, VAL_TASK_BASE + 1]);
-        assert!(plain.clone().with_episodes(10_000, false).is_err());
-        assert!(plain.clone().with_episodes(1, false).is_err());
     }
 }

@@ -9,6 +9,8 @@ use std::path::Path;
 
 use npyz::Order;
 
+use super::Batch;
+
 /// The most elements one array of a task file may declare (1 GiB of float32): a file
 /// declaring more is refused from its header, before anything is decompressed.
 pub const MAX_ARRAY_ELEMENTS: u64 = 1 << 28;
@@ -284,6 +286,35 @@ impl NpzTasks {
     pub fn output_len(&self) -> usize {
         self.y_shape.iter().product()
     }
+}
+
+/// The tasks `ids` of a task file, each split into its first `support` examples and the
+/// next `query`.
+pub(super) fn file_batch(f: &NpzTasks, ids: &[u64], support: usize, query: usize) -> Batch {
+    assert!(
+        support + query <= f.examples,
+        "support + query exceeds the file's examples"
+    );
+    let (fi, fo) = (f.input_len(), f.output_len());
+    let mut b = Batch {
+        tasks: ids.len(),
+        support,
+        query,
+        xs: Vec::with_capacity(ids.len() * support * fi),
+        ys: Vec::with_capacity(ids.len() * support * fo),
+        xq: Vec::with_capacity(ids.len() * query * fi),
+        yq: Vec::with_capacity(ids.len() * query * fo),
+    };
+    for &id in ids {
+        let t = id as usize;
+        let x = &f.x[t * f.examples * fi..(t + 1) * f.examples * fi];
+        let y = &f.y[t * f.examples * fo..(t + 1) * f.examples * fo];
+        b.xs.extend_from_slice(&x[..support * fi]);
+        b.ys.extend_from_slice(&y[..support * fo]);
+        b.xq.extend_from_slice(&x[support * fi..(support + query) * fi]);
+        b.yq.extend_from_slice(&y[support * fo..(support + query) * fo]);
+    }
+    b
 }
 
 #[cfg(test)]
