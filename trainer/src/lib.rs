@@ -4,6 +4,7 @@
 pub mod inspect;
 pub mod models;
 pub mod rng;
+pub mod run;
 pub mod stats;
 pub mod tasks;
 pub mod train;

@@ -1,10 +1,8 @@
 //! `trainer`: meta-train, evaluate, export, inspect and demo msr models.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -12,13 +10,13 @@ use clap::{Args, Parser, Subcommand};
 // returns each to the OS (mmap/brk, page faults). mimalloc keeps them: see docs/results.md.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-use indicatif::{ProgressBar, ProgressStyle};
 use log::info;
 use msr_runtime::{Model, ModelRecord};
 use msr_trainer::inspect;
 use msr_trainer::models::ModelKind;
+use msr_trainer::run::{RunOptions, RunOutcome};
 use msr_trainer::tasks::{Family, Problem};
-use msr_trainer::train::{EvalResult, TrainConfig, Trainer, elapsed, evaluate, train_batch};
+use msr_trainer::train::{TrainConfig, Trainer, evaluate};
 
 #[derive(Parser)]
 #[command(
@@ -376,14 +374,7 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-struct TrainOutcome {
-    dir: PathBuf,
-    eval: EvalResult,
-    steps_per_s: f64,
-    wall_s: f64,
-}
-
-fn train(args: TrainArgs) -> Result<TrainOutcome> {
+fn train(args: TrainArgs) -> Result<RunOutcome> {
     let family = Family::open(&args.problem)?;
     let mut config = TrainConfig::new(family.problem(), args.model);
     config.problem = args.problem.clone();
@@ -419,12 +410,12 @@ fn train(args: TrainArgs) -> Result<TrainOutcome> {
         }
         (None, None) => return Err("give --out DIR (or --resume DIR)".into()),
     };
-    let opts = RunOpts {
+    let opts = RunOptions {
         eval_every: args.eval_every,
         eval_tasks: args.eval_tasks,
         checkpoint_every: args.checkpoint_every,
     };
-    run_training(&mut trainer, &dir, &opts)
+    Ok(msr_trainer::run::run(&mut trainer, &dir, &opts)?)
 }
 
 /// Support and query examples per task: for classification, `support` shots and
@@ -447,155 +438,6 @@ fn split_sizes(family: &Family, support: usize, ep: EpisodeArgs) -> Result<(usiz
         .filter(|&q| q > 0)
         .ok_or_else(|| format!("--support must be below the {examples} examples per task"))?;
     Ok((support, query))
-}
-
-struct RunOpts {
-    eval_every: u64,
-    eval_tasks: usize,
-    checkpoint_every: u64,
-}
-
-fn run_training(trainer: &mut Trainer, dir: &Path, opts: &RunOpts) -> Result<TrainOutcome> {
-    let cfg = trainer.config.clone();
-    let metrics_path = dir.join("metrics.jsonl");
-    let mut metrics = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(|e| format!("{}: {e}", metrics_path.display()))?;
-    let bar = ProgressBar::new(cfg.steps);
-    bar.set_style(
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("{} {}", cfg.problem, cfg.model));
-    bar.set_position(trainer.step);
-    let start = Instant::now();
-    let first = trainer.step;
-    let mut last_eval: Option<EvalResult> = None;
-    let mut running = 0.0;
-    let mut count = 0;
-    let inner = if cfg.model == ModelKind::ProtoNet.to_string() {
-        "no inner loop".to_string()
-    } else {
-        format!(
-            "{} inner step(s), {}",
-            cfg.inner_steps,
-            if cfg.first_order {
-                "first order"
-            } else {
-                "exact second order"
-            }
-        )
-    };
-    info!(
-        "training {} on {} for {} outer steps ({} tasks/step, {inner}{}) into {}",
-        cfg.model,
-        cfg.problem,
-        cfg.steps,
-        cfg.tasks_per_step,
-        if cfg.augment_query {
-            ", augmented queries"
-        } else {
-            ""
-        },
-        dir.display()
-    );
-    // Generate the next batches on another thread while this one meta-trains.
-    let (tx, rx) = std::sync::mpsc::sync_channel(4);
-    let producer = {
-        let family = trainer.family().clone();
-        let cfg = cfg.clone();
-        let from = trainer.step;
-        std::thread::spawn(move || {
-            for step in from..cfg.steps {
-                if tx.send(train_batch(&family, &cfg, step)).is_err() {
-                    break; // the trainer stopped early
-                }
-            }
-        })
-    };
-    while trainer.step < cfg.steps {
-        let batch = rx.recv().map_err(|_| "the batch generator stopped")?;
-        let loss = trainer.outer_step_on(&batch);
-        if !loss.is_finite() {
-            return Err(format!("training diverged at step {}: loss {loss}", trainer.step).into());
-        }
-        running += loss;
-        count += 1;
-        let step = trainer.step;
-        let done = step == cfg.steps;
-        let sps = (step - first) as f64 / elapsed(start).max(1e-9);
-        if step.is_multiple_of(10) || done {
-            let mut line = serde_json::json!({
-                "step": step,
-                "train_loss": running / count as f64,
-                "steps_per_s": sps,
-                "elapsed_s": elapsed(start),
-            });
-            if step.is_multiple_of(opts.eval_every) || done || step == 1 {
-                let e = trainer.evaluate(opts.eval_tasks)?;
-                line["test_loss"] = e.mse.into();
-                line["test_ci95"] = e.ci95.into();
-                if let Some(a) = e.accuracy {
-                    line["test_accuracy"] = a.into();
-                    line["test_accuracy_ci95"] = e.accuracy_ci95.into();
-                }
-                last_eval = Some(e);
-            }
-            writeln!(metrics, "{line}")?;
-            bar.set_message(format!(
-                "train {:.4}{}",
-                running / count as f64,
-                last_eval
-                    .as_ref()
-                    .map(|e| match e.accuracy {
-                        Some(a) => format!(
-                            " val acc {:.1}%±{:.1}",
-                            100.0 * a,
-                            100.0 * e.accuracy_ci95.unwrap_or(0.0)
-                        ),
-                        None => format!(" test {:.4}±{:.4}", e.mse, e.ci95),
-                    })
-                    .unwrap_or_default()
-            ));
-            running = 0.0;
-            count = 0;
-        }
-        if step.is_multiple_of(opts.checkpoint_every) || done {
-            trainer.save_checkpoint(&dir.join("checkpoint.bin"))?;
-            fs::write(dir.join("model.msr"), trainer.record().to_bytes())?;
-        }
-        bar.set_position(step);
-    }
-    bar.finish();
-    drop(rx);
-    producer
-        .join()
-        .map_err(|_| "the batch generator panicked")?;
-    let wall_s = elapsed(start);
-    let steps_per_s = (trainer.step - first) as f64 / wall_s.max(1e-9);
-    let eval = match last_eval {
-        Some(e) => e,
-        None => trainer.evaluate(opts.eval_tasks)?,
-    };
-    let score = match (eval.accuracy, eval.accuracy_ci95) {
-        (Some(a), Some(ci)) => {
-            format!("validation accuracy {:.2}% ± {:.2}%", 100.0 * a, 100.0 * ci)
-        }
-        _ => format!("test loss {:.4} ± {:.4}", eval.mse, eval.ci95),
-    };
-    info!(
-        "{} {}: {score} after {} steps ({:.1} steps/s)",
-        cfg.problem, cfg.model, trainer.step, steps_per_s
-    );
-    Ok(TrainOutcome {
-        dir: dir.to_path_buf(),
-        eval,
-        steps_per_s,
-        wall_s,
-    })
 }
 
 fn eval(args: EvalArgs) -> Result<()> {

@@ -1,0 +1,196 @@
+//! The training run loop as a library function: the CLI, `demo`, benches and a future
+//! distributed driver all call [`run`]. It meta-trains a [`Trainer`] to its configured
+//! number of steps with a progress bar, batches generated on another thread, metrics
+//! (`DIR/metrics.jsonl`), periodic evaluation, and checkpoints plus the model file
+//! (`DIR/checkpoint.bin`, `DIR/model.msr`) that survive a kill.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use log::info;
+
+use crate::models::ModelKind;
+use crate::train::{EvalResult, TrainError, Trainer, elapsed, train_batch};
+
+/// What a finished run reports.
+pub struct RunOutcome {
+    /// Where it wrote its files.
+    pub dir: PathBuf,
+    /// The last evaluation.
+    pub eval: EvalResult,
+    /// Outer steps per second over this invocation.
+    pub steps_per_s: f64,
+    /// Wall time of this invocation, seconds.
+    pub wall_s: f64,
+}
+
+/// How often a run evaluates and checkpoints.
+pub struct RunOptions {
+    /// Evaluate every this many steps (and at step 1 and at the end).
+    pub eval_every: u64,
+    /// Tasks per evaluation.
+    pub eval_tasks: usize,
+    /// Write a checkpoint and the model file every this many steps (and at the end).
+    pub checkpoint_every: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Meta-trains `trainer` from its current step to its configured steps, writing into
+/// `dir` (see the module documentation).
+pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOutcome, TrainError> {
+    let cfg = trainer.config.clone();
+    let metrics_path = dir.join("metrics.jsonl");
+    let mut metrics = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&metrics_path)
+        .map_err(io(&metrics_path))?;
+    let bar = ProgressBar::new(cfg.steps);
+    bar.set_style(
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_prefix(format!("{} {}", cfg.problem, cfg.model));
+    bar.set_position(trainer.step);
+    let start = Instant::now();
+    let first = trainer.step;
+    let mut last_eval: Option<EvalResult> = None;
+    let mut running = 0.0;
+    let mut count = 0;
+    let inner = if cfg.model == ModelKind::ProtoNet.to_string() {
+        "no inner loop".to_string()
+    } else {
+        format!(
+            "{} inner step(s), {}",
+            cfg.inner_steps,
+            if cfg.first_order {
+                "first order"
+            } else {
+                "exact second order"
+            }
+        )
+    };
+    info!(
+        "training {} on {} for {} outer steps ({} tasks/step, {inner}{}) into {}",
+        cfg.model,
+        cfg.problem,
+        cfg.steps,
+        cfg.tasks_per_step,
+        if cfg.augment_query {
+            ", augmented queries"
+        } else {
+            ""
+        },
+        dir.display()
+    );
+    // Generate the next batches on another thread while this one meta-trains.
+    let (tx, rx) = std::sync::mpsc::sync_channel(4);
+    let producer = {
+        let family = trainer.family().clone();
+        let cfg = cfg.clone();
+        let from = trainer.step;
+        std::thread::spawn(move || {
+            for step in from..cfg.steps {
+                if tx.send(train_batch(&family, &cfg, step)).is_err() {
+                    break; // the trainer stopped early
+                }
+            }
+        })
+    };
+    while trainer.step < cfg.steps {
+        let batch = rx
+            .recv()
+            .map_err(|_| TrainError::Config("the batch generator stopped".into()))?;
+        let loss = trainer.outer_step_on(&batch);
+        if !loss.is_finite() {
+            return Err(TrainError::Config(format!(
+                "training diverged at step {}: loss {loss}",
+                trainer.step
+            )));
+        }
+        running += loss;
+        count += 1;
+        let step = trainer.step;
+        let done = step == cfg.steps;
+        let sps = (step - first) as f64 / elapsed(start).max(1e-9);
+        if step.is_multiple_of(10) || done {
+            let mut line = serde_json::json!({
+                "step": step,
+                "train_loss": running / count as f64,
+                "steps_per_s": sps,
+                "elapsed_s": elapsed(start),
+            });
+            if step.is_multiple_of(opts.eval_every) || done || step == 1 {
+                let e = trainer.evaluate(opts.eval_tasks)?;
+                line["test_loss"] = e.mse.into();
+                line["test_ci95"] = e.ci95.into();
+                if let Some(a) = e.accuracy {
+                    line["test_accuracy"] = a.into();
+                    line["test_accuracy_ci95"] = e.accuracy_ci95.into();
+                }
+                last_eval = Some(e);
+            }
+            writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
+            bar.set_message(format!(
+                "train {:.4}{}",
+                running / count as f64,
+                last_eval
+                    .as_ref()
+                    .map(|e| match e.accuracy {
+                        Some(a) => format!(
+                            " val acc {:.1}%±{:.1}",
+                            100.0 * a,
+                            100.0 * e.accuracy_ci95.unwrap_or(0.0)
+                        ),
+                        None => format!(" test {:.4}±{:.4}", e.mse, e.ci95),
+                    })
+                    .unwrap_or_default()
+            ));
+            running = 0.0;
+            count = 0;
+        }
+        if step.is_multiple_of(opts.checkpoint_every) || done {
+            trainer.save_checkpoint(&dir.join("checkpoint.bin"))?;
+            let model = dir.join("model.msr");
+            fs::write(&model, trainer.record().to_bytes()).map_err(io(&model))?;
+        }
+        bar.set_position(step);
+    }
+    bar.finish();
+    drop(rx);
+    producer
+        .join()
+        .map_err(|_| TrainError::Config("the batch generator panicked".into()))?;
+    let wall_s = elapsed(start);
+    let steps_per_s = (trainer.step - first) as f64 / wall_s.max(1e-9);
+    let eval = match last_eval {
+        Some(e) => e,
+        None => trainer.evaluate(opts.eval_tasks)?,
+    };
+    let score = match (eval.accuracy, eval.accuracy_ci95) {
+        (Some(a), Some(ci)) => {
+            format!("validation accuracy {:.2}% ± {:.2}%", 100.0 * a, 100.0 * ci)
+        }
+        _ => format!("test loss {:.4} ± {:.4}", eval.mse, eval.ci95),
+    };
+    info!(
+        "{} {}: {score} after {} steps ({:.1} steps/s)",
+        cfg.problem, cfg.model, trainer.step, steps_per_s
+    );
+    Ok(RunOutcome {
+        dir: dir.to_path_buf(),
+        eval,
+        steps_per_s,
+        wall_s,
+    })
+}
