@@ -1,7 +1,7 @@
 //! `trainer`: meta-train, evaluate, export, inspect and demo msr models.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -10,13 +10,18 @@ use clap::{Args, Parser, Subcommand};
 // returns each to the OS (mmap/brk, page faults). mimalloc keeps them: see docs/results.md.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod commands;
+
+use commands::demo::demo;
+use commands::eval::{EvalArgs, eval};
 use log::info;
-use msr_runtime::{Model, ModelRecord};
+use msr_runtime::ModelRecord;
 use msr_trainer::inspect;
 use msr_trainer::models::ModelKind;
 use msr_trainer::run::{RunOptions, RunOutcome};
 use msr_trainer::tasks::{Family, Problem};
-use msr_trainer::train::{TrainConfig, Trainer, evaluate};
+use msr_trainer::train::{TrainConfig, Trainer};
 
 #[derive(Parser)]
 #[command(
@@ -194,37 +199,6 @@ struct EpisodeArgs {
     /// Query examples per class.
     #[arg(long, default_value_t = 5)]
     queries: usize,
-}
-
-#[derive(Args)]
-struct EvalArgs {
-    /// Model file.
-    #[arg(long)]
-    model: PathBuf,
-    /// Task family (default: the one the model was trained on).
-    #[arg(long)]
-    problem: Option<String>,
-    /// Test tasks.
-    #[arg(long, default_value_t = 300)]
-    tasks: usize,
-    /// Support examples per task; on glyphs: per class (shots).
-    #[arg(long, default_value_t = 1)]
-    support: usize,
-    #[command(flatten)]
-    episodes: EpisodeArgs,
-    /// Augment the query examples (random rotations, flips and resizes), as Aug-Omniglot's
-    /// test episodes.
-    #[arg(long)]
-    augment_query: bool,
-    /// Inner steps (default: the model's).
-    #[arg(long)]
-    inner_steps: Option<usize>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Where to compute: cpu, gpu or gpu:N.
-    #[arg(long, default_value = "cpu")]
-    device: String,
 }
 
 fn main() -> ExitCode {
@@ -438,142 +412,4 @@ fn split_sizes(family: &Family, support: usize, ep: EpisodeArgs) -> Result<(usiz
         .filter(|&q| q > 0)
         .ok_or_else(|| format!("--support must be below the {examples} examples per task"))?;
     Ok((support, query))
-}
-
-fn eval(args: EvalArgs) -> Result<()> {
-    let device = msr_runtime::device::by_name(&args.device)?;
-    let model = Model::load(&args.model, &device)?;
-    let problem = args
-        .problem
-        .unwrap_or_else(|| model.info().task_family.clone());
-    let family = Family::open(&problem)?;
-    let family = if family.is_classification() {
-        let outputs = model.net().output_len();
-        if !msr_trainer::models::embeds(model.spec()) && outputs != args.episodes.ways {
-            return Err(format!(
-                "{} is a {outputs}-way classifier; pass --ways {outputs}",
-                args.model.display()
-            )
-            .into());
-        }
-        family.with_episodes(args.episodes.ways, args.augment_query)?
-    } else {
-        family
-    };
-    let (support, query) = split_sizes(&family, args.support, args.episodes)?;
-    let steps = args
-        .inner_steps
-        .unwrap_or(model.info().inner_steps as usize);
-    let r = evaluate(&model, &family, args.tasks, support, query, steps)?;
-    if args.json {
-        println!("{}", serde_json::to_string(&r)?);
-    } else if let (Some(a), Some(ci)) = (r.accuracy, r.accuracy_ci95) {
-        println!(
-            "{} on {problem}, {}-way {}-shot{}: test accuracy {:.2}% ± {:.2}% (95% CI, {} episodes, {} inner step(s))",
-            model.info().name,
-            family.ways(),
-            args.support,
-            if args.augment_query {
-                ", augmented queries"
-            } else {
-                ""
-            },
-            100.0 * a,
-            100.0 * ci,
-            r.tasks,
-            r.inner_steps
-        );
-    } else {
-        println!(
-            "{} on {problem}: test MSE {:.4} ± {:.4} (95% CI, {} tasks, {} inner step(s))",
-            model.info().name,
-            r.mse,
-            r.ci95,
-            r.tasks,
-            r.inner_steps
-        );
-    }
-    Ok(())
-}
-
-fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
-    let mut rows = Vec::new();
-    for kind in [ModelKind::MsrFc, ModelKind::MamlFc] {
-        let dir = out.join(kind.to_string());
-        if dir.join("checkpoint.bin").exists() {
-            fs::remove_file(dir.join("checkpoint.bin"))?;
-            let _ = fs::remove_file(dir.join("metrics.jsonl"));
-        }
-        let args = TrainArgs {
-            problem: "rank1".into(),
-            model: kind,
-            steps,
-            seed,
-            out: Some(dir),
-            resume: None,
-            k: None,
-            inner_steps: 1,
-            inner_lr: 0.1,
-            outer_lr: 1e-3,
-            tasks_per_step: 32,
-            support: 1,
-            episodes: EpisodeArgs {
-                ways: 5,
-                queries: 5,
-            },
-            augment_query: false,
-            channels: 32,
-            first_order: false,
-            eval_every: steps.max(1),
-            eval_tasks: 300,
-            checkpoint_every: steps.max(1),
-            device: "cpu".into(),
-        };
-        let outcome = train(args)?;
-        // Reload the exported file through the runtime, as a robot would, and evaluate.
-        let path = outcome.dir.join("model.msr");
-        let size = fs::metadata(&path)?.len();
-        let model = Model::load(&path, &msr_runtime::device::cpu())?;
-        let e = evaluate(&model, &Family::new(Problem::Rank1), 300, 1, 19, 1)?;
-        // The file holds exactly what was trained: reloading must not change the result.
-        if (e.mse - outcome.eval.mse).abs() > 1e-9 * outcome.eval.mse.abs().max(1.0) {
-            return Err(format!(
-                "reloaded {kind} scores {} but the trained one scored {}",
-                e.mse, outcome.eval.mse
-            )
-            .into());
-        }
-        rows.push((kind, e, outcome.steps_per_s, outcome.wall_s, size, path));
-    }
-    println!();
-    println!(
-        "rank1, {steps} outer steps, 32 tasks/step, 1 inner step, exact second order; 300 held-out tasks"
-    );
-    println!("| model   | test MSE (95% CI)  | outer steps/s | train wall s | model file |");
-    println!("|---------|--------------------|---------------|--------------|------------|");
-    for (kind, e, sps, wall, size, _) in &rows {
-        println!(
-            "| {:<7} | {:.4} ± {:.4}    | {:>13.1} | {:>12.1} | {:>7} B  |",
-            kind.to_string(),
-            e.mse,
-            e.ci95,
-            sps,
-            wall,
-            size
-        );
-    }
-    let (_, _, _, _, _, msr_path) = &rows[0];
-    let record = ModelRecord::from_bytes(&fs::read(msr_path)?)?;
-    if let (Some(band), Some(random)) = (
-        inspect::band_energy(&record),
-        inspect::random_band_fraction(&record),
-    ) {
-        println!(
-            "\nMSR-FC's learned U puts {:.1}% of W's energy on the 3-tap band (an unstructured U: {:.1}%).",
-            band * 100.0,
-            random * 100.0
-        );
-    }
-    println!("models in {}", out.display());
-    Ok(())
 }

@@ -1,0 +1,4 @@
+//! The bodies of the `trainer` subcommands that are more than a few lines.
+
+pub(crate) mod demo;
+pub(crate) mod eval;
