@@ -118,7 +118,7 @@ fn classifier(dir: &Path) -> PathBuf {
 /// how many of its queries the runtime (burn path) classifies correctly after adapting.
 fn glyph_classifier(dir: &Path) -> (PathBuf, PathBuf, usize) {
     let mut config = TrainConfig::new(Problem::Glyphs, ModelKind::MsrConv);
-    config.problem = "glyphs-mini".into();
+    config.problem = msr_trainer::tasks::TaskSource::Glyphs { mini: true };
     (config.ways, config.support, config.query) = (5, 5, 25);
     (config.channels, config.tasks_per_step, config.steps) = (8, 4, 30);
     let mut t = Trainer::new(config.clone()).unwrap();

@@ -20,7 +20,7 @@ use msr_runtime::ModelRecord;
 use msr_trainer::inspect;
 use msr_trainer::models::ModelKind;
 use msr_trainer::run::{RunOptions, RunOutcome};
-use msr_trainer::tasks::{Family, Problem};
+use msr_trainer::tasks::{Family, Problem, TaskSource};
 use msr_trainer::train::{TrainConfig, Trainer};
 
 #[derive(Parser)]
@@ -129,7 +129,7 @@ struct TrainArgs {
     /// Task family: rank1, rank2, rank5, rot8, rot8-flip, glyphs, glyphs-mini, or npz:PATH
     /// (your own tasks).
     #[arg(long)]
-    problem: String,
+    problem: TaskSource,
     /// Meta-learner: msr-fc, maml-fc, maml-lc, maml-conv, msr-conv; on glyphs: maml-conv,
     /// msr-conv, anil, protonet.
     #[arg(long)]
@@ -349,9 +349,8 @@ fn run(command: Command) -> Result<()> {
 }
 
 fn train(args: TrainArgs) -> Result<RunOutcome> {
-    let family = Family::open(&args.problem)?;
-    let mut config = TrainConfig::new(family.problem(), args.model);
-    config.problem = args.problem.clone();
+    let family = Family::from_source(&args.problem)?;
+    let mut config = TrainConfig::new(args.problem.clone(), args.model);
     config.steps = args.steps;
     config.seed = args.seed;
     if let Some(k) = args.k {

@@ -10,8 +10,9 @@ use msr_runtime::{Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Lo
 use crate::rng::Rng;
 use crate::tasks::{Family, IMG, Problem, SEQ_IN, SEQ_OUT, TAPS};
 
-/// Which meta-learner.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which meta-learner. Stored (checkpoints, configurations) by its command-line name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
 pub enum ModelKind {
     /// MSR: one share-linear layer, vec(W) = U v; U is meta-learned, v adapts.
     MsrFc,
@@ -30,6 +31,19 @@ pub enum ModelKind {
     /// Prototypical networks (glyphs): the conv body embeds; a query's class is its nearest
     /// class mean of the support embeddings. No inner loop.
     ProtoNet,
+}
+
+impl From<ModelKind> for String {
+    fn from(m: ModelKind) -> String {
+        m.to_string()
+    }
+}
+
+impl TryFrom<String> for ModelKind {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
 }
 
 impl ModelKind {

@@ -67,7 +67,7 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
     let mut last_eval: Option<EvalResult> = None;
     let mut running = 0.0;
     let mut count = 0;
-    let inner = if cfg.model == ModelKind::ProtoNet.to_string() {
+    let inner = if cfg.model == ModelKind::ProtoNet {
         "no inner loop".to_string()
     } else {
         format!(

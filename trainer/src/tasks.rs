@@ -127,6 +127,81 @@ impl fmt::Display for Problem {
     }
 }
 
+/// Where a run's tasks come from, named as on the command line (`rank1`, `glyphs-mini`,
+/// `npz:PATH`...). Stored (checkpoints, configurations) by that name.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum TaskSource {
+    /// A synthetic family of the paper: rank1, rank2, rank5, rot8, rot8-flip.
+    Synthetic(Problem),
+    /// Glyph classification: Debian's full font set, or the committed subset (`mini`).
+    Glyphs {
+        /// The committed subset (`glyphs-mini`).
+        mini: bool,
+    },
+    /// A user's task file (`npz:PATH`).
+    Npz(std::path::PathBuf),
+}
+
+impl TaskSource {
+    /// The kind of family.
+    pub fn problem(&self) -> Problem {
+        match self {
+            TaskSource::Synthetic(p) => *p,
+            TaskSource::Glyphs { .. } => Problem::Glyphs,
+            TaskSource::Npz(_) => Problem::Npz,
+        }
+    }
+}
+
+impl From<Problem> for TaskSource {
+    /// A family of `problem`: the full font set for glyphs, no file yet for npz.
+    fn from(problem: Problem) -> Self {
+        match problem {
+            Problem::Glyphs => TaskSource::Glyphs { mini: false },
+            Problem::Npz => TaskSource::Npz(std::path::PathBuf::new()),
+            p => TaskSource::Synthetic(p),
+        }
+    }
+}
+
+impl FromStr for TaskSource {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s.parse::<Problem>()? {
+            Problem::Glyphs => TaskSource::Glyphs {
+                mini: s == "glyphs-mini",
+            },
+            Problem::Npz => TaskSource::Npz(s["npz:".len()..].into()),
+            p => TaskSource::Synthetic(p),
+        })
+    }
+}
+
+impl fmt::Display for TaskSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TaskSource::Synthetic(p) => write!(f, "{p}"),
+            TaskSource::Glyphs { mini: true } => f.write_str("glyphs-mini"),
+            TaskSource::Glyphs { mini: false } => f.write_str("glyphs"),
+            TaskSource::Npz(path) => write!(f, "npz:{}", path.display()),
+        }
+    }
+}
+
+impl From<TaskSource> for String {
+    fn from(s: TaskSource) -> String {
+        s.to_string()
+    }
+}
+
+impl TryFrom<String> for TaskSource {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
 /// Input length of the 1-D problems.
 pub const SEQ_IN: usize = 70;
 /// Filter taps of the 1-D problems.
@@ -163,9 +238,14 @@ pub struct Family {
 impl Family {
     /// The family named `name`: a synthetic problem, or `npz:PATH` (read and checked now).
     pub fn open(name: &str) -> Result<Self, String> {
-        let problem: Problem = name.parse()?;
-        if problem == Problem::Glyphs {
-            let set = if name == "glyphs-mini" {
+        Self::from_source(&name.parse()?)
+    }
+
+    /// The family of `source` (a task file is read and checked now).
+    pub fn from_source(source: &TaskSource) -> Result<Self, String> {
+        let problem = source.problem();
+        if let TaskSource::Glyphs { mini } = source {
+            let set = if *mini {
                 glyphs::Glyphs::mini()
             } else {
                 glyphs::Glyphs::system()
@@ -179,10 +259,9 @@ impl Family {
                 augment_query: false,
             });
         }
-        if problem != Problem::Npz {
+        let TaskSource::Npz(path) = source else {
             return Ok(Self::new(problem));
-        }
-        let path = std::path::Path::new(&name["npz:".len()..]);
+        };
         Ok(Family {
             problem,
             connectivity: Vec::new(),

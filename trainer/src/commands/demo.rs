@@ -6,7 +6,7 @@ use std::path::Path;
 use msr_runtime::{Model, ModelRecord};
 use msr_trainer::inspect;
 use msr_trainer::models::ModelKind;
-use msr_trainer::tasks::{Family, Problem};
+use msr_trainer::tasks::{Family, Problem, TaskSource};
 use msr_trainer::train::evaluate;
 
 use crate::*;
@@ -20,7 +20,7 @@ pub(crate) fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
             let _ = fs::remove_file(dir.join("metrics.jsonl"));
         }
         let args = TrainArgs {
-            problem: "rank1".into(),
+            problem: TaskSource::Synthetic(Problem::Rank1),
             model: kind,
             steps,
             seed,

@@ -4,16 +4,16 @@ use msr_runtime::NetSpec;
 use serde::{Deserialize, Serialize};
 
 use crate::models::{self, ModelKind};
-use crate::tasks::{Family, Problem};
+use crate::tasks::{Family, TaskSource};
 
 /// Everything that defines a training run. Stored in checkpoints: a resumed run must
 /// use the same configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Task family.
-    pub problem: String,
+    pub problem: TaskSource,
     /// Meta-learner.
-    pub model: String,
+    pub model: ModelKind,
     /// MSR latent size.
     pub k: usize,
     /// Outer steps in total.
@@ -43,12 +43,14 @@ pub struct TrainConfig {
 }
 
 impl TrainConfig {
-    /// The paper's defaults for `problem` and `model`.
-    pub fn new(problem: Problem, model: ModelKind) -> Self {
+    /// The paper's defaults for the family `problem` (a [`crate::tasks::Problem`] or a [`TaskSource`])
+    /// and `model`.
+    pub fn new(problem: impl Into<TaskSource>, model: ModelKind) -> Self {
+        let problem = problem.into();
         TrainConfig {
-            problem: problem.to_string(),
-            model: model.to_string(),
-            k: models::default_k(problem),
+            k: models::default_k(problem.problem()),
+            problem,
+            model,
             steps: 1000,
             seed: 0,
             tasks_per_step: 32,
@@ -116,18 +118,14 @@ impl TrainConfig {
 
     /// The family (with its episode shape) and the network this configuration trains.
     pub fn family_and_spec(&self) -> Result<(Family, NetSpec, ModelKind), String> {
-        let (_, kind) = self.kinds()?;
-        let family = Family::open(&self.problem)?.with_episodes(self.ways, self.augment_query)?;
+        let kind = self.model;
+        let family =
+            Family::from_source(&self.problem)?.with_episodes(self.ways, self.augment_query)?;
         let spec = if family.is_classification() {
             models::glyph_spec(kind, self.ways, self.channels)?
         } else {
             models::spec(kind, &family, self.k)?
         };
         Ok((family, spec, kind))
-    }
-
-    /// Parsed problem and model.
-    pub fn kinds(&self) -> Result<(Problem, ModelKind), String> {
-        Ok((self.problem.parse()?, self.model.parse()?))
     }
 }

@@ -132,7 +132,7 @@ fn evaluation_through_the_runtime_matches_the_trained_model() {
 
 fn glyph_config(model: ModelKind) -> TrainConfig {
     let mut c = TrainConfig::new(Problem::Glyphs, model);
-    c.problem = "glyphs-mini".into();
+    c.problem = crate::tasks::TaskSource::Glyphs { mini: true };
     (c.ways, c.support, c.query) = (5, 5, 10);
     (c.channels, c.tasks_per_step, c.steps) = (4, 2, 3);
     c.augment_query = true;

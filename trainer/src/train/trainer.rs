@@ -73,7 +73,7 @@ impl Trainer {
         let device = plain.clone().autodiff();
         let net = Net::new(spec, &device).map_err(msr_runtime::Error::from)?;
         let params = params_from_record(&net, layers, DType::F32).map(|t| t.require_grad());
-        let (_, kind) = config.kinds().map_err(TrainError::Config)?;
+        let kind = config.model;
         let n = params.layers.len();
         let frozen = params
             .layers
@@ -201,7 +201,7 @@ impl Trainer {
         ModelRecord {
             info: ModelInfo {
                 name: format!("{}-{}", self.config.problem, self.config.model),
-                task_family: self.config.problem.clone(),
+                task_family: self.config.problem.to_string(),
                 inner_steps: self.config.inner_steps as u32,
                 trainer_version: env!("CARGO_PKG_VERSION").to_string(),
             },

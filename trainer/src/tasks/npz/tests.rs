@@ -224,7 +224,7 @@ fn msr_meta_trains_on_a_task_file() {
     let name = format!("npz:{}", p.display());
     let mut config =
         crate::train::TrainConfig::new(crate::tasks::Problem::Npz, crate::models::ModelKind::MsrFc);
-    config.problem = name.clone();
+    config.problem = name.parse().unwrap();
     config.support = 2;
     config.query = 4;
     config.tasks_per_step = 4;
