@@ -178,6 +178,11 @@ pub enum StateError {
         /// This model's fingerprint.
         expected: u32,
     },
+    /// The state's parameters are finite but make the weights `U v` overflow f32.
+    #[error(
+        "the saved state's parameters make the weights overflow f32 (not a state this model wrote)"
+    )]
+    WeightsOverflow,
     /// The state holds NaN or infinity.
     #[error("saved state holds a non-finite parameter (index {index})")]
     NonFinite {

@@ -254,6 +254,51 @@ impl ModelRecord {
         out
     }
 
+    /// The CRC-32 trailer [`ModelRecord::to_bytes`] would write, computed by streaming the
+    /// encoding through the hash: no copy of the model is made (a model near the size limit
+    /// must not need twice its memory to be fingerprinted).
+    pub fn file_crc(&self) -> u32 {
+        use postcard::ser_flavors::Flavor;
+        struct Count(usize);
+        impl Flavor for Count {
+            type Output = usize;
+            fn try_push(&mut self, _: u8) -> postcard::Result<()> {
+                self.0 += 1;
+                Ok(())
+            }
+            fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+                self.0 += data.len();
+                Ok(())
+            }
+            fn finalize(self) -> postcard::Result<usize> {
+                Ok(self.0)
+            }
+        }
+        struct Crc(crc32fast::Hasher);
+        impl Flavor for Crc {
+            type Output = u32;
+            fn try_push(&mut self, b: u8) -> postcard::Result<()> {
+                self.0.update(&[b]);
+                Ok(())
+            }
+            fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+                self.0.update(data);
+                Ok(())
+            }
+            fn finalize(self) -> postcard::Result<u32> {
+                Ok(self.0.finalize())
+            }
+        }
+        let len =
+            postcard::serialize_with_flavor(self, Count(0)).expect("counting bytes cannot fail");
+        let mut hasher = crc32fast::Hasher::new();
+        hasher.update(&MAGIC);
+        hasher.update(&FORMAT_VERSION.to_le_bytes());
+        hasher.update(&0u16.to_le_bytes());
+        hasher.update(&(len as u32).to_le_bytes());
+        postcard::serialize_with_flavor(self, Crc(hasher)).expect("hashing bytes cannot fail")
+    }
+
     /// Decodes and validates a model file. Never panics, whatever the bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, FormatError> {
         let truncated = |needed: usize| FormatError::Truncated {
@@ -364,6 +409,9 @@ mod tests {
     fn round_trip_is_bit_exact() {
         let rec = record(&mut Rng::new(1));
         let bytes = rec.to_bytes();
+        // The streamed fingerprint is the trailer the file ends with.
+        let trailer = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
+        assert_eq!(rec.file_crc(), trailer);
         let back = ModelRecord::from_bytes(&bytes).unwrap();
         assert_eq!(back, rec);
         assert_eq!(back.to_bytes(), bytes);

@@ -199,12 +199,20 @@ impl ConvGeom {
     /// and kernel tap q, entry `p * taps + q` is the flat input position to read, or
     /// `in_positions` (one past the last) where the tap falls in the zero padding. Both
     /// engines (burn and real-time) build their convolutions on it.
-    pub fn gather_index(&self, in_sp: &[usize], out_sp: &[usize]) -> Vec<u32> {
+    ///
+    /// Fails only when the memory cannot be reserved (the size is bounded by
+    /// [`limits::MAX_GATHER_ENTRIES`] when the shapes come from [`NetSpec::shapes`]).
+    pub fn gather_index(
+        &self,
+        in_sp: &[usize],
+        out_sp: &[usize],
+    ) -> Result<Vec<u32>, alloc::collections::TryReserveError> {
         let dims = self.kernel.len();
         let in_positions: usize = in_sp.iter().product();
         let positions: usize = out_sp.iter().product();
         let taps = self.kernel_area();
-        let mut index = Vec::with_capacity(positions * taps);
+        let mut index = Vec::new();
+        index.try_reserve_exact(positions * taps)?;
         for p in 0..positions {
             for q in 0..taps {
                 let (mut pr, mut qr) = (p, q);
@@ -227,7 +235,7 @@ impl ConvGeom {
                 index.push(if inside { flat } else { in_positions } as u32);
             }
         }
-        index
+        Ok(index)
     }
 }
 
@@ -458,6 +466,53 @@ impl Op {
         }
     }
 
+    /// Checks the sizes an engine derives from this op: a convolution's gather index
+    /// (output positions x taps) and the cost and intermediate buffers of materialising a
+    /// Kronecker-factored filter bank.
+    fn check_engine_sizes(&self, output: &FeatureShape) -> Result<(), ShapeError> {
+        let geom = match self {
+            Op::ShareConv { geom, .. }
+            | Op::Conv { geom, .. }
+            | Op::LocallyConnected1d { geom, .. } => geom,
+            _ => return Ok(()),
+        };
+        check_limit(
+            "convolution gather index (output positions x kernel taps)",
+            Some(output.spatial_numel() as u128 * geom.kernel_area() as u128),
+            limits::MAX_GATHER_ENTRIES,
+        )?;
+        if let Op::ShareConv {
+            sharing: ConvSharing::Kronecker { ka, kb, kc },
+            ..
+        } = self
+        {
+            let (o, i, s) = (
+                geom.out_channels as u128,
+                geom.in_channels as u128,
+                geom.kernel_area() as u128,
+            );
+            let (ka, kb, kc) = (*ka as u128, *kb as u128, *kc as u128);
+            check_limit(
+                "Kronecker intermediate buffer (max(out, ka) x max(in, kb) x max(taps, kc))",
+                Some(o.max(ka) * i.max(kb) * s.max(kc)),
+                limits::MAX_TENSOR_ELEMENTS,
+            )?;
+            // The three mode products of materialising W, then those of its backward.
+            let macs = ka * kb * kc * s
+                + ka * kb * s * i
+                + ka * i * s * o
+                + o * i * s * kc
+                + o * i * kb * kc
+                + o * ka * kb * kc;
+            check_limit(
+                "multiply-adds to materialise the Kronecker filter bank",
+                Some(macs),
+                limits::MAX_MATERIALISE_MACS,
+            )?;
+        }
+        Ok(())
+    }
+
     /// Multiply-adds of one example's forward pass through this op (`input` and `output`
     /// as checked by [`NetSpec::shapes`]: every factor is bounded, so the product fits).
     fn macs(&self, input: &FeatureShape, output: &FeatureShape) -> u128 {
@@ -513,6 +568,12 @@ pub mod limits {
     pub const MAX_MACS_PER_EXAMPLE: u64 = 1 << 30;
     /// Inner steps of one adaptation (the model's default and a session's option).
     pub const MAX_INNER_STEPS: u64 = 1000;
+    /// Entries of a convolution's gather index (output positions x kernel taps): 64 MiB
+    /// of u32.
+    pub const MAX_GATHER_ENTRIES: u64 = 1 << 24;
+    /// Multiply-adds to materialise one layer's weights `W = reshape(U v)` (done once per
+    /// adaptation step), and floats of the Kronecker product's intermediate buffers.
+    pub const MAX_MATERIALISE_MACS: u64 = 1 << 30;
     /// Bytes of a model file's body: the parameters at their limit, plus 1 MiB for the
     /// architecture and metadata.
     pub const MAX_BODY_BYTES: u64 = 4 * MAX_MODEL_ELEMENTS + (1 << 20);
@@ -638,6 +699,10 @@ impl NetSpec {
             }
             total_params += layout.adapted.iter().map(|&n| n as u128).sum::<u128>();
             total_macs += layer.op.macs(input, &out);
+            layer
+                .op
+                .check_engine_sizes(&out)
+                .map_err(|e| e.in_layer(i))?;
             params.push(layout);
             activations.push(out);
         }
@@ -754,6 +819,24 @@ mod tests {
             ),
             "parameters of the model",
         );
+        // A gather index of 2^28 entries from a 1-D conv with a 4096-tap kernel.
+        let g = ConvGeom::d1(1, 1, 4096, 4095);
+        refused(&net(vec![1, 57_346], vec![conv(g)]), "gather index");
+        // A Kronecker filter bank whose materialisation costs 2^36 multiply-adds, with every
+        // tensor small (1024 input channels, a 256x256 kernel, v of 1 x 1024 x 1).
+        let kron = LayerSpec {
+            op: Op::ShareConv {
+                geom: ConvGeom::d2(1024, 1, 256, 1, 0),
+                sharing: ConvSharing::Kronecker {
+                    ka: 1,
+                    kb: 1024,
+                    kc: 1,
+                },
+                bias: false,
+            },
+            activation: Activation::Identity,
+        };
+        refused(&net(vec![1024, 256, 256], vec![kron]), "materialise");
         // Multiply-adds: a conv whose parameters and activations are small but whose
         // compute is not (64 x 64 channels, 7x7 kernel, 256x256 outputs: 13 G MACs).
         refused(

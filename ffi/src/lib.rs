@@ -550,6 +550,20 @@ pub unsafe extern "C" fn msr_session_new(
             Ok(c) => c,
             Err(status) => return status,
         };
+        // The whole session, one-hot targets included, within the documented budget.
+        let total =
+            m.rt.session_bytes(capacity)
+                .map(|b| b + capacity as u128 * m.rt.output_len() as u128 * 4);
+        if total.is_none_or(|b| b > msr_core::realtime::MAX_SESSION_BYTES as u128) {
+            return fail(
+                msr_status::MSR_ERR_INVALID_ARGUMENT,
+                format!(
+                    "a session with capacity {capacity} needs {} bytes, over the limit of {} (try a smaller capacity)",
+                    total.map_or("more than 2^128".into(), |b| b.to_string()),
+                    msr_core::realtime::MAX_SESSION_BYTES
+                ),
+            );
+        }
         #[cfg(feature = "burn")]
         let burn = |device: msr_runtime::Device| -> Result<Box<dyn Engine>, msr_status> {
             let mut b = msr_runtime::burn_session::BurnSession::new(

@@ -82,6 +82,7 @@ fn patches(
     let taps = geom.kernel_area();
     let index: Vec<i64> = geom
         .gather_index(in_sp, out_sp)
+        .expect("a gather index within the limits fits in memory")
         .into_iter()
         .map(i64::from)
         .collect();

@@ -238,6 +238,27 @@ fn every_crafted_model_file_gets_a_status_fast() {
             msr_status::MSR_ERR_DIVERGED,
             &["rolled back"],
         ),
+        (
+            "gather_2p28.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["gather index", "over the limit"],
+        ),
+        (
+            "gather_2p30.msr",
+            "load",
+            msr_status::MSR_ERR_FORMAT,
+            &["gather index", "over the limit"],
+        ),
+        // Their own tests are below.
+        (
+            "adapt_inf_weight.msr",
+            "adapt",
+            msr_status::MSR_ERR_DIVERGED,
+            &["rolled back"],
+        ),
+        ("state_inf_weight.msr", "all", msr_status::MSR_OK, &[]),
+        ("flatten_2p20.msr", "all", msr_status::MSR_OK, &[]),
     ];
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -274,4 +295,125 @@ fn every_crafted_model_file_gets_a_status_fast() {
             assert!(line.contains(w), "{file}: message lacks '{w}':\n{line}");
         }
     }
+}
+
+/// Weights that overflow while v stays finite: an adaptation that produces them is rolled
+/// back (not MSR_OK), and a saved state that would produce them is refused.
+#[test]
+fn overflowing_weights_are_never_kept() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("reliability");
+    let load = |name: &str| {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let mut m = ptr::null_mut();
+        let s = unsafe { msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut m) };
+        assert_eq!(s, msr_status::MSR_OK, "{name}: {}", last_error());
+        let mut sess = ptr::null_mut();
+        let s = unsafe { msr_session_new(m, ptr::null(), &mut sess) };
+        assert_eq!(s, msr_status::MSR_OK, "{name}: {}", last_error());
+        (m, sess)
+    };
+    let predict = |sess: *mut msr_session, x: f32| {
+        let mut y = f32::NAN;
+        let s = unsafe { msr_session_predict(sess, &x, 1, 1, &mut y, 1) };
+        (s, y)
+    };
+
+    let (mut m, mut sess) = load("adapt_inf_weight.msr");
+    let before: Vec<_> = [-1.0, 0.0, 1.0].iter().map(|&x| predict(sess, x)).collect();
+    let (x, y) = (1.0f32, -1.0f32);
+    let mut loss = 0.0;
+    let s = unsafe { msr_session_adapt(sess, &x, 1, &y, 1, 1, &mut loss) };
+    assert_eq!(s, msr_status::MSR_ERR_DIVERGED, "{}", last_error());
+    assert!(last_error().contains("non-finite"), "{}", last_error());
+    let after: Vec<_> = [-1.0, 0.0, 1.0].iter().map(|&x| predict(sess, x)).collect();
+    assert_eq!(
+        format!("{before:?}"),
+        format!("{after:?}"),
+        "rolled back to the parameters before"
+    );
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
+
+    let (mut m, mut sess) = load("state_inf_weight.msr");
+    let mut state = [0u8; 64];
+    let mut written = 0;
+    let s = unsafe { msr_session_save_state(sess, state.as_mut_ptr(), state.len(), &mut written) };
+    assert_eq!(s, msr_status::MSR_OK);
+    let good = predict(sess, 1.0);
+    assert_eq!(good.0, msr_status::MSR_OK);
+    // Finite parameters whose weights overflow, with a valid CRC.
+    let mut bad = state[..written].to_vec();
+    bad[12..16].copy_from_slice(&3e38f32.to_le_bytes());
+    bad[16..20].copy_from_slice(&3e38f32.to_le_bytes());
+    let end = bad.len() - 4;
+    let crc = msr_fuzz_free_crc(&bad[..end]);
+    bad[end..].copy_from_slice(&crc.to_le_bytes());
+    let s = unsafe { msr_session_load_state(sess, bad.as_ptr(), bad.len()) };
+    assert_eq!(s, msr_status::MSR_ERR_FORMAT, "{}", last_error());
+    assert!(last_error().contains("overflow"), "{}", last_error());
+    assert_eq!(
+        predict(sess, 1.0).1.to_bits(),
+        good.1.to_bits(),
+        "session unchanged"
+    );
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
+}
+
+/// CRC-32 (IEEE), bitwise: independent of the library's.
+fn msr_fuzz_free_crc(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// The session budget counts every buffer the C ABI allocates (one-hot targets included),
+/// as msr_model_session_bytes reports it.
+#[test]
+fn the_session_budget_counts_every_buffer() {
+    let bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("reliability/flatten_2p20.msr"))
+            .unwrap();
+    let mut m = ptr::null_mut();
+    assert_eq!(
+        unsafe { msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut m) },
+        msr_status::MSR_OK
+    );
+    for capacity in [1usize, 8, 48, 64] {
+        let mut need = 0usize;
+        let s = unsafe { msr_model_session_bytes(m, capacity, &mut need) };
+        assert_eq!(s, msr_status::MSR_OK);
+        let o = msr_session_options {
+            capacity,
+            ..Default::default()
+        };
+        let mut sess = ptr::null_mut();
+        let s = unsafe { msr_session_new(m, &o, &mut sess) };
+        if need as u64 <= 1 << 30 {
+            assert_eq!(
+                s,
+                msr_status::MSR_OK,
+                "capacity {capacity}: {}",
+                last_error()
+            );
+        } else {
+            assert_eq!(
+                s,
+                msr_status::MSR_ERR_INVALID_ARGUMENT,
+                "capacity {capacity}: {need} bytes"
+            );
+            assert!(last_error().contains("over the limit"), "{}", last_error());
+        }
+        unsafe { msr_session_free(&mut sess) };
+    }
+    unsafe { msr_model_free(&mut m) };
 }

@@ -174,18 +174,12 @@ impl RtModel {
                 Op::ShareConv { geom, .. }
                 | Op::Conv { geom, .. }
                 | Op::LocallyConnected1d { geom, .. } => Kind::Patches {
-                    gather: {
-                        let positions = output.spatial_numel();
-                        let taps = geom.kernel_area();
-                        let mut g = Vec::new();
-                        g.try_reserve_exact(positions * taps)
-                            .map_err(|_| Error::OutOfMemory {
-                                what: "a convolution's gather index",
-                                bytes: positions as u128 * taps as u128 * 4,
-                            })?;
-                        g.extend(geom.gather_index(input.spatial(), output.spatial()));
-                        g
-                    },
+                    gather: geom
+                        .gather_index(input.spatial(), output.spatial())
+                        .map_err(|_| Error::OutOfMemory {
+                            what: "a convolution's gather index",
+                            bytes: output.spatial_numel() as u128 * geom.kernel_area() as u128 * 4,
+                        })?,
                     in_channels: geom.in_channels,
                     out_channels: geom.out_channels,
                     in_positions: input.spatial_numel(),
@@ -242,7 +236,11 @@ impl RtModel {
                 weight_len,
                 in_len: input.numel(),
                 out_len: output.numel(),
-                adapted0: rec.adapted0.clone(),
+                adapted0: rec
+                    .adapted0
+                    .iter()
+                    .map(|v| copy_of(v, "initial parameters"))
+                    .collect::<Result<_, _>>()?,
                 lr: rec.lr,
             });
         }
@@ -273,10 +271,7 @@ impl RtModel {
             inner_steps: record.info.inner_steps as usize,
             // The model file's own CRC (not a CRC over the file, trailer included: that is
             // the same constant for every file).
-            fingerprint: {
-                let bytes = record.to_bytes();
-                u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"))
-            },
+            fingerprint: record.file_crc(),
         }))
     }
 

@@ -233,11 +233,11 @@ impl Session {
             } else {
                 before
             };
-            // NaN propagates through every op (ReLU included), so a non-finite parameter
-            // shows in the loss; the final check of the parameters themselves is a cheap
-            // guarantee that no NaN is ever kept (and so ever saved).
-            let nonfinite_params =
-                step == self.inner_steps && !self.adapted.iter().flatten().all(|v| all_finite(v));
+            // NaN propagates through every op (ReLU included), but an infinite weight can
+            // meet only inputs that a ReLU zeroes; the final check of the parameters and
+            // the weights themselves guarantees that no NaN or infinity is ever kept (and so
+            // ever saved or predicted with).
+            let nonfinite_params = step == self.inner_steps && !self.params_finite();
             if !loss.is_finite()
                 || !before.is_finite()
                 || loss > initial * EXPLODE_FACTOR + EXPLODE_SLACK
@@ -270,6 +270,12 @@ impl Session {
             .into());
         }
         Ok(loss)
+    }
+
+    /// Whether every adapted parameter and every materialised weight `W = reshape(U v)` is
+    /// finite (finite v can overflow f32 in U v).
+    fn params_finite(&self) -> bool {
+        self.adapted.iter().flatten().all(|v| all_finite(v)) && self.w.iter().all(|w| all_finite(w))
     }
 
     /// Back to the parameters saved at the start of the adaptation.
@@ -446,6 +452,11 @@ impl Session {
     /// the session is left as it was. Allocation-free.
     pub fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
         check_state(self.model.fingerprint, self.model.adapted_len(), buf)?;
+        for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
+            for (bv, av) in b.iter_mut().zip(a) {
+                bv.copy_from_slice(av);
+            }
+        }
         for (dst, v) in self
             .adapted
             .iter_mut()
@@ -456,6 +467,10 @@ impl Session {
             *dst = v;
         }
         self.materialize_all();
+        if !self.params_finite() {
+            self.restore_backup();
+            return Err(crate::error::StateError::WeightsOverflow.into());
+        }
         Ok(())
     }
 
