@@ -131,6 +131,12 @@ pub enum FormatError {
     /// A parameter holds NaN or infinity.
     #[error("non-finite value in {0}")]
     NonFinite(String),
+    /// Memory for the decoded parameters could not be allocated.
+    #[error("out of memory decoding a model body of {bytes} bytes")]
+    OutOfMemory {
+        /// Bytes of the model body.
+        bytes: u64,
+    },
 }
 
 /// A saved session state (`save_state`) could not be restored.
@@ -296,6 +302,7 @@ impl Error {
         match self {
             Error::Format(FormatError::UnsupportedVersion { .. })
             | Error::State(StateError::UnsupportedVersion { .. }) => ErrorKind::Version,
+            Error::Format(FormatError::OutOfMemory { .. }) => ErrorKind::OutOfMemory,
             Error::Format(_) | Error::Shape(_) | Error::State(_) => ErrorKind::Format,
             Error::Data(DataError::NonFinite(_)) | Error::NonFiniteOutput => ErrorKind::NonFinite,
             Error::Data(_) => ErrorKind::InvalidArgument,

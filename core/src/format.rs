@@ -45,8 +45,10 @@ pub struct ModelInfo {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LayerRecord {
     /// The frozen symmetry matrices, each row-major `[rows, cols]` (shapes from the spec).
+    #[serde(deserialize_with = "fallible::vectors")]
     pub shared: Vec<Vec<f32>>,
     /// Initial adapted vectors (v or W, then the bias).
+    #[serde(deserialize_with = "fallible::vectors")]
     pub adapted0: Vec<Vec<f32>>,
     /// Inner-loop learning rate.
     pub lr: f32,
@@ -61,6 +63,86 @@ pub struct ModelRecord {
     pub net: NetSpec,
     /// Parameters, one per layer of `net`.
     pub layers: Vec<LayerRecord>,
+}
+
+/// Decoding the parameter vectors with fallible allocation: a model that does not fit in
+/// memory is [`FormatError::OutOfMemory`], not an abort. serde's own `Vec` grows with
+/// infallible allocation.
+mod fallible {
+    use alloc::vec::Vec;
+    use core::fmt;
+    use core::sync::atomic::{AtomicUsize, Ordering};
+
+    use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+
+    /// Allocation failures while decoding, in all threads: `from_bytes` tells a failed
+    /// allocation from a malformed body by a change of this count.
+    pub(super) static FAILURES: AtomicUsize = AtomicUsize::new(0);
+
+    /// Reserves room for one more element, counting a failure.
+    fn grow<T, E: de::Error>(v: &mut Vec<T>) -> Result<(), E> {
+        if v.len() == v.capacity() {
+            // Doubling, as Vec does, but fallible.
+            let more = v.capacity().max(16);
+            if v.try_reserve(more).is_err() {
+                FAILURES.fetch_add(1, Ordering::Relaxed);
+                return Err(E::custom("out of memory"));
+            }
+        }
+        Ok(())
+    }
+
+    struct Floats;
+    impl<'de> Visitor<'de> for Floats {
+        type Value = Vec<f32>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a sequence of f32")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<f32>, A::Error> {
+            let mut v = Vec::new();
+            while let Some(x) = {
+                grow(&mut v)?;
+                seq.next_element::<f32>()?
+            } {
+                v.push(x);
+            }
+            Ok(v)
+        }
+    }
+    impl<'de> DeserializeSeed<'de> for Floats {
+        type Value = Vec<f32>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Vec<f32>, D::Error> {
+            d.deserialize_seq(Floats)
+        }
+    }
+
+    struct Vectors;
+    impl<'de> Visitor<'de> for Vectors {
+        type Value = Vec<Vec<f32>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a sequence of f32 sequences")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Vec<f32>>, A::Error> {
+            let mut out = Vec::new();
+            while let Some(v) = {
+                grow(&mut out)?;
+                seq.next_element_seed(Floats)?
+            } {
+                out.push(v);
+            }
+            Ok(out)
+        }
+    }
+
+    /// `deserialize_with` for a `Vec<Vec<f32>>` field.
+    pub(super) fn vectors<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<f32>>, D::Error> {
+        d.deserialize_seq(Vectors)
+    }
+}
+
+/// The body length a (checked) header declares.
+fn len_of_body(bytes: &[u8]) -> u64 {
+    u32::from_le_bytes(bytes[8..12].try_into().expect("a checked header")) as u64
 }
 
 /// Checks a model file's 12-byte header (magic, version, flags, the body length against
@@ -328,9 +410,17 @@ impl ModelRecord {
         if stored != computed {
             return Err(FormatError::Checksum { stored, computed });
         }
+        let failures = fallible::FAILURES.load(core::sync::atomic::Ordering::Relaxed);
         let (record, rest): (ModelRecord, &[u8]) =
-            postcard::take_from_bytes(&bytes[HEADER_LEN..end])
-                .map_err(|e| FormatError::Body(e.to_string()))?;
+            postcard::take_from_bytes(&bytes[HEADER_LEN..end]).map_err(|e| {
+                if fallible::FAILURES.load(core::sync::atomic::Ordering::Relaxed) != failures {
+                    FormatError::OutOfMemory {
+                        bytes: len_of_body(bytes),
+                    }
+                } else {
+                    FormatError::Body(e.to_string())
+                }
+            })?;
         if !rest.is_empty() {
             return Err(FormatError::Body(format!(
                 "{} bytes left after the model record",
