@@ -340,7 +340,8 @@ unsafe fn new_model(record: &ModelRecord, out: *mut *mut msr_model) -> msr_statu
 /// Loads a model from a `.msr` file. On success `*out` owns a new model: free it with
 /// `msr_model_free`. On failure `*out` is untouched. The header is checked before the body
 /// is read: a file that is not a model, or declares a body over the limit, is refused
-/// without reading it (a device or a pipe is never read to exhaustion).
+/// without reading it (a device or a pipe is never read to exhaustion; a FIFO does block
+/// until its writer has written or closed, like any read).
 ///
 /// # Safety
 /// See the crate documentation: pointers NULL or valid for the documented lengths.
@@ -789,7 +790,8 @@ pub unsafe extern "C" fn msr_session_adapt_labels(
 
 /// Predicts `out` `[n, output_len]` (logits, for classification) for `x` `[n, input_len]`
 /// with the session's current parameters. `out_len` must be `n * output_len`. A prediction
-/// that overflows f32 (inputs far outside the model's range) is `MSR_ERR_NON_FINITE`.
+/// that overflows f32 (inputs far outside the model's range) is `MSR_ERR_NON_FINITE`; after
+/// any error the contents of `out` are unspecified.
 /// Allocation-free and lock-free.
 ///
 /// # Safety
