@@ -183,7 +183,7 @@ pub fn record_from_params(params: &MetaParams) -> Vec<LayerRecord> {
 }
 
 /// A tensor of `dtype` on `device` from row-major f32 values.
-pub fn upload<const D: usize>(
+pub(crate) fn upload<const D: usize>(
     values: &[f32],
     shape: [usize; D],
     device: &Device,
