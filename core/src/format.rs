@@ -331,8 +331,8 @@ impl ModelRecord {
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&len.to_le_bytes());
         out.extend_from_slice(&body);
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
+        out.extend_from_slice(&[0; TRAILER_LEN]);
+        crate::frame::seal(&mut out);
         out
     }
 
@@ -405,11 +405,8 @@ impl ModelRecord {
         if bytes.len() > needed {
             return Err(FormatError::TrailingBytes(bytes.len() - needed));
         }
-        let stored = u32::from_le_bytes(bytes[end..needed].try_into().expect("4 bytes"));
-        let computed = crc32fast::hash(&bytes[..end]);
-        if stored != computed {
-            return Err(FormatError::Checksum { stored, computed });
-        }
+        crate::frame::unseal(bytes)
+            .map_err(|(stored, computed)| FormatError::Checksum { stored, computed })?;
         let failures = fallible::FAILURES.load(core::sync::atomic::Ordering::Relaxed);
         let (record, rest): (ModelRecord, &[u8]) =
             postcard::take_from_bytes(&bytes[HEADER_LEN..end]).map_err(|e| {

@@ -22,6 +22,7 @@ extern crate std;
 
 pub mod error;
 pub mod format;
+pub mod frame;
 mod math;
 pub mod realtime;
 pub mod spec;

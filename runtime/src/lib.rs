@@ -26,7 +26,7 @@ mod test_support;
 
 // The model file, the spec, the errors and the real-time engine live in msr-core (no burn,
 // no_std); they are re-exported here so that `msr_runtime::spec::...` keeps working.
-pub use msr_core::{error, format, realtime, spec};
+pub use msr_core::{error, format, frame, realtime, spec};
 
 pub use burn::tensor::{DType, Device, Tensor, TensorData};
 pub use error::{DataError, DivergedError, Error, FormatError, ShapeError, StateError};

@@ -41,8 +41,7 @@ pub fn encode_state(
         at += 4;
     }
     debug_assert_eq!(at, len - 4);
-    let crc = crc32fast::hash(&buf[..at]);
-    buf[at..at + 4].copy_from_slice(&crc.to_le_bytes());
+    crate::frame::seal(&mut buf[..len]);
     Ok(len)
 }
 
@@ -68,11 +67,8 @@ pub fn check_state(fingerprint: u32, count: usize, buf: &[u8]) -> Result<(), Err
         }
         .into());
     }
-    let stored = u32::from_le_bytes(buf[len - 4..].try_into().expect("4 bytes"));
-    let computed = crc32fast::hash(&buf[..len - 4]);
-    if stored != computed {
-        return Err(StateError::Checksum { stored, computed }.into());
-    }
+    crate::frame::unseal(buf)
+        .map_err(|(stored, computed)| StateError::Checksum { stored, computed })?;
     let fp = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
     if fp != fingerprint {
         return Err(StateError::OtherModel {

@@ -39,10 +39,12 @@ impl Trainer {
             adam_v: dl(&self.adam.v),
         };
         let body = postcard::to_allocvec(&ck).expect("encoding into a Vec cannot fail");
+        // The CRC covers the body, not the magic: the frame starts after it.
         let mut bytes = Vec::with_capacity(body.len() + 12);
         bytes.extend_from_slice(CHECKPOINT_MAGIC);
         bytes.extend_from_slice(&body);
-        bytes.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+        bytes.extend_from_slice(&[0; 4]);
+        msr_runtime::frame::seal(&mut bytes[8..]);
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, &bytes).map_err(io(&tmp))?;
         std::fs::rename(&tmp, path).map_err(io(path))
@@ -68,11 +70,8 @@ impl Trainer {
         if bytes.len() < 12 || &bytes[..8] != CHECKPOINT_MAGIC {
             return Err(bad("not an msr checkpoint (bad magic or too short)".into()));
         }
-        let body = &bytes[8..bytes.len() - 4];
-        let stored = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().expect("4 bytes"));
-        if crc32fast::hash(body) != stored {
-            return Err(bad("checksum mismatch: the file is corrupt".into()));
-        }
+        let body = msr_runtime::frame::unseal(&bytes[8..])
+            .map_err(|_| bad("checksum mismatch: the file is corrupt".into()))?;
         let ck: Checkpoint =
             postcard::from_bytes(body).map_err(|e| bad(format!("malformed: {e}")))?;
         ck.config
