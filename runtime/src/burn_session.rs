@@ -2,9 +2,7 @@
 //! [`Engine`] contract as the real-time engine, through [`Model`]. Not allocation-free:
 //! tensors are created per call, so the real-time guarantees are the CPU engine's only.
 
-use msr_core::realtime::{
-    EXPLODE_FACTOR, Engine, check_len, check_state, encode_state, state_values,
-};
+use msr_core::realtime::{Engine, check_len, check_state, encode_state, exploded, state_values};
 
 use crate::{
     DType, Device, DivergedError, Error, Model, ModelRecord, TaskParams, Tensor, TensorData,
@@ -101,11 +99,8 @@ impl Engine for BurnSession {
             .iter()
             .flatten()
             .all(|t| crate::model::download(t).iter().all(|v| v.is_finite()));
-        // With zero steps `initial` is NaN and only finiteness is checked.
-        if !loss.is_finite()
-            || (self.inner_steps > 0 && loss > initial * EXPLODE_FACTOR + 1.0)
-            || nonfinite_params
-        {
+        // The real-time engine's policy (with zero steps `initial` is NaN: finiteness only).
+        if exploded(initial, loss) || nonfinite_params {
             return Err(DivergedError {
                 step: self.inner_steps,
                 loss: loss as f64,

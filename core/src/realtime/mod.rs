@@ -86,10 +86,19 @@ pub fn check_len(what: &'static str, len: usize, n: usize, per: usize) -> Result
     Ok(())
 }
 
-/// An adaptation whose final support loss exceeds `EXPLODE_FACTOR` times the initial loss
-/// (plus `EXPLODE_SLACK`) is treated as diverged and rolled back.
-pub const EXPLODE_FACTOR: f32 = 1e3;
-pub(crate) const EXPLODE_SLACK: f32 = 1.0;
+/// An adaptation whose support loss exceeds `EXPLODE_FACTOR` times the initial loss (plus
+/// `EXPLODE_SLACK`) is treated as diverged and rolled back (see [`exploded`]).
+const EXPLODE_FACTOR: f32 = 1e3;
+const EXPLODE_SLACK: f32 = 1.0;
+
+/// The rollback policy every engine applies to an adaptation's support loss: `loss` is
+/// non-finite, or exploded relative to `initial`, the loss before adapting (a NaN
+/// `initial`, as with zero steps, checks finiteness only). An adaptation for which this is
+/// true, or that leaves any parameter or weight non-finite, is rolled back and reported as
+/// [`Error::Diverged`].
+pub fn exploded(initial: f32, loss: f32) -> bool {
+    !loss.is_finite() || loss > initial * EXPLODE_FACTOR + EXPLODE_SLACK
+}
 
 #[derive(Debug)]
 pub(crate) enum Kind {
@@ -373,7 +382,7 @@ impl RtModel {
 /// What a session does on any engine: the real-time engine ([`Session`]) and the burn
 /// sessions of `msr-runtime` (GPU, reference CPU) implement it, and the C ABI drives every
 /// backend through it. A failed call leaves the engine as it was; an adaptation whose loss
-/// or any parameter turns non-finite, or whose loss explodes (over [`EXPLODE_FACTOR`] times
+/// or any parameter turns non-finite, or whose loss explodes ([`exploded`]: over 1000 times
 /// the initial loss), is rolled back and reported as [`Error::Diverged`].
 pub trait Engine: Send {
     /// Scalars per input example.

@@ -10,8 +10,7 @@ use super::layers::{backward, forward};
 use super::state::{check_state, encode_state, state_values};
 use super::weights::{materialize, weights_backward};
 use super::{
-    EXPLODE_FACTOR, EXPLODE_SLACK, MAX_CAPACITY, MAX_SESSION_BYTES, RtModel, check_len, copy_of,
-    kron_scratch_len, zeros,
+    MAX_CAPACITY, MAX_SESSION_BYTES, RtModel, check_len, copy_of, kron_scratch_len, zeros,
 };
 use crate::error::{DataError, DivergedError, Error, ShapeError};
 use crate::math::{exp, ln};
@@ -238,11 +237,7 @@ impl Session {
             // the weights themselves guarantees that no NaN or infinity is ever kept (and so
             // ever saved or predicted with).
             let nonfinite_params = step == self.inner_steps && !self.params_finite();
-            if !loss.is_finite()
-                || !before.is_finite()
-                || loss > initial * EXPLODE_FACTOR + EXPLODE_SLACK
-                || nonfinite_params
-            {
+            if super::exploded(initial, loss) || !before.is_finite() || nonfinite_params {
                 self.restore_backup();
                 return Err(DivergedError {
                     step,
