@@ -82,6 +82,31 @@ fn data(n: usize, f: usize, seed: f32) -> Vec<f32> {
         .collect()
 }
 
+/// A default CPU session of the regression test model.
+fn mse_session() -> (*mut msr_model, *mut msr_session) {
+    let (s, m) = load(&record(Loss::Mse).to_bytes());
+    assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
+    let mut sess = ptr::null_mut();
+    let s = unsafe { msr_session_new(m, ptr::null(), &mut sess) };
+    assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
+    (m, sess)
+}
+
+/// `msr_session_adapt` on whole buffers of `n` examples, without the loss.
+fn adapt(sess: *mut msr_session, x: &[f32], y: &[f32], n: usize) -> msr_status {
+    unsafe {
+        msr_session_adapt(
+            sess,
+            x.as_ptr(),
+            x.len(),
+            y.as_ptr(),
+            y.len(),
+            n,
+            ptr::null_mut(),
+        )
+    }
+}
+
 #[test]
 fn version_and_model_info() {
     let v = unsafe { CStr::from_ptr(msr_version()) }.to_str().unwrap();
@@ -229,17 +254,7 @@ fn bad_calls_leave_the_session_as_it_was() {
     assert_eq!(st, msr_status::MSR_ERR_NULL);
     let mut nan = y.clone();
     nan[5] = f32::NAN;
-    let st = unsafe {
-        msr_session_adapt(
-            sess,
-            x.as_ptr(),
-            x.len(),
-            nan.as_ptr(),
-            nan.len(),
-            4,
-            ptr::null_mut(),
-        )
-    };
+    let st = adapt(sess, &x, &nan, 4);
     assert_eq!(st, msr_status::MSR_ERR_NON_FINITE);
     let mut inf = x.clone();
     inf[0] = f32::INFINITY;
@@ -274,17 +289,7 @@ fn bad_calls_leave_the_session_as_it_was() {
     );
     let mut p0 = vec![0.0f32; 12];
     unsafe { msr_session_predict(hot, x.as_ptr(), x.len(), 4, p0.as_mut_ptr(), 12) };
-    let st = unsafe {
-        msr_session_adapt(
-            hot,
-            x.as_ptr(),
-            x.len(),
-            y.as_ptr(),
-            y.len(),
-            4,
-            ptr::null_mut(),
-        )
-    };
+    let st = adapt(hot, &x, &y, 4);
     assert_eq!(st, msr_status::MSR_ERR_DIVERGED, "{}", last_error());
     assert!(last_error().contains("rolled back"), "{}", last_error());
     let mut p1 = vec![0.0f32; 12];
@@ -371,17 +376,7 @@ fn classification_models_take_labels() {
     };
     assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
     assert!(last_error().contains("label 2 is 3"), "{}", last_error());
-    let st = unsafe {
-        msr_session_adapt(
-            sess,
-            x.as_ptr(),
-            x.len(),
-            y0.as_ptr(),
-            y0.len(),
-            6,
-            ptr::null_mut(),
-        )
-    };
+    let st = adapt(sess, &x, &y0, 6);
     assert_eq!(st, msr_status::MSR_ERR_UNSUPPORTED);
     unsafe { msr_session_free(&mut sess) };
     unsafe { msr_session_free(&mut zero) };
@@ -408,20 +403,7 @@ fn eight_threads_on_one_model_match_one_thread() {
         for round in 0..50 {
             let seed = (task * 100 + round) as f32 * 0.01;
             let (x, y) = (data(3, 6, seed), data(3, 3, seed + 0.5));
-            assert_eq!(
-                unsafe {
-                    msr_session_adapt(
-                        s,
-                        x.as_ptr(),
-                        x.len(),
-                        y.as_ptr(),
-                        y.len(),
-                        3,
-                        ptr::null_mut(),
-                    )
-                },
-                msr_status::MSR_OK
-            );
+            assert_eq!(adapt(s, &x, &y, 3), msr_status::MSR_OK);
             let mut out = vec![0.0f32; 9];
             assert_eq!(
                 unsafe { msr_session_predict(s, x.as_ptr(), x.len(), 3, out.as_mut_ptr(), 9) },
@@ -626,43 +608,15 @@ fn options_over_the_limits_are_invalid_arguments() {
 
 #[test]
 fn an_overflowing_n_is_refused_before_anything_changes() {
-    let (_, mut m) = load(&record(Loss::Mse).to_bytes());
-    let mut sess = ptr::null_mut();
-    assert_eq!(
-        unsafe { msr_session_new(m, ptr::null(), &mut sess) },
-        msr_status::MSR_OK
-    );
+    let (mut m, mut sess) = mse_session();
     let (x, y) = (data(4, 6, 0.0), data(4, 3, 1.0));
-    assert_eq!(
-        unsafe {
-            msr_session_adapt(
-                sess,
-                x.as_ptr(),
-                x.len(),
-                y.as_ptr(),
-                y.len(),
-                4,
-                ptr::null_mut(),
-            )
-        },
-        msr_status::MSR_OK
-    );
+    assert_eq!(adapt(sess, &x, &y, 4), msr_status::MSR_OK);
     let mut before = vec![0.0f32; 12];
     unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 4, before.as_mut_ptr(), 12) };
     // n * 6 wraps to 24 (mod 2^64) and n * 3 to 12.
     let n = 4 + (1usize << 63);
     assert_eq!(n.wrapping_mul(6), 24);
-    let st = unsafe {
-        msr_session_adapt(
-            sess,
-            x.as_ptr(),
-            x.len(),
-            y.as_ptr(),
-            y.len(),
-            n,
-            ptr::null_mut(),
-        )
-    };
+    let st = adapt(sess, &x, &y, n);
     assert_eq!(st, msr_status::MSR_ERR_INVALID_ARGUMENT);
     let e = last_error();
     assert!(e.contains("overflows") && !e.contains("1844674407"), "{e}");
@@ -677,9 +631,7 @@ fn an_overflowing_n_is_refused_before_anything_changes() {
 
 #[test]
 fn huge_finite_inputs_never_give_ok_with_nan() {
-    let (_, mut m) = load(&record(Loss::Mse).to_bytes());
-    let mut sess = ptr::null_mut();
-    unsafe { msr_session_new(m, ptr::null(), &mut sess) };
+    let (mut m, mut sess) = mse_session();
     let x: Vec<f32> = (0..4 * 6)
         .map(|i| if i % 2 == 0 { 3e38 } else { -3e38 })
         .collect();
@@ -719,9 +671,7 @@ fn huge_finite_inputs_never_give_ok_with_nan() {
 /// returns MSR_ERR_BUSY having done nothing. Never a wrong prediction.
 #[test]
 fn one_session_used_by_two_threads_is_busy_not_wrong() {
-    let (_, mut m) = load(&record(Loss::Mse).to_bytes());
-    let mut sess = ptr::null_mut();
-    unsafe { msr_session_new(m, ptr::null(), &mut sess) };
+    let (mut m, mut sess) = mse_session();
     let x = data(64, 6, 0.0);
     let mut expected = vec![0.0f32; 64 * 3];
     assert_eq!(

@@ -380,32 +380,15 @@ const SEEDS: &[&[u8]] = &[
 ];
 
 /// Rewrites the header's body length and the CRC trailer, so the parser behind the
-/// checksum sees the damage.
+/// checksum sees the damage. (The CRC is the library's own `frame::seal`, tested against
+/// the IEEE check value in msr-core.)
 pub fn fix_crc(bytes: &mut [u8]) {
     if bytes.len() < 16 {
         return;
     }
     let body = (bytes.len() - 16) as u32;
     bytes[8..12].copy_from_slice(&body.to_le_bytes());
-    let end = bytes.len() - 4;
-    let crc = msr_crc(&bytes[..end]);
-    bytes[end..].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// CRC-32 (IEEE), bitwise: independent of the library's own.
-pub fn msr_crc(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    msr_runtime::frame::seal(bytes);
 }
 
 /// Byte-level damage: flips, boundary bytes, varint-shaped runs, insertions, deletions,

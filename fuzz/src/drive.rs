@@ -233,9 +233,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
         let mut bad = state.clone();
         cases::mutate(r, &mut bad);
         if r.chance(0.7) && bad.len() >= 4 {
-            let end = bad.len() - 4;
-            let crc = cases::msr_crc(&bad[..end]);
-            bad[end..].copy_from_slice(&crc.to_le_bytes());
+            msr_runtime::frame::seal(&mut bad);
         }
         let l = check!(
             unsafe { msr_session_load_state(g.1, bad.as_ptr(), bad.len()) },

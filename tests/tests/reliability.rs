@@ -351,9 +351,7 @@ fn overflowing_weights_are_never_kept() {
     let mut bad = state[..written].to_vec();
     bad[12..16].copy_from_slice(&3e38f32.to_le_bytes());
     bad[16..20].copy_from_slice(&3e38f32.to_le_bytes());
-    let end = bad.len() - 4;
-    let crc = msr_fuzz_free_crc(&bad[..end]);
-    bad[end..].copy_from_slice(&crc.to_le_bytes());
+    msr_runtime::frame::seal(&mut bad);
     let s = unsafe { msr_session_load_state(sess, bad.as_ptr(), bad.len()) };
     assert_eq!(s, msr_status::MSR_ERR_FORMAT, "{}", last_error());
     assert!(last_error().contains("overflow"), "{}", last_error());
@@ -364,22 +362,6 @@ fn overflowing_weights_are_never_kept() {
     );
     unsafe { msr_session_free(&mut sess) };
     unsafe { msr_model_free(&mut m) };
-}
-
-/// CRC-32 (IEEE), bitwise: independent of the library's.
-fn msr_fuzz_free_crc(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
 
 /// The session budget counts every buffer the C ABI allocates (one-hot targets included),
