@@ -468,8 +468,7 @@ pub unsafe extern "C" fn msr_model_session_bytes(
         };
         // SAFETY: checked non-NULL; a live model by contract.
         let m = unsafe { &*model };
-        let onehot = (capacity as u128) * (m.rt.output_len() as u128) * 4;
-        match m.rt.session_bytes(capacity).map(|b| b + onehot) {
+        match session_bytes(m, capacity) {
             Some(b) if b <= usize::MAX as u128 => {
                 // SAFETY: checked non-NULL.
                 unsafe { *bytes = b as usize };
@@ -481,6 +480,12 @@ pub unsafe extern "C" fn msr_model_session_bytes(
             ),
         }
     })
+}
+
+/// Bytes a CPU session of `m` allocates: the engine's buffers and the one-hot targets.
+fn session_bytes(m: &msr_model, capacity: usize) -> Option<u128> {
+    let onehot = capacity as u128 * m.rt.output_len() as u128 * 4;
+    m.rt.session_bytes(capacity).map(|b| b + onehot)
 }
 
 /// The chunk capacity an option asks for (0 = the default), or the status that refuses it.
@@ -552,9 +557,7 @@ pub unsafe extern "C" fn msr_session_new(
             Err(status) => return status,
         };
         // The whole session, one-hot targets included, within the documented budget.
-        let total =
-            m.rt.session_bytes(capacity)
-                .map(|b| b + capacity as u128 * m.rt.output_len() as u128 * 4);
+        let total = session_bytes(m, capacity);
         if total.is_none_or(|b| b > msr_core::realtime::MAX_SESSION_BYTES as u128) {
             return fail(
                 msr_status::MSR_ERR_INVALID_ARGUMENT,
