@@ -101,12 +101,31 @@ pub enum FormatError {
         found: [u8; 4],
     },
     /// The file's major format version is not one this reader knows.
-    #[error("unsupported model format version {found} (this reader supports {supported})")]
+    #[error(
+        "unsupported model format version {found} (this reader supports versions 1 to {supported}; a newer msr wrote it: upgrade the reader)"
+    )]
     UnsupportedVersion {
         /// Version in the file.
         found: u16,
-        /// Version this build reads.
+        /// The newest version this build reads (it reads every version from 1).
         supported: u16,
+    },
+    /// The model needs an extension record this reader does not know: it would predict
+    /// wrongly without it (optional extensions are skipped instead).
+    #[error(
+        "the model needs extension record '{name}', which this reader does not know (a newer msr wrote it: upgrade the reader)"
+    )]
+    UnknownExtension {
+        /// The extension's name.
+        name: String,
+    },
+    /// An extension record this reader knows is malformed or does not fit the model.
+    #[error("extension record '{name}': {message}")]
+    BadExtension {
+        /// The extension's name.
+        name: &'static str,
+        /// What is wrong.
+        message: String,
     },
     /// The header has flags this reader does not understand.
     #[error("unknown header flags {0:#06x}")]
@@ -301,6 +320,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Format(FormatError::UnsupportedVersion { .. })
+            | Error::Format(FormatError::UnknownExtension { .. })
             | Error::State(StateError::UnsupportedVersion { .. }) => ErrorKind::Version,
             Error::Format(FormatError::OutOfMemory { .. }) => ErrorKind::OutOfMemory,
             Error::Format(_) | Error::Shape(_) | Error::State(_) => ErrorKind::Format,

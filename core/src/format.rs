@@ -3,7 +3,8 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic "MSR\0"
-//! 4       2     format version, u16 little-endian (this build: FORMAT_VERSION)
+//! 4       2     format version, u16 little-endian (this build writes FORMAT_VERSION and
+//!               reads every version from 1)
 //! 6       2     flags, u16 little-endian (none defined: must be 0)
 //! 8       4     body length in bytes, u32 little-endian
 //! 12      len   body: postcard encoding of ModelRecord
@@ -23,8 +24,12 @@ use crate::spec::{NetSpec, limits};
 
 /// The four bytes every model file starts with.
 pub const MAGIC: [u8; 4] = *b"MSR\0";
-/// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+/// The format version this build writes; it reads every version from 1 to this one.
+///
+/// - 1: info, net, layers.
+/// - 2: the same, then a list of extension records ([`Extension`]): named,
+///   length-prefixed, skippable when optional. Known: [`NORMALIZE`].
+pub const FORMAT_VERSION: u16 = 2;
 const HEADER_LEN: usize = 12;
 const TRAILER_LEN: usize = 4;
 
@@ -55,7 +60,7 @@ pub struct LayerRecord {
 }
 
 /// Everything a model file holds.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ModelRecord {
     /// Metadata.
     pub info: ModelInfo,
@@ -63,6 +68,154 @@ pub struct ModelRecord {
     pub net: NetSpec,
     /// Parameters, one per layer of `net`.
     pub layers: Vec<LayerRecord>,
+    /// What the extension records hold (format version 2 on).
+    pub ext: Extensions,
+}
+
+/// Per-feature standardisation `(value - mean) / scale`: the model sees standardised
+/// values, its users raw ones.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Standardize {
+    /// Per-feature mean.
+    #[serde(deserialize_with = "fallible::floats")]
+    pub mean: Vec<f32>,
+    /// Per-feature scale (the standard deviation; 1 for a feature that was constant).
+    #[serde(deserialize_with = "fallible::floats")]
+    pub scale: Vec<f32>,
+}
+
+impl Standardize {
+    /// Checks `len` features with finite means and finite, positive scales.
+    fn check(&self, what: &str, len: usize) -> Result<(), String> {
+        if self.mean.len() != len || self.scale.len() != len {
+            return Err(format!(
+                "{what} statistics for {} and {} features, the model has {len}",
+                self.mean.len(),
+                self.scale.len()
+            ));
+        }
+        if !self.mean.iter().all(|m| m.is_finite()) {
+            return Err(format!("non-finite {what} mean"));
+        }
+        if !self.scale.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(format!("{what} scales must be finite and positive"));
+        }
+        Ok(())
+    }
+
+    /// Standardises `values` (whole examples of `mean.len()` features) in place.
+    pub fn apply(&self, values: &mut [f32]) {
+        for row in values.chunks_exact_mut(self.mean.len()) {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
+                *v = (*v - m) / s;
+            }
+        }
+    }
+
+    /// Undoes [`Standardize::apply`] in place.
+    pub fn invert(&self, values: &mut [f32]) {
+        for row in values.chunks_exact_mut(self.mean.len()) {
+            for ((v, m), s) in row.iter_mut().zip(&self.mean).zip(&self.scale) {
+                *v = *v * s + m;
+            }
+        }
+    }
+}
+
+/// Extension record [`NORMALIZE`]: the model's inputs and (regression) outputs are
+/// standardised with statistics of the training tasks. Every engine standardises inputs
+/// and targets, and un-standardises predictions, so callers use raw units throughout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Normalizer {
+    /// Input statistics.
+    pub input: Option<Standardize>,
+    /// Output statistics (mean squared error models only).
+    pub output: Option<Standardize>,
+}
+
+/// The name of the normalisation extension record (required: a reader that ignored it
+/// would predict in the wrong units).
+pub const NORMALIZE: &str = "normalize";
+
+/// One extension record as stored: a name, whether a reader that does not know it must
+/// refuse the model (`required`) or may skip it, and its postcard-encoded body.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Extension {
+    /// The record's name.
+    pub name: String,
+    /// A reader that does not know this record must refuse the model.
+    pub required: bool,
+    /// The record's body (postcard), skipped whole by a reader that does not need it.
+    pub body: Vec<u8>,
+}
+
+/// What the extension records of a model hold, decoded.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Extensions {
+    /// [`NORMALIZE`]: standardisation of inputs and outputs.
+    pub normalizer: Option<Normalizer>,
+    /// Optional records this build does not know, kept so that a model is written back
+    /// as it was read.
+    pub unknown: Vec<Extension>,
+}
+
+impl Extensions {
+    /// The records to store, known ones first.
+    fn records(&self) -> Vec<Extension> {
+        let mut out = Vec::new();
+        if let Some(n) = &self.normalizer {
+            out.push(Extension {
+                name: NORMALIZE.into(),
+                required: true,
+                body: postcard::to_allocvec(n).expect("postcard encoding into a Vec cannot fail"),
+            });
+        }
+        out.extend(self.unknown.iter().cloned());
+        out
+    }
+
+    /// Decodes stored records: known ones are parsed, unknown optional ones kept, an
+    /// unknown required one refuses the model.
+    fn from_records(records: Vec<Extension>) -> Result<Self, FormatError> {
+        let mut ext = Extensions::default();
+        for r in records {
+            match r.name.as_str() {
+                NORMALIZE => {
+                    if ext.normalizer.is_some() {
+                        return Err(bad_extension(NORMALIZE, "stored twice".into()));
+                    }
+                    let n = postcard::from_bytes(&r.body)
+                        .map_err(|e| bad_extension(NORMALIZE, e.to_string()))?;
+                    ext.normalizer = Some(n);
+                }
+                _ if r.required => return Err(FormatError::UnknownExtension { name: r.name }),
+                _ => ext.unknown.push(r),
+            }
+        }
+        Ok(ext)
+    }
+}
+
+fn bad_extension(name: &'static str, message: String) -> FormatError {
+    FormatError::BadExtension { name, message }
+}
+
+/// The body of a version 1 file, and the start of every later one.
+#[derive(Deserialize)]
+struct BodyV1 {
+    info: ModelInfo,
+    net: NetSpec,
+    layers: Vec<LayerRecord>,
+}
+
+/// The body as written (version [`FORMAT_VERSION`]): borrowed, so that encoding and
+/// fingerprinting copy nothing but the (small) extension records.
+#[derive(Serialize)]
+struct Body<'a> {
+    info: &'a ModelInfo,
+    net: &'a NetSpec,
+    layers: &'a [LayerRecord],
+    extensions: Vec<Extension>,
 }
 
 /// Decoding the parameter vectors with fallible allocation: a model that does not fit in
@@ -134,6 +287,11 @@ mod fallible {
         }
     }
 
+    /// `deserialize_with` for a `Vec<f32>` field.
+    pub(super) fn floats<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f32>, D::Error> {
+        d.deserialize_seq(Floats)
+    }
+
     /// `deserialize_with` for a `Vec<Vec<f32>>` field.
     pub(super) fn vectors<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Vec<f32>>, D::Error> {
         d.deserialize_seq(Vectors)
@@ -153,7 +311,7 @@ fn file_len(header: &[u8; HEADER_LEN]) -> Result<usize, FormatError> {
         return Err(FormatError::BadMagic { found: magic });
     }
     let version = u16::from_le_bytes([header[4], header[5]]);
-    if version != FORMAT_VERSION {
+    if version == 0 || version > FORMAT_VERSION {
         return Err(FormatError::UnsupportedVersion {
             found: version,
             supported: FORMAT_VERSION,
@@ -318,12 +476,38 @@ impl ModelRecord {
                 return Err(FormatError::NonFinite(format!("layer {i} learning rate")));
             }
         }
+        if let Some(n) = &self.ext.normalizer {
+            let bad = |m| bad_extension(NORMALIZE, m);
+            if let Some(s) = &n.input {
+                s.check("input", shapes.activations[0].numel())
+                    .map_err(bad)?;
+            }
+            if let Some(s) = &n.output {
+                if self.net.loss != crate::spec::Loss::Mse {
+                    return Err(bad(
+                        "output statistics, but the loss is not mean squared error".into(),
+                    ));
+                }
+                let out = shapes.activations.last().expect("non-empty").numel();
+                s.check("output", out).map_err(bad)?;
+            }
+        }
         Ok(())
+    }
+
+    fn body(&self) -> Body<'_> {
+        Body {
+            info: &self.info,
+            net: &self.net,
+            layers: &self.layers,
+            extensions: self.ext.records(),
+        }
     }
 
     /// Encodes the record as a complete model file.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let body = postcard::to_allocvec(self).expect("postcard encoding into a Vec cannot fail");
+        let body =
+            postcard::to_allocvec(&self.body()).expect("postcard encoding into a Vec cannot fail");
         let len = u32::try_from(body.len()).expect("model body over 4 GiB");
         let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
         out.extend_from_slice(&MAGIC);
@@ -371,14 +555,15 @@ impl ModelRecord {
                 Ok(self.0.finalize())
             }
         }
+        let body = self.body();
         let len =
-            postcard::serialize_with_flavor(self, Count(0)).expect("counting bytes cannot fail");
+            postcard::serialize_with_flavor(&body, Count(0)).expect("counting bytes cannot fail");
         let mut hasher = crc32fast::Hasher::new();
         hasher.update(&MAGIC);
         hasher.update(&FORMAT_VERSION.to_le_bytes());
         hasher.update(&0u16.to_le_bytes());
         hasher.update(&(len as u32).to_le_bytes());
-        postcard::serialize_with_flavor(self, Crc(hasher)).expect("hashing bytes cannot fail")
+        postcard::serialize_with_flavor(&body, Crc(hasher)).expect("hashing bytes cannot fail")
     }
 
     /// Decodes and validates a model file. Never panics, whatever the bytes.
@@ -408,16 +593,31 @@ impl ModelRecord {
         crate::frame::unseal(bytes)
             .map_err(|(stored, computed)| FormatError::Checksum { stored, computed })?;
         let failures = fallible::FAILURES.load(core::sync::atomic::Ordering::Relaxed);
-        let (record, rest): (ModelRecord, &[u8]) =
-            postcard::take_from_bytes(&bytes[HEADER_LEN..end]).map_err(|e| {
-                if fallible::FAILURES.load(core::sync::atomic::Ordering::Relaxed) != failures {
-                    FormatError::OutOfMemory {
-                        bytes: len_of_body(bytes),
-                    }
-                } else {
-                    FormatError::Body(e.to_string())
+        let decode_error = |e: postcard::Error| {
+            if fallible::FAILURES.load(core::sync::atomic::Ordering::Relaxed) != failures {
+                FormatError::OutOfMemory {
+                    bytes: len_of_body(bytes),
                 }
-            })?;
+            } else {
+                FormatError::Body(e.to_string())
+            }
+        };
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        let (v1, mut rest): (BodyV1, &[u8]) =
+            postcard::take_from_bytes(&bytes[HEADER_LEN..end]).map_err(decode_error)?;
+        let mut ext = Extensions::default();
+        if version >= 2 {
+            let (records, after): (Vec<Extension>, &[u8]) =
+                postcard::take_from_bytes(rest).map_err(decode_error)?;
+            ext = Extensions::from_records(records)?;
+            rest = after;
+        }
+        let record = ModelRecord {
+            info: v1.info,
+            net: v1.net,
+            layers: v1.layers,
+            ext,
+        };
         if !rest.is_empty() {
             return Err(FormatError::Body(format!(
                 "{} bytes left after the model record",
@@ -482,6 +682,7 @@ mod tests {
             },
             net,
             layers,
+            ext: Extensions::default(),
         }
     }
 
@@ -533,15 +734,16 @@ mod tests {
         assert!(matches!(e, FormatError::BadMagic { .. }), "{e}");
 
         let mut bad = good.clone();
-        bad[4..6].copy_from_slice(&2u16.to_le_bytes());
+        bad[4..6].copy_from_slice(&3u16.to_le_bytes());
         let e = ModelRecord::from_bytes(&with_crc(bad)).unwrap_err();
         assert_eq!(
             e,
             FormatError::UnsupportedVersion {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         );
+        assert!(e.to_string().contains("upgrade"), "{e}");
 
         let mut bad = good.clone();
         bad[6] = 1;
@@ -584,6 +786,118 @@ mod tests {
         inf.layers[0].lr = f32::INFINITY;
         let e = ModelRecord::from_bytes(&inf.to_bytes()).unwrap_err();
         assert!(matches!(e, FormatError::NonFinite(_)), "{e}");
+    }
+
+    /// A version 1 file, as the first release wrote it: the body without extensions.
+    fn v1_bytes(rec: &ModelRecord) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct V1<'a>(&'a ModelInfo, &'a NetSpec, &'a [LayerRecord]);
+        let body = postcard::to_allocvec(&V1(&rec.info, &rec.net, &rec.layers)).unwrap();
+        let mut out = MAGIC.to_vec();
+        out.extend_from_slice(&1u16.to_le_bytes());
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&[0; 4]);
+        with_crc(out)
+    }
+
+    fn normalizer(inputs: usize, outputs: usize) -> Normalizer {
+        let stats = |n: usize| Standardize {
+            mean: (0..n).map(|i| i as f32 - 2.0).collect(),
+            scale: (0..n).map(|i| 0.5 + i as f32).collect(),
+        };
+        Normalizer {
+            input: Some(stats(inputs)),
+            output: Some(stats(outputs)),
+        }
+    }
+
+    #[test]
+    fn version_1_files_still_load() {
+        let rec = record(&mut Rng::new(11));
+        let back = ModelRecord::from_bytes(&v1_bytes(&rec)).unwrap();
+        assert_eq!(back, rec);
+        // Written back, it is a version 2 file with no extension records.
+        let v2 = back.to_bytes();
+        assert_eq!(u16::from_le_bytes([v2[4], v2[5]]), 2);
+        assert_eq!(ModelRecord::from_bytes(&v2).unwrap(), rec);
+    }
+
+    #[test]
+    fn extension_records_round_trip_or_refuse_by_name() {
+        let mut rec = record(&mut Rng::new(12));
+        rec.ext.normalizer = Some(normalizer(7, 2));
+        rec.ext.unknown.push(Extension {
+            name: "from-the-future".into(),
+            required: false,
+            body: vec![1, 2, 3],
+        });
+        let bytes = rec.to_bytes();
+        let trailer = u32::from_le_bytes(bytes[bytes.len() - 4..].try_into().unwrap());
+        assert_eq!(rec.file_crc(), trailer);
+        let back = ModelRecord::from_bytes(&bytes).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back.to_bytes(), bytes);
+
+        // A required record this reader does not know refuses the model, by name.
+        let mut future = rec.clone();
+        future.ext.unknown[0].required = true;
+        let e = ModelRecord::from_bytes(&future.to_bytes()).unwrap_err();
+        assert_eq!(
+            e,
+            FormatError::UnknownExtension {
+                name: "from-the-future".into()
+            }
+        );
+        assert_eq!(
+            crate::error::Error::from(e).kind(),
+            crate::error::ErrorKind::Version
+        );
+
+        // Statistics that do not fit the model, or are not positive.
+        let mut wrong = rec.clone();
+        wrong.ext.normalizer = Some(normalizer(6, 2));
+        let e = ModelRecord::from_bytes(&wrong.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("input statistics for 6"), "{e}");
+        let mut zero = rec.clone();
+        zero.ext
+            .normalizer
+            .as_mut()
+            .unwrap()
+            .output
+            .as_mut()
+            .unwrap()
+            .scale[1] = 0.0;
+        let e = ModelRecord::from_bytes(&zero.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("positive"), "{e}");
+        let mut ce = rec.clone();
+        ce.net.loss = Loss::CrossEntropy;
+        let e = ModelRecord::from_bytes(&ce.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("not mean squared error"), "{e}");
+        // A garbled body of a known record.
+        let mut garbled = rec;
+        garbled.ext.normalizer = None;
+        garbled.ext.unknown = vec![Extension {
+            name: NORMALIZE.into(),
+            required: true,
+            body: vec![7; 3],
+        }];
+        let e = ModelRecord::from_bytes(&garbled.to_bytes()).unwrap_err();
+        assert!(matches!(e, FormatError::BadExtension { .. }), "{e}");
+    }
+
+    #[test]
+    fn standardize_inverts() {
+        let s = normalizer(3, 1).input.unwrap();
+        let raw = [1.0f32, -4.0, 9.5, 0.0, 2.0, -1.0];
+        let mut v = raw;
+        s.apply(&mut v);
+        assert_eq!(v[0], (1.0 + 2.0) / 0.5);
+        s.invert(&mut v);
+        for (a, b) in v.iter().zip(raw) {
+            assert!((a - b).abs() < 1e-6);
+        }
     }
 
     #[test]

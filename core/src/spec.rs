@@ -43,6 +43,37 @@ pub enum Activation {
     Identity,
     /// y = max(x, 0)
     Relu,
+    /// y = tanh(x)
+    Tanh,
+    /// y = x Phi(x), Phi the standard normal CDF (the exact GELU, with erf; format v2).
+    Gelu,
+}
+
+impl Activation {
+    /// Its command-line name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Identity => "identity",
+            Activation::Relu => "relu",
+            Activation::Tanh => "tanh",
+            Activation::Gelu => "gelu",
+        }
+    }
+}
+
+impl core::str::FromStr for Activation {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "identity" => Ok(Activation::Identity),
+            "relu" => Ok(Activation::Relu),
+            "tanh" => Ok(Activation::Tanh),
+            "gelu" => Ok(Activation::Gelu),
+            other => Err(format!(
+                "unknown activation '{other}' (available: relu, tanh, gelu, identity)"
+            )),
+        }
+    }
 }
 
 /// The training and adaptation loss.

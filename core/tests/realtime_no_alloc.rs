@@ -106,6 +106,7 @@ fn model(loss: Loss) -> ModelRecord {
         },
         net,
         layers,
+        ext: Default::default(),
     }
 }
 

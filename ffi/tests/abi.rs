@@ -60,6 +60,7 @@ fn record(loss: Loss) -> ModelRecord {
                 lr: 0.1,
             },
         ],
+        ext: Default::default(),
     }
 }
 
@@ -155,10 +156,26 @@ fn bad_files_get_their_own_status_and_message() {
     assert_eq!(load(&corrupt).0, msr_status::MSR_ERR_FORMAT);
     assert!(last_error().contains("checksum"), "{}", last_error());
 
-    let mut v2 = good.clone();
-    v2[4] = 2;
-    assert_eq!(load(&v2).0, msr_status::MSR_ERR_VERSION);
-    assert!(last_error().contains("version 2"), "{}", last_error());
+    let mut v3 = good.clone();
+    v3[4] = 3;
+    assert_eq!(load(&v3).0, msr_status::MSR_ERR_VERSION);
+    assert!(last_error().contains("version 3"), "{}", last_error());
+    assert!(last_error().contains("upgrade"), "{}", last_error());
+
+    // A model needing an extension record this reader does not know: a version error
+    // naming the record.
+    let mut rec = record(Loss::Mse);
+    rec.ext.unknown.push(msr_core::format::Extension {
+        name: "solver-from-the-future".into(),
+        required: true,
+        body: vec![0; 4],
+    });
+    assert_eq!(load(&rec.to_bytes()).0, msr_status::MSR_ERR_VERSION);
+    assert!(
+        last_error().contains("solver-from-the-future"),
+        "{}",
+        last_error()
+    );
 
     let path = c"/nonexistent/dir/model.msr";
     let mut m = ptr::null_mut();

@@ -305,6 +305,7 @@ pub fn record(r: &mut Rng, net: NetSpec, special: f64) -> ModelRecord {
         },
         net,
         layers,
+        ext: Default::default(),
     }
 }
 

@@ -82,6 +82,10 @@ impl Engine for BurnSession {
         let device = net.device().clone();
         let (xt, yt) = (tensor(x, n, fi, &device), tensor(y, n, fo, &device));
         self.model.check_set(&xt, Some(&yt))?;
+        let (xt, yt) = (
+            self.model.standardize_inputs(xt),
+            self.model.standardize_targets(yt),
+        );
         let params = self.model.params();
         let mut task = self.model.initial(1);
         let mut initial = f32::NAN;

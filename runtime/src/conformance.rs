@@ -210,6 +210,7 @@ fn every_backend_computes_what_the_f64_cpu_computes() {
                 },
                 net: case.spec.clone(),
                 layers: layer_records(&case.host, &net64),
+                ext: Default::default(),
             };
             let model = Model::from_record(&rec, device, DType::F32).unwrap();
             let bytes = model.to_record().to_bytes();

@@ -24,6 +24,7 @@ mod tests {
             },
             net: spec,
             layers,
+            ext: Default::default(),
         }
     }
 
@@ -76,6 +77,77 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A model with standardisation statistics takes and returns raw units on both engines:
+    /// adapting it on raw data and predicting equals adapting the same model without
+    /// statistics on data standardised by hand, and un-standardising its predictions.
+    #[test]
+    fn normalisation_is_the_models_business() {
+        use crate::format::{Normalizer, Standardize};
+        let dev = crate::device::cpu();
+        let spec = nets(Loss::Mse)
+            .into_iter()
+            .find(|(n, _)| *n == "mlp-tanh-gelu")
+            .unwrap()
+            .1;
+        let plain = record(spec, 31);
+        let (fi, fo) = (5, 3);
+        let mut rng = Rng::new(32);
+        let stats = |n: usize, rng: &mut Rng, big: f64| Standardize {
+            mean: f32s(rng.normals(n, big)),
+            scale: (0..n).map(|i| (big * (0.5 + i as f64)) as f32).collect(),
+        };
+        let mut normed = plain.clone();
+        normed.ext.normalizer = Some(Normalizer {
+            input: Some(stats(fi, &mut rng, 1e3)),
+            output: Some(stats(fo, &mut rng, 20.0)),
+        });
+        let n = normed.ext.normalizer.clone().unwrap();
+        let (sx, sy) = (n.input.unwrap(), n.output.unwrap());
+        let (ns, nq) = (6, 5);
+        let xs = f32s(rng.normals(ns * fi, 1.0));
+        let ys = f32s(rng.normals(ns * fo, 1.0));
+        let xq = f32s(rng.normals(nq * fi, 1.0));
+        let raw = |v: &[f32], s: &Standardize| {
+            let mut v = v.to_vec();
+            s.invert(&mut v);
+            v
+        };
+        let (xs_raw, ys_raw, xq_raw) = (raw(&xs, &sx), raw(&ys, &sy), raw(&xq, &sx));
+
+        let predict = |rec: &ModelRecord, xs: &[f32], ys: &[f32], xq: &[f32]| {
+            let mut s = Session::new(RtModel::new(rec).unwrap(), 4).unwrap();
+            s.adapt(xs, ys, ns).unwrap();
+            let mut out = vec![0.0; nq * fo];
+            s.predict(xq, nq, &mut out).unwrap();
+            out
+        };
+        let reference = raw(&predict(&plain, &xs, &ys, &xq), &sy);
+        let got = predict(&normed, &xs_raw, &ys_raw, &xq_raw);
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        let err = rel_err(&f64s(&got), &f64s(&reference));
+        assert!(err < 1e-5, "real-time engine: rel err {err:e}");
+
+        // The burn path, through Model.
+        let model = Model::from_record(&normed, &dev, DType::F32).unwrap();
+        let t = |v: &Vec<f32>, n: usize, f: usize| {
+            Tensor::<3>::from_data(TensorData::new(v.clone(), [1, n, f]), (&dev, DType::F32))
+        };
+        let task = model
+            .adapt(t(&xs_raw, ns, fi), t(&ys_raw, ns, fo), 2)
+            .unwrap();
+        let burn: Vec<f64> = model
+            .predict(&task, t(&xq_raw, nq, fi))
+            .unwrap()
+            .to_data()
+            .convert::<f64>()
+            .iter::<f64>()
+            .collect();
+        let err = rel_err(&burn, &f64s(&reference));
+        assert!(err < 1e-5, "burn path: rel err {err:e}");
+        // And the record keeps its statistics through the model.
+        assert_eq!(model.to_record().ext, normed.ext);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::Path;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
 use crate::error::{DataError, Error};
-use crate::format::{LayerRecord, ModelInfo, ModelRecord};
+use crate::format::{Extensions, LayerRecord, ModelInfo, ModelRecord, Normalizer, Standardize};
 use crate::net::{LayerParams, MetaParams, Net, TaskParams};
 use crate::spec::NetSpec;
 
@@ -16,6 +16,24 @@ pub struct Model {
     info: ModelInfo,
     net: Net,
     params: MetaParams,
+    ext: Extensions,
+    /// The normaliser's statistics on the device: (input, output), each (mean, scale)
+    /// `[1, 1, features]`.
+    stats: [Option<(Tensor<3>, Tensor<3>)>; 2],
+}
+
+fn device_stats(
+    s: Option<&Standardize>,
+    device: &Device,
+    dtype: DType,
+) -> Option<(Tensor<3>, Tensor<3>)> {
+    s.map(|s| {
+        let n = s.mean.len();
+        (
+            upload(&s.mean, [1, 1, n], device, dtype),
+            upload(&s.scale, [1, 1, n], device, dtype),
+        )
+    })
 }
 
 impl Model {
@@ -24,17 +42,59 @@ impl Model {
         record.validate()?;
         let net = Net::new(record.net.clone(), device)?;
         let params = params_from_record(&net, &record.layers, dtype);
+        let n = record.ext.normalizer.as_ref();
+        let stats = [
+            device_stats(n.and_then(|n| n.input.as_ref()), device, dtype),
+            device_stats(n.and_then(|n| n.output.as_ref()), device, dtype),
+        ];
         Ok(Self {
             info: record.info.clone(),
             net,
             params,
+            ext: record.ext.clone(),
+            stats,
         })
     }
 
     /// Assembles a model from parts (the trainer's export path); checks the parameters.
     pub fn from_parts(info: ModelInfo, net: Net, params: MetaParams) -> Result<Self, Error> {
         net.check_params(&params)?;
-        Ok(Self { info, net, params })
+        Ok(Self {
+            info,
+            net,
+            params,
+            ext: Extensions::default(),
+            stats: [None, None],
+        })
+    }
+
+    /// The standardisation of inputs and outputs, if the model has one.
+    pub fn normalizer(&self) -> Option<&Normalizer> {
+        self.ext.normalizer.as_ref()
+    }
+
+    /// Raw inputs `[T, N, input_len]` to what the network sees.
+    pub fn standardize_inputs(&self, x: Tensor<3>) -> Tensor<3> {
+        match &self.stats[0] {
+            Some((m, s)) => (x - m.clone()) / s.clone(),
+            None => x,
+        }
+    }
+
+    /// Raw targets `[T, N, output_len]` to what the network is trained on.
+    pub fn standardize_targets(&self, y: Tensor<3>) -> Tensor<3> {
+        match &self.stats[1] {
+            Some((m, s)) => (y - m.clone()) / s.clone(),
+            None => y,
+        }
+    }
+
+    /// The network's outputs back in raw units.
+    pub fn raw_outputs(&self, out: Tensor<3>) -> Tensor<3> {
+        match &self.stats[1] {
+            Some((m, s)) => out * s.clone() + m.clone(),
+            None => out,
+        }
     }
 
     /// Decodes a model file (see [`crate::format`]) onto `device`, in f32.
@@ -55,6 +115,7 @@ impl Model {
             info: self.info.clone(),
             net: self.net.spec().clone(),
             layers: record_from_params(&self.params),
+            ext: self.ext.clone(),
         }
     }
 
@@ -107,9 +168,11 @@ impl Model {
     }
 
     /// Adapts the meta-learned initialisation to each task of a support set with `steps` inner
-    /// SGD steps. `x` `[T, N, input_len]`, `y` `[T, N, output_len]`.
+    /// SGD steps. `x` `[T, N, input_len]`, `y` `[T, N, output_len]`, raw units (the model
+    /// standardises them as it was trained to).
     pub fn adapt(&self, x: Tensor<3>, y: Tensor<3>, steps: usize) -> Result<TaskParams, Error> {
         self.check_set(&x, Some(&y))?;
+        let (x, y) = (self.standardize_inputs(x), self.standardize_targets(y));
         Ok(self.net.adapt(&self.params, x, y, steps))
     }
 
@@ -118,7 +181,8 @@ impl Model {
         self.net.initial(&self.params, tasks)
     }
 
-    /// Predicts `[T, N, output_len]` for inputs `x` `[T, N, input_len]` with adapted `task`.
+    /// Predicts `[T, N, output_len]` for inputs `x` `[T, N, input_len]` with adapted `task`,
+    /// in raw units.
     pub fn predict(&self, task: &TaskParams, x: Tensor<3>) -> Result<Tensor<3>, Error> {
         self.check_set(&x, None)?;
         if task.tasks() != 0 && task.tasks() != x.dims()[0] {
@@ -129,7 +193,10 @@ impl Model {
             }
             .into());
         }
-        Ok(self.net.forward(&self.params, task, x))
+        let out = self
+            .net
+            .forward(&self.params, task, self.standardize_inputs(x));
+        Ok(self.raw_outputs(out))
     }
 }
 

@@ -90,8 +90,9 @@ struct LayerCache {
     input_dims: [usize; 4],
     weight: Option<Tensor<2>>,
     apply: Option<ApplyCache>,
-    /// The pre-activation output (ReLU layers only).
-    pre: Option<Tensor<4>>,
+    /// What the activation's derivative needs: the pre-activation output (ReLU, GELU) or
+    /// the output (tanh).
+    act: Option<Tensor<4>>,
 }
 
 impl Net {
@@ -239,10 +240,19 @@ impl Net {
                 act,
                 &self.shapes.activations[i + 1],
             );
-            let (out, pre) = match spec.activation {
+            let (out, act_cache) = match spec.activation {
                 Activation::Identity => (z, None),
                 Activation::Relu => {
                     let out = activation::relu(z.clone());
+                    (out, keep.then_some(z))
+                }
+                Activation::Tanh => {
+                    let out = z.tanh();
+                    let cache = keep.then(|| out.clone());
+                    (out, cache)
+                }
+                Activation::Gelu => {
+                    let out = gelu(z.clone());
                     (out, keep.then_some(z))
                 }
             };
@@ -251,7 +261,7 @@ impl Net {
                     input_dims,
                     weight,
                     apply,
-                    pre,
+                    act: act_cache,
                 });
             }
             act = out;
@@ -291,8 +301,14 @@ impl Net {
         for i in (0..self.plans.len()).rev() {
             let spec = &self.spec.layers[i];
             let cache = &caches[i];
-            if let Some(pre) = &cache.pre {
-                dy = dy.mask_fill(pre.clone().lower_equal_elem(0.0), 0.0);
+            if let Some(a) = &cache.act {
+                dy = match spec.activation {
+                    Activation::Relu => dy.mask_fill(a.clone().lower_equal_elem(0.0), 0.0),
+                    // d tanh = 1 - tanh^2, from the output.
+                    Activation::Tanh => dy * a.clone().square().neg().add_scalar(1.0),
+                    Activation::Gelu => dy * gelu_grad(a.clone()),
+                    Activation::Identity => dy,
+                };
             }
             let g = layer::apply_backward(
                 &self.plans[i],
@@ -383,6 +399,34 @@ impl Net {
         let task = self.initial(params, tasks);
         self.adapt_from(params, task, x, y, steps, false)
     }
+}
+
+/// GELU, `x Phi(x)` with the exact (erf) normal CDF, as the real-time engine computes it.
+fn gelu(z: Tensor<4>) -> Tensor<4> {
+    let phi = z
+        .clone()
+        .mul_scalar(std::f64::consts::FRAC_1_SQRT_2)
+        .erf()
+        .add_scalar(1.0)
+        .mul_scalar(0.5);
+    z * phi
+}
+
+/// d GELU / dz = Phi(z) + z phi(z), phi the standard normal density.
+fn gelu_grad(z: Tensor<4>) -> Tensor<4> {
+    let cdf = z
+        .clone()
+        .mul_scalar(std::f64::consts::FRAC_1_SQRT_2)
+        .erf()
+        .add_scalar(1.0)
+        .mul_scalar(0.5);
+    let density = z
+        .clone()
+        .square()
+        .mul_scalar(-0.5)
+        .exp()
+        .mul_scalar(1.0 / (2.0 * std::f64::consts::PI).sqrt());
+    cdf + z * density
 }
 
 /// Parameter-free layers are applied with a dummy weight that is never read.

@@ -84,6 +84,10 @@ fn objective(
 }
 
 fn meta_net(loss: Loss) -> NetSpec {
+    meta_net_with(loss, Activation::Relu)
+}
+
+fn meta_net_with(loss: Loss, hidden: Activation) -> NetSpec {
     NetSpec {
         input: FeatureShape(vec![5]),
         layers: vec![
@@ -94,7 +98,7 @@ fn meta_net(loss: Loss) -> NetSpec {
                     k: 3,
                     bias: true,
                 },
-                Activation::Relu,
+                hidden,
             ),
             layer(
                 Op::ShareLinear {
@@ -116,9 +120,18 @@ fn meta_net(loss: Loss) -> NetSpec {
 fn meta_gradient_matches_finite_differences() {
     let plain = crate::device::cpu();
     let ad = crate::device::cpu().autodiff();
-    for loss in [Loss::Mse, Loss::CrossEntropy] {
-        for steps in [1, 3] {
-            let spec = meta_net(loss);
+    let cases = [
+        (Loss::Mse, 1, Activation::Relu),
+        (Loss::Mse, 3, Activation::Relu),
+        (Loss::CrossEntropy, 1, Activation::Relu),
+        (Loss::CrossEntropy, 3, Activation::Relu),
+        (Loss::Mse, 3, Activation::Tanh),
+        (Loss::Mse, 3, Activation::Gelu),
+        (Loss::CrossEntropy, 1, Activation::Gelu),
+    ];
+    for (loss, steps, hidden) in cases {
+        {
+            let spec = meta_net_with(loss, hidden);
             let net = Net::new(spec.clone(), &plain).unwrap();
             let net_ad = Net::new(spec, &ad).unwrap();
             let mut rng = Rng::new(11 + steps as u64);
@@ -163,7 +176,7 @@ fn meta_gradient_matches_finite_differences() {
                 let err = rel_err(reference, &fd);
                 assert!(
                     err < 1e-6,
-                    "{loss:?}, {steps} steps: meta-parameter {p}: rel err {err:e}"
+                    "{loss:?} {hidden:?}, {steps} steps: meta-parameter {p}: rel err {err:e}"
                 );
             }
             // The lr must matter: the meta-gradient reaches through the inner step.

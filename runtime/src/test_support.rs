@@ -149,7 +149,7 @@ pub fn layer(op: Op, activation: Activation) -> LayerSpec {
     LayerSpec { op, activation }
 }
 
-/// Small networks that together use every layer kind, both activations and flatten.
+/// Small networks that together use every layer kind, every activation and flatten.
 pub fn nets(loss: Loss) -> Vec<(&'static str, NetSpec)> {
     use Activation::*;
     vec![
@@ -269,6 +269,41 @@ pub fn nets(loss: Loss) -> Vec<(&'static str, NetSpec)> {
                             inputs: 18,
                             outputs: 3,
                             bias: false,
+                        },
+                        Identity,
+                    ),
+                ],
+                loss,
+            },
+        ),
+        (
+            "mlp-tanh-gelu",
+            NetSpec {
+                input: FeatureShape(vec![5]),
+                layers: vec![
+                    layer(
+                        Op::ShareLinear {
+                            inputs: 5,
+                            outputs: 6,
+                            k: 4,
+                            bias: true,
+                        },
+                        Tanh,
+                    ),
+                    layer(
+                        Op::Linear {
+                            inputs: 6,
+                            outputs: 4,
+                            bias: true,
+                        },
+                        Gelu,
+                    ),
+                    layer(
+                        Op::ShareLinear {
+                            inputs: 4,
+                            outputs: 3,
+                            k: 3,
+                            bias: true,
                         },
                         Identity,
                     ),

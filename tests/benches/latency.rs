@@ -63,6 +63,7 @@ fn rank1() -> ModelRecord {
             adapted0: vec![values(3, 0.1, 2)],
             lr: 0.1,
         }],
+        ext: Default::default(),
     }
 }
 
@@ -108,6 +109,7 @@ fn mlp() -> ModelRecord {
                 lr: 0.1,
             },
         ],
+        ext: Default::default(),
     }
 }
 
@@ -281,6 +283,7 @@ fn glyph_classifier() -> ModelRecord {
         },
         net,
         layers,
+        ext: Default::default(),
     }
 }
 

@@ -107,6 +107,7 @@ fn classifier(dir: &Path) -> PathBuf {
             adapted0: vec![vec![0.0; 32], vec![0.0; 4]],
             lr: 2.0,
         }],
+        ext: Default::default(),
     };
     let path = dir.join("classifier.msr");
     std::fs::write(&path, rec.to_bytes()).unwrap();

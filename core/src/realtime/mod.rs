@@ -140,7 +140,7 @@ pub(crate) enum Weights {
 pub(crate) struct Layer {
     pub(crate) kind: Kind,
     pub(crate) weights: Weights,
-    pub(crate) relu: bool,
+    pub(crate) activation: Activation,
     pub(crate) weight_len: usize,
     pub(crate) in_len: usize,
     pub(crate) out_len: usize,
@@ -157,6 +157,8 @@ pub struct RtModel {
     pub(crate) input_len: usize,
     pub(crate) output_len: usize,
     pub(crate) inner_steps: usize,
+    /// Standardisation of inputs and outputs (the model's `normalize` record).
+    pub(crate) normalizer: Option<crate::format::Normalizer>,
     /// CRC-32 of the model record, to tie saved session states to their model.
     pub(crate) fingerprint: u32,
 }
@@ -241,7 +243,7 @@ impl RtModel {
             layers.push(Layer {
                 kind,
                 weights,
-                relu: spec.activation == Activation::Relu,
+                activation: spec.activation,
                 weight_len,
                 in_len: input.numel(),
                 out_len: output.numel(),
@@ -278,6 +280,13 @@ impl RtModel {
             input_len: shapes.activations[0].numel(),
             output_len: shapes.activations.last().expect("non-empty").numel(),
             inner_steps: record.info.inner_steps as usize,
+            normalizer: match &record.ext.normalizer {
+                Some(n) => Some(crate::format::Normalizer {
+                    input: n.input.as_ref().map(copy_stats).transpose()?,
+                    output: n.output.as_ref().map(copy_stats).transpose()?,
+                }),
+                None => None,
+            },
             // The model file's own CRC (not a CRC over the file, trailer included: that is
             // the same constant for every file).
             fingerprint: record.file_crc(),
@@ -317,6 +326,13 @@ impl RtModel {
     }
 }
 
+fn copy_stats(s: &crate::format::Standardize) -> Result<crate::format::Standardize, Error> {
+    Ok(crate::format::Standardize {
+        mean: copy_of(&s.mean, "normalisation statistics")?,
+        scale: copy_of(&s.scale, "normalisation statistics")?,
+    })
+}
+
 /// Floats of the Kronecker scratch buffers a model's layers need (0 without Kronecker layers).
 pub(crate) fn kron_scratch_len(layers: &[Layer]) -> usize {
     layers
@@ -348,13 +364,36 @@ impl RtModel {
             .map(|l| l.in_len.max(l.out_len))
             .max()
             .unwrap_or(1) as u128;
+        // GELU layers keep their pre-activations for the backward pass.
+        let pre: u128 = self
+            .layers
+            .iter()
+            .filter(|l| l.activation == Activation::Gelu)
+            .map(|l| l.out_len as u128)
+            .sum();
+        let targets = if self.output_normalized() {
+            self.output_len as u128
+        } else {
+            0
+        };
         let floats = 3 * adapted
             + 2 * weights
-            + cap.checked_mul(acts)?
+            + cap.checked_mul(acts + pre + targets)?
             + 2 * cap.checked_mul(max_act)?
             + 2 * self.max_patch() as u128
             + 2 * kron_scratch_len(&self.layers) as u128;
         floats.checked_mul(4)
+    }
+
+    /// Whether targets and predictions are standardised (the session then needs a buffer
+    /// for standardised targets).
+    pub(crate) fn output_normalized(&self) -> bool {
+        self.normalizer.as_ref().is_some_and(|n| n.output.is_some())
+    }
+
+    /// The model's standardisation of inputs and outputs, if it has one.
+    pub fn normalizer(&self) -> Option<&crate::format::Normalizer> {
+        self.normalizer.as_ref()
     }
 
     pub(crate) fn max_patch(&self) -> usize {

@@ -13,8 +13,8 @@ use super::{
     MAX_CAPACITY, MAX_SESSION_BYTES, RtModel, check_len, copy_of, kron_scratch_len, zeros,
 };
 use crate::error::{DataError, DivergedError, Error, ShapeError};
-use crate::math::{exp, ln};
-use crate::spec::Loss;
+use crate::math::{exp, gelu, gelu_grad, ln, tanh};
+use crate::spec::{Activation, Loss};
 
 /// One task's adapted state and the buffers to adapt and predict without allocating.
 /// Use from one thread at a time (it is `Send`, not shared).
@@ -33,6 +33,10 @@ pub struct Session {
     dw: Vec<Vec<f32>>,
     /// Activations at every layer boundary, `[capacity, len]` each.
     acts: Vec<Vec<f32>>,
+    /// Per layer: the pre-activation output of GELU layers (empty for the others).
+    pre: Vec<Vec<f32>>,
+    /// Standardised targets of one chunk (empty unless the model standardises outputs).
+    targets: Vec<f32>,
     /// Two gradient buffers, `[capacity, max len]`.
     da: Vec<f32>,
     db: Vec<f32>,
@@ -94,6 +98,23 @@ impl Session {
         for l in &model.layers {
             acts.push(zeros(capacity * l.out_len, "activations")?);
         }
+        let pre = model
+            .layers
+            .iter()
+            .map(|l| {
+                let n = if l.activation == Activation::Gelu {
+                    capacity * l.out_len
+                } else {
+                    0
+                };
+                zeros(n, "pre-activations")
+            })
+            .collect::<Result<_, _>>()?;
+        let targets = if model.output_normalized() {
+            zeros(capacity * model.output_len, "standardised targets")?
+        } else {
+            Vec::new()
+        };
         let max_act = model
             .layers
             .iter()
@@ -110,6 +131,8 @@ impl Session {
             w,
             dw,
             acts,
+            pre,
+            targets,
             da: zeros(capacity * max_act, "activation gradients")?,
             db: zeros(capacity * max_act, "activation gradients")?,
             patch: zeros(max_patch, "patches")?,
@@ -171,7 +194,16 @@ impl Session {
             let m = (n - start).min(self.capacity);
             self.forward_chunk(&x[start * fi..(start + m) * fi], m);
             let last = self.acts.last().expect("non-empty");
-            out[start * fo..(start + m) * fo].copy_from_slice(&last[..m * fo]);
+            let chunk = &mut out[start * fo..(start + m) * fo];
+            chunk.copy_from_slice(&last[..m * fo]);
+            if let Some(s) = self
+                .model
+                .normalizer
+                .as_ref()
+                .and_then(|n| n.output.as_ref())
+            {
+                s.invert(chunk);
+            }
             start += m;
         }
         if !all_finite(out) {
@@ -313,7 +345,22 @@ impl Session {
             let m = (n - start).min(self.capacity);
             self.forward_chunk(&x[start * fi..(start + m) * fi], m);
             let yc = &y[start * fo..(start + m) * fo];
-            total += self.loss_chunk(yc, m, n, grad);
+            total += match self
+                .model
+                .normalizer
+                .as_ref()
+                .and_then(|n| n.output.as_ref())
+            {
+                Some(s) => {
+                    let mut t = core::mem::take(&mut self.targets);
+                    t[..m * fo].copy_from_slice(yc);
+                    s.apply(&mut t[..m * fo]);
+                    let l = self.loss_chunk(&t[..m * fo], m, n, grad);
+                    self.targets = t;
+                    l
+                }
+                None => self.loss_chunk(yc, m, n, grad),
+            };
             if grad {
                 self.backward_chunk(m);
             }
@@ -377,17 +424,40 @@ impl Session {
 
     fn forward_chunk(&mut self, x: &[f32], m: usize) {
         self.acts[0][..x.len()].copy_from_slice(x);
+        if let Some(s) = self
+            .model
+            .normalizer
+            .as_ref()
+            .and_then(|n| n.input.as_ref())
+        {
+            s.apply(&mut self.acts[0][..x.len()]);
+        }
         for (i, layer) in self.model.layers.iter().enumerate() {
             let (before, after) = self.acts.split_at_mut(i + 1);
             let input = &before[i][..m * layer.in_len];
             let out = &mut after[0][..m * layer.out_len];
             let bias = self.adapted[i].get(1).map(Vec::as_slice);
             forward(layer, &self.w[i], bias, input, out, m, &mut self.patch);
-            if layer.relu {
+            match layer.activation {
+                Activation::Identity => {}
                 // Not `max(0)`: that turns NaN into 0 and hides a divergence. A select with
                 // an unconditional store, so that it vectorises (a conditional store does not).
-                for v in out.iter_mut() {
-                    *v = if *v < 0.0 { 0.0 } else { *v };
+                Activation::Relu => {
+                    for v in out.iter_mut() {
+                        *v = if *v < 0.0 { 0.0 } else { *v };
+                    }
+                }
+                Activation::Tanh => {
+                    for v in out.iter_mut() {
+                        *v = tanh(*v);
+                    }
+                }
+                Activation::Gelu => {
+                    let pre = &mut self.pre[i][..m * layer.out_len];
+                    pre.copy_from_slice(out);
+                    for v in out.iter_mut() {
+                        *v = gelu(*v);
+                    }
                 }
             }
         }
@@ -400,10 +470,23 @@ impl Session {
             let layer = &self.model.layers[i];
             let out = &self.acts[i + 1][..m * layer.out_len];
             let dz = &mut self.da[..m * layer.out_len];
-            if layer.relu {
-                for (d, o) in dz.iter_mut().zip(out) {
-                    if *o <= 0.0 {
-                        *d = 0.0;
+            match layer.activation {
+                Activation::Identity => {}
+                Activation::Relu => {
+                    for (d, o) in dz.iter_mut().zip(out) {
+                        if *o <= 0.0 {
+                            *d = 0.0;
+                        }
+                    }
+                }
+                Activation::Tanh => {
+                    for (d, o) in dz.iter_mut().zip(out) {
+                        *d *= 1.0 - o * o;
+                    }
+                }
+                Activation::Gelu => {
+                    for (d, z) in dz.iter_mut().zip(&self.pre[i][..m * layer.out_len]) {
+                        *d *= gelu_grad(*z);
                     }
                 }
             }

@@ -99,6 +99,7 @@ impl Trainer {
             },
             net: spec.clone(),
             layers: ck.params.clone(),
+            ext: Default::default(),
         };
         record.validate().map_err(|e| bad(e.to_string()))?;
         Self::from_parts(

@@ -207,6 +207,7 @@ impl Trainer {
             },
             net: self.net.spec().clone(),
             layers: record_from_params(&self.params),
+            ext: Default::default(),
         }
     }
 }

@@ -1,0 +1,43 @@
+//! Model files of earlier format versions keep loading: `compat/rank1-v1.msr` is the
+//! reference rank1 model as release 0.1.0 wrote it (format version 1, no extension
+//! records). It must load, predict exactly as the same model written as version 2, and be
+//! written back as version 2 with the same parameters.
+
+use msr_runtime::ModelRecord;
+use msr_runtime::realtime::{RtModel, Session};
+
+const V1: &[u8] = include_bytes!("../compat/rank1-v1.msr");
+const V2: &[u8] = include_bytes!("../../trainer/tests/reference/rank1/model.msr");
+
+#[test]
+fn version_1_model_loads_and_predicts_as_version_2() {
+    assert_eq!(u16::from_le_bytes([V1[4], V1[5]]), 1);
+    let old = ModelRecord::from_bytes(V1).expect("a version 1 file loads");
+    let new = ModelRecord::from_bytes(V2).expect("the reference model loads");
+    assert_eq!(u16::from_le_bytes([V2[4], V2[5]]), 2);
+    // The same run: only the trainer version string differs.
+    assert_eq!(old.layers, new.layers);
+    assert_eq!(old.net, new.net);
+    assert_eq!(old.ext, Default::default());
+    assert_eq!(old.info.trainer_version, "0.1.0");
+
+    let (fi, fo) = (70, 68);
+    let x: Vec<f32> = (0..4 * fi)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let y: Vec<f32> = (0..4 * fo)
+        .map(|i| ((i * 53 % 89) as f32 - 44.0) / 30.0)
+        .collect();
+    let run = |rec: &ModelRecord| {
+        let mut s = Session::new(RtModel::new(rec).unwrap(), 8).unwrap();
+        s.adapt(&x[..fi], &y[..fo], 1).unwrap();
+        let mut out = vec![0.0; 4 * fo];
+        s.predict(&x, 4, &mut out).unwrap();
+        out
+    };
+    assert_eq!(run(&old), run(&new));
+
+    let rewritten = old.to_bytes();
+    assert_eq!(u16::from_le_bytes([rewritten[4], rewritten[5]]), 2);
+    assert_eq!(ModelRecord::from_bytes(&rewritten).unwrap(), old);
+}
