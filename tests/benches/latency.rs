@@ -273,7 +273,9 @@ fn glyph_classifier() -> ModelRecord {
     let net = msr_trainer::models::glyph_spec(msr_trainer::models::ModelKind::MsrConv, 5, 32)
         .expect("a glyph net");
     let mut rng = msr_trainer::rng::Rng::new(3);
-    let layers = msr_trainer::models::init(&net, 0.1, |_| true, &mut rng).expect("init");
+    let layers =
+        msr_trainer::models::init(&net, msr_trainer::models::ModelKind::MsrConv, 0.1, &mut rng)
+            .expect("init");
     ModelRecord {
         info: ModelInfo {
             name: "glyphs-msr-conv".into(),

@@ -1,6 +1,7 @@
 //! msr trainer: meta-learns MSR symmetry matrices (and the MAML baselines) on task
 //! families, evaluates them through the runtime, exports `.msr` model files.
 
+pub mod baselines;
 pub mod inspect;
 pub mod models;
 pub mod rng;

@@ -15,6 +15,9 @@ mod commands;
 
 use commands::demo::demo;
 use commands::eval::{EvalArgs, eval};
+use commands::predict::{PredictArgs, predict};
+use commands::ridge::{RidgeArgs, ridge};
+use commands::tasks::{TasksArgs, tasks};
 use log::info;
 use msr_runtime::ModelRecord;
 use msr_trainer::inspect;
@@ -40,6 +43,12 @@ enum Command {
     Train(TrainArgs),
     /// Adapt a model on held-out test tasks through the runtime and report the test loss.
     Eval(EvalArgs),
+    /// Adapt a model on a support set (.npz) and predict a query set, in raw units.
+    Predict(PredictArgs),
+    /// Write a generated family's tasks to an .npz task file (x, y, split).
+    Tasks(TasksArgs),
+    /// The per-task ridge regression baseline on a regression family's test tasks.
+    Ridge(RidgeArgs),
     /// Export the model of a (possibly unfinished) run's checkpoint to a .msr file.
     Export {
         /// Run directory (holds checkpoint.bin).
@@ -126,14 +135,29 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Task family: rank1, rank2, rank5, rot8, rot8-flip, glyphs, glyphs-mini, or npz:PATH
-    /// (your own tasks).
+    /// Task family: rank1, rank2, rank5, rot8, rot8-flip, cartpole, glyphs, glyphs-mini, or
+    /// npz:PATH (your own tasks: the file layout, splits and normalisation are in
+    /// docs/data.md).
     #[arg(long)]
     problem: TaskSource,
-    /// Meta-learner: msr-fc, maml-fc, maml-lc, maml-conv, msr-conv; on glyphs: maml-conv,
-    /// msr-conv, anil, protonet.
+    /// Meta-learner: msr-fc, maml-fc, maml-lc, maml-conv, msr-conv, and for any regression
+    /// family msr-mlp, maml-mlp, anil-mlp; on glyphs: maml-conv, msr-conv, anil, protonet.
     #[arg(long)]
     model: ModelKind,
+    /// Hidden widths of msr-mlp, maml-mlp and anil-mlp, comma-separated [default: 64,64].
+    #[arg(long, value_delimiter = ',')]
+    hidden: Option<Vec<usize>>,
+    /// Activation after each hidden layer: relu, tanh or gelu.
+    #[arg(long, default_value = "relu")]
+    activation: msr_runtime::Activation,
+    /// No biases (by default every regression model has adapted biases).
+    #[arg(long)]
+    no_bias: bool,
+    /// Standardise inputs and targets with statistics of the training tasks, stored in the
+    /// model (so it takes and returns raw units): standard or none [default: standard for
+    /// task files and cartpole; none for the paper's N(0, 1) families and classification].
+    #[arg(long)]
+    normalize: Option<msr_trainer::train::Normalize>,
     /// Outer steps.
     #[arg(long, default_value_t = 1000)]
     steps: u64,
@@ -146,9 +170,10 @@ struct TrainArgs {
     /// Continue the run in this directory from its checkpoint.
     #[arg(long, conflicts_with = "out")]
     resume: Option<PathBuf>,
-    /// MSR latent size (default: 3 / 6 / 30 for rank1 / rank2 / rank5).
-    #[arg(long)]
-    k: Option<usize>,
+    /// MSR latent size (default: 3 / 6 / 30 for rank1 / rank2 / rank5, 8 otherwise); for
+    /// msr-mlp one value for every layer or one per layer, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    k: Option<Vec<usize>>,
     /// Inner SGD steps.
     #[arg(long, default_value_t = 1)]
     inner_steps: usize,
@@ -176,10 +201,10 @@ struct TrainArgs {
     /// Detach the inner gradient (first-order MAML).
     #[arg(long)]
     first_order: bool,
-    /// Evaluate on the test tasks every this many steps (and at the end).
+    /// Evaluate on the validation tasks every this many steps (and at the end).
     #[arg(long, default_value_t = 100)]
     eval_every: u64,
-    /// Test tasks per evaluation.
+    /// Validation tasks per evaluation.
     #[arg(long, default_value_t = 300)]
     eval_tasks: usize,
     /// Write a checkpoint every this many steps.
@@ -222,6 +247,9 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Eval(args) => eval(args),
+        Command::Predict(args) => predict(args),
+        Command::Tasks(args) => tasks(args),
+        Command::Ridge(args) => ridge(args),
         Command::Export { run, out } => {
             let t = Trainer::resume(&run.join("checkpoint.bin"), None)?;
             fs::write(&out, t.record().to_bytes())
@@ -353,8 +381,25 @@ fn train(args: TrainArgs) -> Result<RunOutcome> {
     let mut config = TrainConfig::new(args.problem.clone(), args.model);
     config.steps = args.steps;
     config.seed = args.seed;
-    if let Some(k) = args.k {
-        config.k = k;
+    match args.k.as_deref() {
+        Some([k]) => config.k = *k,
+        Some(ks) => config.k_per_layer = ks.to_vec(),
+        None => {}
+    }
+    if let Some(h) = &args.hidden {
+        if !args.model.is_mlp() {
+            return Err(format!(
+                "--hidden is for msr-mlp, maml-mlp and anil-mlp, not {}",
+                args.model
+            )
+            .into());
+        }
+        config.hidden = h.clone();
+    }
+    config.activation = args.activation;
+    config.bias = !args.no_bias;
+    if let Some(n) = args.normalize {
+        config.normalize = n;
     }
     config.inner_steps = args.inner_steps;
     config.inner_lr = args.inner_lr;

@@ -31,6 +31,66 @@ pub enum ModelKind {
     /// Prototypical networks (glyphs): the conv body embeds; a query's class is its nearest
     /// class mean of the support embeddings. No inner loop.
     ProtoNet,
+    /// MSR multilayer perceptron (regression): every layer `W = reshape(U v)` with its own
+    /// k; every v and bias adapts.
+    MsrMlp,
+    /// MAML on a plain multilayer perceptron: every weight and bias adapts.
+    MamlMlp,
+    /// ANIL on a plain multilayer perceptron: the body is meta-learned and frozen, the
+    /// linear head adapts (a meta-learned basis with adapted linear coefficients).
+    AnilMlp,
+}
+
+impl ModelKind {
+    /// Every kind, in the order of the command-line help.
+    pub const ALL: [ModelKind; 10] = [
+        ModelKind::MsrFc,
+        ModelKind::MamlFc,
+        ModelKind::MamlLc,
+        ModelKind::MamlConv,
+        ModelKind::MsrConv,
+        ModelKind::MsrMlp,
+        ModelKind::MamlMlp,
+        ModelKind::AnilMlp,
+        ModelKind::Anil,
+        ModelKind::ProtoNet,
+    ];
+
+    /// Whether this is one of the multilayer perceptrons (`--hidden`, `--activation`).
+    pub fn is_mlp(self) -> bool {
+        matches!(
+            self,
+            ModelKind::MsrMlp | ModelKind::MamlMlp | ModelKind::AnilMlp
+        )
+    }
+}
+
+/// The architecture choices of a regression model (the command line's `--k`, `--hidden`,
+/// `--activation`, `--bias`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Arch {
+    /// MSR latent size of every layer, or of each layer (one entry per layer).
+    pub k: Vec<usize>,
+    /// Hidden widths of the multilayer perceptrons.
+    pub hidden: Vec<usize>,
+    /// Activation after every hidden layer.
+    pub activation: Activation,
+    /// Adapted biases on every layer.
+    pub bias: bool,
+}
+
+impl Arch {
+    /// The latent size of layer `i` of `layers`.
+    fn k_of(&self, i: usize, layers: usize) -> Result<usize, String> {
+        match self.k.as_slice() {
+            [k] => Ok(*k),
+            ks if ks.len() == layers => Ok(ks[i]),
+            ks => Err(format!(
+                "--k has {} values for {layers} layers; give one value or one per layer",
+                ks.len()
+            )),
+        }
+    }
 }
 
 impl From<ModelKind> for String {
@@ -51,7 +111,7 @@ impl ModelKind {
     /// the head; ProtoNets: nothing).
     pub fn adapts(self, layer: usize, layers: usize) -> bool {
         match self {
-            ModelKind::Anil => layer + 1 == layers,
+            ModelKind::Anil | ModelKind::AnilMlp => layer + 1 == layers,
             ModelKind::ProtoNet => false,
             _ => true,
         }
@@ -69,8 +129,12 @@ impl FromStr for ModelKind {
             "msr-conv" => Ok(ModelKind::MsrConv),
             "anil" => Ok(ModelKind::Anil),
             "protonet" => Ok(ModelKind::ProtoNet),
+            "msr-mlp" => Ok(ModelKind::MsrMlp),
+            "maml-mlp" => Ok(ModelKind::MamlMlp),
+            "anil-mlp" => Ok(ModelKind::AnilMlp),
             other => Err(format!(
-                "unknown model '{other}' (available: msr-fc, maml-fc, maml-lc, maml-conv, msr-conv, anil, protonet)"
+                "unknown model '{other}' (available: {})",
+                ModelKind::ALL.map(|k| k.to_string()).join(", ")
             )),
         }
     }
@@ -86,6 +150,9 @@ impl fmt::Display for ModelKind {
             ModelKind::MsrConv => "msr-conv",
             ModelKind::Anil => "anil",
             ModelKind::ProtoNet => "protonet",
+            ModelKind::MsrMlp => "msr-mlp",
+            ModelKind::MamlMlp => "maml-mlp",
+            ModelKind::AnilMlp => "anil-mlp",
         })
     }
 }
@@ -100,7 +167,7 @@ pub fn default_k(problem: Problem) -> usize {
         // filter bank size, not a free choice.
         Problem::Rot8 | Problem::Rot8Flip => 0,
         // A user's task set: a small latent size; set --k to taste.
-        Problem::Npz => 8,
+        Problem::Npz | Problem::Cartpole => 8,
         // The glyph nets' MSR-Conv layers have square Kronecker factors, as on rot8.
         Problem::Glyphs => 0,
     }
@@ -172,38 +239,103 @@ pub fn embeds(spec: &NetSpec) -> bool {
         && matches!(spec.layers.last().map(|l| &l.op), Some(Op::Flatten))
 }
 
-/// Architecture of `kind` for `family` (no biases, as the reference synthetic models).
-pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, String> {
-    let problem = family.problem();
-    if matches!(kind, ModelKind::Anil | ModelKind::ProtoNet) && problem != Problem::Glyphs {
-        return Err(format!("model {kind} is for the glyph problems"));
+/// A multilayer perceptron from `inputs` to `outputs` through `arch.hidden`: share-linear
+/// layers for msr-mlp, plain ones otherwise.
+fn mlp(
+    kind: ModelKind,
+    inputs: usize,
+    outputs: usize,
+    arch: &Arch,
+) -> Result<Vec<LayerSpec>, String> {
+    let widths: Vec<usize> = std::iter::once(inputs)
+        .chain(arch.hidden.iter().copied())
+        .chain([outputs])
+        .collect();
+    if arch.hidden.contains(&0) {
+        return Err("--hidden widths must be positive".into());
     }
-    if problem == Problem::Npz {
-        let (inputs, outputs) = (family.input_len(), family.output_len());
+    let layers = widths.len() - 1;
+    (0..layers)
+        .map(|i| {
+            let (inputs, outputs, bias) = (widths[i], widths[i + 1], arch.bias);
+            let op = if kind == ModelKind::MsrMlp {
+                Op::ShareLinear {
+                    inputs,
+                    outputs,
+                    k: arch.k_of(i, layers)?,
+                    bias,
+                }
+            } else {
+                Op::Linear {
+                    inputs,
+                    outputs,
+                    bias,
+                }
+            };
+            let activation = if i + 1 < layers {
+                arch.activation
+            } else {
+                Activation::Identity
+            };
+            Ok(LayerSpec { op, activation })
+        })
+        .collect()
+}
+
+/// Architecture of `kind` for a regression `family`.
+pub fn spec(kind: ModelKind, family: &Family, arch: &Arch) -> Result<NetSpec, String> {
+    let problem = family.problem();
+    if matches!(kind, ModelKind::Anil | ModelKind::ProtoNet) {
+        return Err(format!(
+            "model {kind} is for the glyph problems (for regression, anil-mlp)"
+        ));
+    }
+    let bias = arch.bias;
+    let single = |layer: Op| -> Result<Vec<LayerSpec>, String> {
+        if !arch.hidden.is_empty() {
+            return Err(format!(
+                "--hidden is for msr-mlp, maml-mlp and anil-mlp, not {kind}"
+            ));
+        }
+        Ok(vec![LayerSpec {
+            op: layer,
+            activation: Activation::Identity,
+        }])
+    };
+    let (inputs, outputs) = (family.input_len(), family.output_len());
+    if kind.is_mlp() {
+        if kind == ModelKind::AnilMlp && arch.hidden.is_empty() {
+            return Err("anil-mlp needs a body: give --hidden".into());
+        }
+        return Ok(NetSpec {
+            input: FeatureShape(vec![inputs]),
+            layers: mlp(kind, inputs, outputs, arch)?,
+            loss: Loss::Mse,
+        });
+    }
+    let k = arch.k_of(0, 1)?;
+    if family.file().is_some() || problem == Problem::Cartpole {
         let op = match kind {
             ModelKind::MsrFc => Op::ShareLinear {
                 inputs,
                 outputs,
                 k,
-                bias: false,
+                bias,
             },
             ModelKind::MamlFc => Op::Linear {
                 inputs,
                 outputs,
-                bias: false,
+                bias,
             },
             other => {
                 return Err(format!(
-                    "model {other} needs a known spatial layout; a task file supports msr-fc and maml-fc"
+                    "model {other} needs a known spatial layout; on {problem} use msr-fc, maml-fc, msr-mlp, maml-mlp or anil-mlp"
                 ));
             }
         };
         return Ok(NetSpec {
             input: FeatureShape(vec![inputs]),
-            layers: vec![LayerSpec {
-                op,
-                activation: Activation::Identity,
-            }],
+            layers: single(op)?,
             loss: Loss::Mse,
         });
     }
@@ -211,7 +343,7 @@ pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, Strin
         let c = crate::tasks::rot::channels(problem);
         let geom = ConvGeom::d2(1, c, 3, 1, 0);
         let op = match kind {
-            ModelKind::MamlConv => Op::Conv { geom, bias: false },
+            ModelKind::MamlConv => Op::Conv { geom, bias },
             ModelKind::MsrConv => Op::ShareConv {
                 geom,
                 sharing: ConvSharing::Kronecker {
@@ -219,7 +351,7 @@ pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, Strin
                     kb: 1,
                     kc: 9,
                 },
-                bias: false,
+                bias,
             },
             other => {
                 return Err(format!(
@@ -229,10 +361,7 @@ pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, Strin
         };
         return Ok(NetSpec {
             input: FeatureShape(vec![1, IMG, IMG]),
-            layers: vec![LayerSpec {
-                op,
-                activation: Activation::Identity,
-            }],
+            layers: single(op)?,
             loss: Loss::Mse,
         });
     }
@@ -243,7 +372,7 @@ pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, Strin
                 inputs: SEQ_IN,
                 outputs: SEQ_OUT,
                 k,
-                bias: false,
+                bias,
             },
         ),
         ModelKind::MamlFc => (
@@ -251,21 +380,21 @@ pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, Strin
             Op::Linear {
                 inputs: SEQ_IN,
                 outputs: SEQ_OUT,
-                bias: false,
+                bias,
             },
         ),
         ModelKind::MamlLc => (
             vec![1, SEQ_IN],
             Op::LocallyConnected1d {
                 geom: ConvGeom::d1(1, 1, TAPS, 0),
-                bias: false,
+                bias,
             },
         ),
         ModelKind::MamlConv => (
             vec![1, SEQ_IN],
             Op::Conv {
                 geom: ConvGeom::d1(1, 1, TAPS, 0),
-                bias: false,
+                bias,
             },
         ),
         ModelKind::MsrConv => {
@@ -273,28 +402,30 @@ pub fn spec(kind: ModelKind, family: &Family, k: usize) -> Result<NetSpec, Strin
                 "msr-conv is for the 2-D problems; on {problem} use msr-fc"
             ));
         }
-        ModelKind::Anil | ModelKind::ProtoNet => unreachable!("refused above"),
+        _ => unreachable!("refused or handled above"),
     };
     Ok(NetSpec {
         input: FeatureShape(input),
-        layers: vec![LayerSpec {
-            op,
-            activation: Activation::Identity,
-        }],
+        layers: single(op)?,
         loss: Loss::Mse,
     })
 }
 
-/// Initial meta-parameters for `spec`, with inner learning rate `lr0` (0 for layers that
-/// `adapts` says do not adapt):
+/// Initial meta-parameters of `kind`'s network `spec`, with inner learning rate `lr0` (0 for
+/// layers that [`ModelKind::adapts`] says do not adapt):
 /// U ~ N(0, 0.01^2), v ~ N(0, 1/out^2) (reference ShareLinearFull); plain weights
-/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default); biases zero.
+/// U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's default); biases zero. msr-mlp's layers
+/// start where a plain MLP does: v ~ N(0, 1) and U ~ N(0, gain / (fan_in k)), so that
+/// `W = U v` has the variance of a Glorot (tanh, identity) or He (ReLU, GELU) weight: with
+/// the reference scales a deep MSR net's first activations vanish.
 pub fn init(
     spec: &NetSpec,
+    kind: ModelKind,
     lr0: f32,
-    adapts: impl Fn(usize) -> bool,
     rng: &mut Rng,
 ) -> Result<Vec<LayerRecord>, msr_runtime::ShapeError> {
+    let layers = spec.layers.len();
+    let adapts = |i: usize| kind.adapts(i, layers);
     let shapes = spec.shapes()?;
     let mut out = Vec::new();
     for (i, (layer, layout)) in spec.layers.iter().zip(&shapes.params).enumerate() {
@@ -314,11 +445,19 @@ pub fn init(
                 ..
             }
         );
+        let scaled = kind == ModelKind::MsrMlp;
+        let gain = match layer.activation {
+            Activation::Relu | Activation::Gelu => 2.0,
+            _ => 1.0,
+        };
         let shared = layout
             .shared
             .iter()
             .map(|&[r, c]| {
-                if kronecker {
+                if scaled {
+                    let var = gain / (fan_in(&layer.op) * c) as f64;
+                    rng.normals(r * c, var.sqrt())
+                } else if kronecker {
                     // Identity factors: training starts from a plain convolution.
                     (0..r * c)
                         .map(|e| if e / c == e % c { 1.0 } else { 0.0 })
@@ -332,6 +471,8 @@ pub fn init(
         for (j, n) in layout.adapted.iter().enumerate() {
             let v = if j > 0 {
                 vec![0.0; *n] // bias
+            } else if scaled {
+                rng.normals(*n, 1.0)
             } else if matches!(layer.op, Op::ShareLinear { .. })
                 || (!kronecker && matches!(layer.op, Op::ShareConv { .. }))
             {

@@ -132,11 +132,11 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
             });
             if step.is_multiple_of(opts.eval_every) || done || step == 1 {
                 let e = trainer.evaluate(opts.eval_tasks)?;
-                line["test_loss"] = e.mse.into();
-                line["test_ci95"] = e.ci95.into();
+                line["val_loss"] = e.mse.into();
+                line["val_ci95"] = e.ci95.into();
                 if let Some(a) = e.accuracy {
-                    line["test_accuracy"] = a.into();
-                    line["test_accuracy_ci95"] = e.accuracy_ci95.into();
+                    line["val_accuracy"] = a.into();
+                    line["val_accuracy_ci95"] = e.accuracy_ci95.into();
                 }
                 last_eval = Some(e);
             }
@@ -152,7 +152,7 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
                             100.0 * a,
                             100.0 * e.accuracy_ci95.unwrap_or(0.0)
                         ),
-                        None => format!(" test {:.4}±{:.4}", e.mse, e.ci95),
+                        None => format!(" val {:.4}±{:.4}", e.mse, e.ci95),
                     })
                     .unwrap_or_default()
             ));
@@ -181,7 +181,7 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
         (Some(a), Some(ci)) => {
             format!("validation accuracy {:.2}% ± {:.2}%", 100.0 * a, 100.0 * ci)
         }
-        _ => format!("test loss {:.4} ± {:.4}", eval.mse, eval.ci95),
+        _ => format!("validation loss {:.4} ± {:.4}", eval.mse, eval.ci95),
     };
     info!(
         "{} {}: {score} after {} steps ({:.1} steps/s)",

@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 use crate::rng::Rng;
 
+pub mod cartpole;
 mod episodes;
 pub mod glyphs;
 pub mod npz;
@@ -22,8 +23,9 @@ use npz::file_batch;
 
 /// Test task ids start here; train task ids are drawn below it.
 pub const TEST_TASK_BASE: u64 = 1 << 62;
-/// Validation task ids start here (above the test ids); only the glyph families have a
-/// separate validation split, the others validate on their test tasks.
+/// Validation task ids start here (above the test ids): every generated family has a
+/// validation split of its own, so that tuning on periodic evaluations never sees a test
+/// task.
 pub const VAL_TASK_BASE: u64 = TEST_TASK_BASE + (1 << 61);
 
 /// A batch of tasks, host-side, row-major f32.
@@ -86,6 +88,9 @@ pub enum Problem {
     /// Few-shot classification of glyphs rendered from real fonts (`glyphs`: Debian's
     /// fonts-noto-core; `glyphs-mini`: the committed subset; see [`glyphs`]).
     Glyphs,
+    /// Cart-poles of random masses, pole length and friction: state and force to
+    /// accelerations (see [`cartpole`]).
+    Cartpole,
 }
 
 impl Problem {
@@ -105,9 +110,10 @@ impl FromStr for Problem {
             "rot8" => Ok(Problem::Rot8),
             "rot8-flip" => Ok(Problem::Rot8Flip),
             "glyphs" | "glyphs-mini" => Ok(Problem::Glyphs),
+            "cartpole" => Ok(Problem::Cartpole),
             other if other.starts_with("npz:") => Ok(Problem::Npz),
             other => Err(format!(
-                "unknown problem '{other}' (available: rank1, rank2, rank5, rot8, rot8-flip, glyphs, glyphs-mini, npz:PATH)"
+                "unknown problem '{other}' (available: rank1, rank2, rank5, rot8, rot8-flip, cartpole, glyphs, glyphs-mini, npz:PATH)"
             )),
         }
     }
@@ -123,6 +129,7 @@ impl fmt::Display for Problem {
             Problem::Rot8Flip => "rot8-flip",
             Problem::Npz => "npz",
             Problem::Glyphs => "glyphs",
+            Problem::Cartpole => "cartpole",
         })
     }
 }
@@ -132,7 +139,7 @@ impl fmt::Display for Problem {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(into = "String", try_from = "String")]
 pub enum TaskSource {
-    /// A synthetic family of the paper: rank1, rank2, rank5, rot8, rot8-flip.
+    /// A generated family: rank1, rank2, rank5, rot8, rot8-flip (the paper's), cartpole.
     Synthetic(Problem),
     /// Glyph classification: Debian's full font set, or the committed subset (`mini`).
     Glyphs {
@@ -341,6 +348,9 @@ impl Family {
         if self.glyphs.is_some() {
             return self.ways * glyphs::INSTANCES;
         }
+        if self.problem == Problem::Cartpole {
+            return cartpole::EXAMPLES;
+        }
         self.file.as_ref().map_or(EXAMPLES_PER_TASK, |f| f.examples)
     }
 
@@ -360,6 +370,7 @@ impl Family {
         }
         match &self.file {
             Some(f) => f.input_len(),
+            None if self.problem == Problem::Cartpole => cartpole::INPUTS,
             None if self.problem.is_2d() => IMG * IMG,
             None => SEQ_IN,
         }
@@ -371,6 +382,9 @@ impl Family {
         }
         if let Some(f) = &self.file {
             return f.output_len();
+        }
+        if self.problem == Problem::Cartpole {
+            return cartpole::OUTPUTS;
         }
         if self.problem.is_2d() {
             rot::channels(self.problem) * IMG_OUT * IMG_OUT
@@ -397,6 +411,15 @@ impl Family {
             xq: Vec::new(),
             yq: Vec::new(),
         };
+        if self.problem == Problem::Cartpole {
+            for &id in ids {
+                let pole = cartpole::CartPole::of_task(id);
+                let mut rng = Rng::derive(&[self.problem as u64, id, 2]);
+                cartpole::examples(&pole, support, &mut rng, &mut b.xs, &mut b.ys);
+                cartpole::examples(&pole, query, &mut rng, &mut b.xq, &mut b.yq);
+            }
+            return b;
+        }
         for &id in ids {
             let filters = self.filters(id);
             let mut rng = Rng::derive(&[self.problem as u64, id, 2]);
@@ -417,21 +440,47 @@ impl Family {
         }
     }
 
-    /// The first `n` validation tasks: the glyph families' meta-validation alphabets; the
-    /// other families have no separate validation split and return their test tasks.
+    /// The first `n` validation tasks (from a file, at most its validation tasks): the
+    /// glyph families' meta-validation alphabets, the generated families' validation seeds.
+    /// Never a test task.
     pub fn val_ids(&self, n: usize) -> Vec<u64> {
-        if self.glyphs.is_some() {
-            return (0..n as u64).map(|i| VAL_TASK_BASE + i).collect();
+        match &self.file {
+            Some(f) => f.val.iter().take(n).map(|&t| t as u64).collect(),
+            None => (0..n as u64).map(|i| VAL_TASK_BASE + i).collect(),
         }
-        self.test_ids(n)
     }
 
     /// The first `n` test tasks (the same for every run and model; from a file, at most
-    /// its test tasks).
+    /// its test tasks, in file order).
     pub fn test_ids(&self, n: usize) -> Vec<u64> {
         match &self.file {
             Some(f) => f.test.iter().take(n).map(|&t| t as u64).collect(),
             None => (0..n as u64).map(|i| TEST_TASK_BASE + i).collect(),
+        }
+    }
+
+    /// Test tasks for an evaluation: from a file, all of them, or a random subset of `n`
+    /// drawn with `seed` (sorted; the second value says whether it is a subset); a generated
+    /// family has unlimited test tasks: the first `n` (300 by default).
+    pub fn eval_ids(&self, n: Option<usize>, seed: u64) -> (Vec<u64>, bool) {
+        match (&self.file, n) {
+            (Some(f), None) => (f.test.iter().map(|&t| t as u64).collect(), false),
+            (Some(f), Some(n)) if n >= f.test.len() => {
+                (f.test.iter().map(|&t| t as u64).collect(), false)
+            }
+            (Some(f), Some(n)) => {
+                // A partial Fisher-Yates shuffle: the first n of a seeded permutation.
+                let mut pool: Vec<u64> = f.test.iter().map(|&t| t as u64).collect();
+                let mut rng = Rng::derive(&[seed, 0x7E57]);
+                for i in 0..n {
+                    let j = i + rng.below(pool.len() - i);
+                    pool.swap(i, j);
+                }
+                let mut ids = pool[..n].to_vec();
+                ids.sort_unstable();
+                (ids, true)
+            }
+            (None, n) => (self.test_ids(n.unwrap_or(300)), false),
         }
     }
 }

@@ -7,7 +7,7 @@ use msr_runtime::{Model, ModelRecord};
 use msr_trainer::inspect;
 use msr_trainer::models::ModelKind;
 use msr_trainer::tasks::{Family, Problem, TaskSource};
-use msr_trainer::train::evaluate;
+use msr_trainer::train::{evaluate, evaluate_on};
 
 use crate::*;
 
@@ -27,6 +27,10 @@ pub(crate) fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
             out: Some(dir),
             resume: None,
             k: None,
+            hidden: None,
+            activation: msr_runtime::Activation::Relu,
+            no_bias: false,
+            normalize: None,
             inner_steps: 1,
             inner_lr: 0.1,
             outer_lr: 1e-3,
@@ -49,15 +53,19 @@ pub(crate) fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
         let path = outcome.dir.join("model.msr");
         let size = fs::metadata(&path)?.len();
         let model = Model::load(&path, &msr_runtime::device::cpu())?;
-        let e = evaluate(&model, &Family::new(Problem::Rank1), 300, 1, 19, 1)?;
-        // The file holds exactly what was trained: reloading must not change the result.
-        if (e.mse - outcome.eval.mse).abs() > 1e-9 * outcome.eval.mse.abs().max(1.0) {
+        let family = Family::new(Problem::Rank1);
+        // The file holds exactly what was trained: reloaded, it must score what the run's
+        // last (validation) evaluation scored.
+        let v = evaluate_on(&model, &family, &family.val_ids(300), 1, 19, 1)?;
+        if (v.mse - outcome.eval.mse).abs() > 1e-9 * outcome.eval.mse.abs().max(1.0) {
             return Err(format!(
                 "reloaded {kind} scores {} but the trained one scored {}",
-                e.mse, outcome.eval.mse
+                v.mse, outcome.eval.mse
             )
             .into());
         }
+        // The test tasks: never seen in training, nor in its periodic evaluations.
+        let e = evaluate(&model, &family, 300, 1, 19, 1)?;
         rows.push((kind, e, outcome.steps_per_s, outcome.wall_s, size, path));
     }
     println!();

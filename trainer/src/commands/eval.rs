@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use msr_runtime::Model;
 use msr_trainer::tasks::Family;
-use msr_trainer::train::evaluate;
+use msr_trainer::train::{evaluate_on, trained_config};
 
 use crate::*;
 
@@ -17,9 +17,13 @@ pub(crate) struct EvalArgs {
     /// Task family (default: the one the model was trained on).
     #[arg(long)]
     problem: Option<String>,
-    /// Test tasks.
-    #[arg(long, default_value_t = 300)]
-    tasks: usize,
+    /// Test tasks: a task file's are all used by default, this takes a random subset
+    /// (seeded by --seed); a generated family's first N (default 300).
+    #[arg(long)]
+    tasks: Option<usize>,
+    /// Seed of the random subset of --tasks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
     /// Support examples per task; on glyphs: per class (shots).
     #[arg(long, default_value_t = 1)]
     support: usize,
@@ -43,6 +47,7 @@ pub(crate) struct EvalArgs {
 pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     let device = msr_runtime::device::by_name(&args.device)?;
     let model = Model::load(&args.model, &device)?;
+    let trained = trained_config(&model.to_record());
     let problem = args
         .problem
         .unwrap_or_else(|| model.info().task_family.clone());
@@ -64,12 +69,42 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     let steps = args
         .inner_steps
         .unwrap_or(model.info().inner_steps as usize);
-    let r = evaluate(&model, &family, args.tasks, support, query, steps)?;
+    let (ids, subset) = family.eval_ids(args.tasks, args.seed);
+    let r = evaluate_on(&model, &family, &ids, support, query, steps)?;
+    let trained_support = trained.as_ref().map(|c| {
+        if family.is_classification() {
+            c.support / c.ways.max(1)
+        } else {
+            c.support
+        }
+    });
+    let setting = format!(
+        "support {}{}{}",
+        args.support,
+        match trained_support {
+            Some(t) if t != args.support => format!(" (trained with {t})"),
+            Some(_) => " (as trained)".to_string(),
+            None => String::new(),
+        },
+        if subset {
+            format!(
+                "; a random subset of {} of the test tasks (seed {})",
+                ids.len(),
+                args.seed
+            )
+        } else {
+            String::new()
+        }
+    );
     if args.json {
-        println!("{}", serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(&r)?;
+        v["support"] = args.support.into();
+        v["trained_support"] = trained_support.into();
+        v["subset"] = subset.into();
+        println!("{v}");
     } else if let (Some(a), Some(ci)) = (r.accuracy, r.accuracy_ci95) {
         println!(
-            "{} on {problem}, {}-way {}-shot{}: test accuracy {:.2}% ± {:.2}% (95% CI, {} episodes, {} inner step(s))",
+            "{} on {problem}, {}-way {}-shot{}: test accuracy {:.2}% ± {:.2}% (95% CI, {} episodes, {} inner step(s); {setting})",
             model.info().name,
             family.ways(),
             args.support,
@@ -85,7 +120,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{} on {problem}: test MSE {:.4} ± {:.4} (95% CI, {} tasks, {} inner step(s))",
+            "{} on {problem}: test MSE {:.4} ± {:.4} (95% CI, {} tasks, {} inner step(s); {setting})",
             model.info().name,
             r.mse,
             r.ci95,

@@ -2,3 +2,6 @@
 
 pub(crate) mod demo;
 pub(crate) mod eval;
+pub(crate) mod predict;
+pub(crate) mod ridge;
+pub(crate) mod tasks;

@@ -2,8 +2,11 @@
 //! meta-train on its logs.
 //!
 //! Arrays: `x` `[tasks, examples, ...]` and `y` `[tasks, examples, ...]` (float32 or
-//! float64), and optionally `test` `[tasks]` (bool or integer; nonzero marks a test task).
-//! Without `test`, the last 20% of tasks are the test tasks, as in the paper.
+//! float64), and optionally `split` `[tasks]` (integers: 0 train, 1 validation, 2 test) or
+//! the older `test` `[tasks]` (bool or integer; nonzero marks a test task). Without
+//! `split`, the test tasks are those `test` marks, or else the last 20% of the tasks; the
+//! validation tasks are the last 10% (at least one) of the remaining tasks, a contiguous
+//! block. The layout is documented in docs/data.md.
 
 use std::path::Path;
 
@@ -119,8 +122,55 @@ pub struct NpzTasks {
     pub y_shape: Vec<usize>,
     /// Indices of the training tasks.
     pub train: Vec<usize>,
+    /// Indices of the validation tasks (periodic evaluations during training).
+    pub val: Vec<usize>,
     /// Indices of the test tasks.
     pub test: Vec<usize>,
+}
+
+/// An integer (or bool) array `[tasks]`, as i64.
+fn task_labels(
+    archive: &mut npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>,
+    name: &str,
+    tasks: usize,
+    path: &Path,
+) -> Result<Vec<i64>, String> {
+    let file = archive
+        .by_name(name)
+        .map_err(|e| {
+            format!(
+                "{}: array '{name}': unreadable .npy header ({})",
+                path.display(),
+                one_line(e)
+            )
+        })?
+        .ok_or_else(|| format!("{}: no array '{name}'", path.display()))?;
+    let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
+    if shape != [tasks] {
+        return Err(format!(
+            "{}: '{name}' has shape {shape:?}; it must be [tasks] = [{tasks}]",
+            path.display()
+        ));
+    }
+    let descr = file.dtype().descr().trim_matches('\'').to_string();
+    let bad = |e: std::io::Error| format!("{}: '{name}': {}", path.display(), one_line(e));
+    let widen = |v: Vec<i32>| v.into_iter().map(i64::from).collect::<Vec<i64>>();
+    Ok(if descr.ends_with("b1") {
+        let v = file.into_vec::<bool>().map_err(bad)?;
+        v.into_iter().map(i64::from).collect()
+    } else if descr.ends_with("i8") {
+        file.into_vec::<i64>().map_err(bad)?
+    } else if descr.ends_with("i4") {
+        widen(file.into_vec::<i32>().map_err(bad)?)
+    } else if descr.ends_with("u1") {
+        let v = file.into_vec::<u8>().map_err(bad)?;
+        v.into_iter().map(i64::from).collect()
+    } else {
+        return Err(format!(
+            "{}: '{name}' has dtype {descr}; use bool, uint8, int32 or int64",
+            path.display()
+        ));
+    })
 }
 
 fn floats(
@@ -209,60 +259,54 @@ impl NpzTasks {
             ));
         }
         let (tasks, examples) = (xs[0], xs[1]);
-        if tasks < 2 || examples < 2 {
+        if tasks < 3 || examples < 2 {
             return Err(format!(
-                "{}: {tasks} tasks of {examples} examples; need at least 2 of each",
+                "{}: {tasks} tasks of {examples} examples; need at least 3 tasks (train, validation, test) and 2 examples",
                 path.display()
             ));
         }
-        let is_test: Vec<bool> = if names.iter().any(|n| n == "test") {
-            let file = archive
-                .by_name("test")
-                .map_err(|e| {
-                    format!(
-                        "{}: array 'test': unreadable .npy header ({})",
-                        path.display(),
-                        one_line(e)
-                    )
-                })?
-                .ok_or_else(|| format!("{}: no array 'test'", path.display()))?;
-            let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
-            if shape != [tasks] {
+        let has = |name: &str| names.iter().any(|n| n == name);
+        // 0 train, 1 validation, 2 test.
+        let split: Vec<i64> = if has("split") {
+            let split = task_labels(&mut archive, "split", tasks, path)?;
+            if let Some(t) = split.iter().position(|s| !(0..=2).contains(s)) {
                 return Err(format!(
-                    "{}: 'test' has shape {shape:?}; it must be [tasks] = [{tasks}]",
-                    path.display()
+                    "{}: 'split' of task {t} is {}; use 0 (train), 1 (validation) or 2 (test)",
+                    path.display(),
+                    split[t]
                 ));
             }
-            let descr = file.dtype().descr().trim_matches('\'').to_string();
-            let bad = |e: std::io::Error| format!("{}: 'test': {}", path.display(), one_line(e));
-            let nonzero = |v: Vec<i64>| v.into_iter().map(|v| v != 0).collect::<Vec<bool>>();
-            if descr.ends_with("b1") {
-                file.into_vec::<bool>().map_err(bad)?
-            } else if descr.ends_with("i8") {
-                nonzero(file.into_vec::<i64>().map_err(bad)?)
-            } else if descr.ends_with("i4") {
-                let v = file.into_vec::<i32>().map_err(bad)?;
-                nonzero(v.into_iter().map(i64::from).collect())
-            } else if descr.ends_with("u1") {
-                let v = file.into_vec::<u8>().map_err(bad)?;
-                nonzero(v.into_iter().map(i64::from).collect())
-            } else {
-                return Err(format!(
-                    "{}: 'test' has dtype {descr}; use bool, uint8, int32 or int64",
-                    path.display()
-                ));
-            }
+            split
         } else {
-            let first_test = tasks - (tasks / 5).max(1);
-            (0..tasks).map(|t| t >= first_test).collect()
+            let mut split: Vec<i64> = if has("test") {
+                let test = task_labels(&mut archive, "test", tasks, path)?;
+                test.iter().map(|&t| if t != 0 { 2 } else { 0 }).collect()
+            } else {
+                let first_test = tasks - (tasks / 5).max(1);
+                (0..tasks)
+                    .map(|t| if t >= first_test { 2 } else { 0 })
+                    .collect()
+            };
+            // Validation: the last 10% (at least one) of the other tasks.
+            let rest: Vec<usize> = (0..tasks).filter(|&t| split[t] == 0).collect();
+            let n_val = (rest.len() / 10).max(1).min(rest.len().saturating_sub(1));
+            for &t in &rest[rest.len() - n_val..] {
+                split[t] = 1;
+            }
+            split
         };
-        let test: Vec<usize> = (0..tasks).filter(|&t| is_test[t]).collect();
-        let train: Vec<usize> = (0..tasks).filter(|&t| !is_test[t]).collect();
-        if test.is_empty() || train.is_empty() {
+        let of = |k: i64| {
+            (0..tasks)
+                .filter(|&t| split[t] == k)
+                .collect::<Vec<usize>>()
+        };
+        let (train, val, test) = (of(0), of(1), of(2));
+        if train.is_empty() || val.is_empty() || test.is_empty() {
             return Err(format!(
-                "{}: {} train and {} test tasks; need at least one of each",
+                "{}: {} train, {} validation and {} test tasks; need at least one of each",
                 path.display(),
                 train.len(),
+                val.len(),
                 test.len()
             ));
         }
@@ -274,6 +318,7 @@ impl NpzTasks {
             x_shape: xs[2..].to_vec(),
             y_shape: ys[2..].to_vec(),
             train,
+            val,
             test,
         })
     }
@@ -286,6 +331,69 @@ impl NpzTasks {
     pub fn output_len(&self) -> usize {
         self.y_shape.iter().product()
     }
+}
+
+/// An array's shape and row-major values.
+pub type Shaped = (Vec<usize>, Vec<f32>);
+
+/// The float array `name` of an `.npz` file (shape and row-major values, checked finite),
+/// or `None` if the file has no such array.
+pub fn read_array(path: &Path, name: &str) -> Result<Option<Shaped>, String> {
+    let mut archive = npyz::npz::NpzArchive::open(path).map_err(|e| {
+        format!(
+            "{}: not a readable .npz file ({})",
+            path.display(),
+            one_line(e)
+        )
+    })?;
+    if !archive.array_names().any(|n| n == name) {
+        return Ok(None);
+    }
+    floats(&mut archive, name, path).map(Some)
+}
+
+/// An array to write with [`write_npz`].
+pub enum Array<'a> {
+    /// float32 values.
+    F32(&'a [f32]),
+    /// int64 values.
+    I64(&'a [i64]),
+}
+
+/// Writes named arrays (row-major, with their shapes) to an `.npz` file numpy reads.
+pub fn write_npz(path: &Path, arrays: &[(&str, &[usize], Array)]) -> Result<(), String> {
+    use npyz::WriterBuilder;
+    let err = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut npz = npyz::npz::NpzWriter::create(path).map_err(err)?;
+    for (name, shape, values) in arrays {
+        let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let opts = zip::write::FileOptions::default();
+        match values {
+            Array::F32(v) => {
+                let mut w = npz
+                    .array::<f32>(name, opts)
+                    .map_err(err)?
+                    .default_dtype()
+                    .shape(&shape)
+                    .begin_nd()
+                    .map_err(err)?;
+                w.extend(v.iter().copied()).map_err(err)?;
+                w.finish().map_err(err)?;
+            }
+            Array::I64(v) => {
+                let mut w = npz
+                    .array::<i64>(name, opts)
+                    .map_err(err)?
+                    .default_dtype()
+                    .shape(&shape)
+                    .begin_nd()
+                    .map_err(err)?;
+                w.extend(v.iter().copied()).map_err(err)?;
+                w.finish().map_err(err)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The tasks `ids` of a task file, each split into its first `support` examples and the

@@ -1,9 +1,9 @@
 //! The configuration of a training run: everything that defines it, checked ranges.
 
-use msr_runtime::NetSpec;
+use msr_runtime::{Activation, NetSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::models::{self, ModelKind};
+use crate::models::{self, Arch, ModelKind};
 use crate::tasks::{Family, TaskSource};
 
 /// Everything that defines a training run. Stored in checkpoints: a resumed run must
@@ -14,8 +14,19 @@ pub struct TrainConfig {
     pub problem: TaskSource,
     /// Meta-learner.
     pub model: ModelKind,
-    /// MSR latent size.
+    /// MSR latent size (of every layer, unless `k_per_layer` is given).
     pub k: usize,
+    /// MSR latent size of each layer (msr-mlp; empty: `k` everywhere).
+    pub k_per_layer: Vec<usize>,
+    /// Hidden widths of the multilayer perceptrons (msr-mlp, maml-mlp, anil-mlp).
+    pub hidden: Vec<usize>,
+    /// Activation after each hidden layer.
+    pub activation: Activation,
+    /// Adapted biases on every layer of a regression model.
+    pub bias: bool,
+    /// Standardise inputs and (regression) targets with statistics of the training tasks,
+    /// stored in the model file.
+    pub normalize: Normalize,
     /// Outer steps in total.
     pub steps: u64,
     /// Seed of initialisation and task sampling.
@@ -49,6 +60,15 @@ impl TrainConfig {
         let problem = problem.into();
         TrainConfig {
             k: models::default_k(problem.problem()),
+            k_per_layer: Vec::new(),
+            hidden: if model.is_mlp() {
+                vec![64, 64]
+            } else {
+                Vec::new()
+            },
+            activation: Activation::Relu,
+            bias: true,
+            normalize: Normalize::default_for(&problem),
             problem,
             model,
             steps: 1000,
@@ -78,6 +98,13 @@ impl TrainConfig {
         };
         let inner_max = msr_runtime::spec::limits::MAX_INNER_STEPS as u128;
         limit("k", self.k as u128, 0, 1 << 20)?;
+        for &k in &self.k_per_layer {
+            limit("k (per layer)", k as u128, 1, 1 << 20)?;
+        }
+        limit("hidden layers", self.hidden.len() as u128, 0, 16)?;
+        for &h in &self.hidden {
+            limit("hidden width", h as u128, 1, 1 << 16)?;
+        }
         limit("steps", self.steps as u128, 0, 1 << 40)?;
         limit("tasks_per_step", self.tasks_per_step as u128, 1, 1 << 16)?;
         limit("inner_steps", self.inner_steps as u128, 0, inner_max)?;
@@ -124,8 +151,58 @@ impl TrainConfig {
         let spec = if family.is_classification() {
             models::glyph_spec(kind, self.ways, self.channels)?
         } else {
-            models::spec(kind, &family, self.k)?
+            models::spec(kind, &family, &self.arch())?
         };
         Ok((family, spec, kind))
+    }
+
+    /// The architecture choices of a regression model.
+    pub fn arch(&self) -> Arch {
+        Arch {
+            k: if self.k_per_layer.is_empty() {
+                vec![self.k]
+            } else {
+                self.k_per_layer.clone()
+            },
+            hidden: self.hidden.clone(),
+            activation: self.activation,
+            bias: self.bias,
+        }
+    }
+}
+
+/// Whether a run standardises its data (`--normalize`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Normalize {
+    /// Raw values.
+    None,
+    /// Per-feature mean and standard deviation of the training tasks (regression: inputs
+    /// and targets; classification: nothing, its inputs are images in [0, 1]).
+    Standard,
+}
+
+impl Normalize {
+    /// The default for a family: standard for data in raw units (task files, cartpole);
+    /// none for the paper's synthetic families, whose inputs are N(0, 1) by construction
+    /// and whose models are convolutional in structure (per-position statistics would
+    /// break the very translation symmetry they are to learn), and for classification.
+    pub fn default_for(source: &TaskSource) -> Self {
+        match source.problem() {
+            crate::tasks::Problem::Npz | crate::tasks::Problem::Cartpole => Normalize::Standard,
+            _ => Normalize::None,
+        }
+    }
+}
+
+impl std::str::FromStr for Normalize {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Normalize::None),
+            "standard" => Ok(Normalize::Standard),
+            other => Err(format!(
+                "unknown normalisation '{other}' (available: none, standard)"
+            )),
+        }
     }
 }

@@ -9,6 +9,7 @@ mod checkpoint;
 mod config;
 mod error;
 mod eval;
+pub mod normalize;
 #[cfg(test)]
 mod tests;
 mod trainer;
@@ -19,7 +20,7 @@ use error::io;
 
 pub use batch::{DeviceBatch, train_batch};
 pub use bench::{BenchResult, bench_outer_step, elapsed};
-pub use config::TrainConfig;
+pub use config::{Normalize, TrainConfig};
 pub use error::TrainError;
 pub use eval::{EvalResult, evaluate, evaluate_on, proto_logits};
-pub use trainer::Trainer;
+pub use trainer::{TRAINER_CONFIG, Trainer, trained_config};

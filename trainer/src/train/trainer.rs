@@ -1,7 +1,7 @@
 //! A training run in memory: initialisation, the exact second-order outer step, export.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use msr_runtime::format::{LayerRecord, ModelInfo, ModelRecord};
+use msr_runtime::format::{Extension, Extensions, LayerRecord, ModelInfo, ModelRecord, Normalizer};
 use msr_runtime::model::{params_from_record, record_from_params};
 use msr_runtime::{MetaParams, Model, Net, NetSpec};
 
@@ -22,6 +22,8 @@ pub struct Trainer {
     pub(super) params: MetaParams,
     pub(super) adam: Adam,
     pub(super) kind: ModelKind,
+    /// Standardisation of the data (see [`normalize`]).
+    pub(super) normalizer: Option<Normalizer>,
     /// Outer steps done.
     pub step: u64,
 }
@@ -49,11 +51,10 @@ impl Trainer {
                 family.examples_per_task()
             )));
         }
-        let layers = spec.layers.len();
         let init = models::init(
             &spec,
+            kind,
             config.inner_lr,
-            |l| kind.adapts(l, layers),
             &mut Rng::derive(&[config.seed, 0]),
         )
         .map_err(msr_runtime::Error::from)?;
@@ -104,7 +105,9 @@ impl Trainer {
             }
             adam.t = t;
         }
+        let normalizer = normalize::statistics(&family, &config);
         Ok(Trainer {
+            normalizer,
             family,
             device: plain,
             config,
@@ -135,6 +138,16 @@ impl Trainer {
     /// One outer step on `batch`, which must be [`train_batch`] of the current step (the
     /// caller may have generated it ahead, on another thread).
     pub fn outer_step_on(&mut self, batch: &Batch) -> f64 {
+        let standardized;
+        let batch = match &self.normalizer {
+            Some(n) => {
+                let mut b = batch.clone();
+                normalize::apply(n, &mut b);
+                standardized = b;
+                &standardized
+            }
+            None => batch,
+        };
         let b = DeviceBatch::new(
             batch,
             self.family.input_len(),
@@ -207,7 +220,34 @@ impl Trainer {
             },
             net: self.net.spec().clone(),
             layers: record_from_params(&self.params),
-            ext: Default::default(),
+            ext: Extensions {
+                normalizer: self.normalizer.clone(),
+                unknown: vec![Extension {
+                    name: TRAINER_CONFIG.into(),
+                    required: false,
+                    body: serde_json::to_vec(&self.config).expect("a config serialises"),
+                }],
+            },
         }
     }
+
+    /// The standardisation of the data, if the run has one.
+    pub fn normalizer(&self) -> Option<&Normalizer> {
+        self.normalizer.as_ref()
+    }
+}
+
+/// The name of the optional extension record holding the run's configuration (JSON), so
+/// that `trainer eval` can report what a model was trained with. Readers other than the
+/// trainer skip it.
+pub const TRAINER_CONFIG: &str = "trainer-config";
+
+/// The configuration a model was trained with, if its file records it.
+pub fn trained_config(record: &ModelRecord) -> Option<TrainConfig> {
+    record
+        .ext
+        .unknown
+        .iter()
+        .find(|e| e.name == TRAINER_CONFIG)
+        .and_then(|e| serde_json::from_slice(&e.body).ok())
 }

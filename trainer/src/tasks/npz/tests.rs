@@ -101,6 +101,12 @@ fn reads_a_task_file_and_splits_train_and_test() {
         (10, 6, 4, 2)
     );
     assert_eq!(t.test, vec![8, 9], "the last 20% are test tasks");
+    assert_eq!(
+        t.val,
+        vec![7],
+        "then the last 10% (at least one) of the rest"
+    );
+    assert_eq!(t.train, (0..7).collect::<Vec<_>>());
     assert_eq!(t.x[4 * 6 + 1] as f64, x[4 * 6 + 1] as f32 as f64);
 
     let mask: Vec<f64> = (0..10).map(|i| (i % 3 == 0) as u8 as f64).collect();
@@ -115,7 +121,36 @@ fn reads_a_task_file_and_splits_train_and_test() {
     );
     let t = NpzTasks::open(&p2).unwrap();
     assert_eq!(t.test, vec![0, 3, 6, 9]);
-    assert_eq!(t.train.len(), 6);
+    assert_eq!(t.val, vec![8], "the last non-test task validates");
+    assert_eq!(t.train, vec![1, 2, 4, 5, 7]);
+
+    // An explicit split: 0 train, 1 validation, 2 test.
+    let split: Vec<f64> = [0, 1, 2, 0, 0, 1, 2, 0, 0, 2].map(f64::from).to_vec();
+    let p3 = d.join("split.npz");
+    write(
+        &p3,
+        &[
+            ("x", vec![10, 6, 4], x.clone(), "f4"),
+            ("y", vec![10, 6, 2], y.clone(), "f4"),
+            ("split", vec![10], split, "i4"),
+        ],
+    );
+    let t3 = NpzTasks::open(&p3).unwrap();
+    assert_eq!(
+        (t3.train.clone(), t3.val.clone(), t3.test.clone()),
+        (vec![0, 3, 4, 7, 8], vec![1, 5], vec![2, 6, 9])
+    );
+    let fam3 = Family::open(&format!("npz:{}", p3.display())).unwrap();
+    assert_eq!(fam3.val_ids(10), vec![1, 5]);
+    // Evaluation uses every test task, or a seeded subset that says so.
+    assert_eq!(fam3.eval_ids(None, 0), (vec![2, 6, 9], false));
+    let (sub, is_subset) = fam3.eval_ids(Some(2), 5);
+    assert!(is_subset && sub.len() == 2 && sub.iter().all(|i| [2, 6, 9].contains(i)));
+    assert_eq!(
+        fam3.eval_ids(Some(2), 5),
+        (sub, true),
+        "seeded: reproducible"
+    );
 
     // Through the family: batches and ids.
     let fam = Family::open(&format!("npz:{}", p2.display())).unwrap();
@@ -243,6 +278,15 @@ fn msr_meta_trains_on_a_task_file() {
     assert_eq!(model.info().task_family, name);
     let e = crate::train::evaluate(&model, t.family(), 100, 2, 4, 1).unwrap();
     assert_eq!(e.tasks, 2, "the file has 2 test tasks");
+    // The model carries the run's statistics and configuration.
+    let rec = t.record();
+    let n = rec
+        .ext
+        .normalizer
+        .as_ref()
+        .expect("standardised by default");
+    assert_eq!(n.input.as_ref().unwrap().mean.len(), 4);
+    assert_eq!(crate::train::trained_config(&rec), Some(config.clone()));
     assert!(e.mse.is_finite());
     config.query = 5;
     assert!(
