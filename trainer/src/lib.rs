@@ -4,6 +4,7 @@
 pub mod baselines;
 pub mod inspect;
 pub mod models;
+pub mod predict;
 pub mod rng;
 pub mod run;
 pub mod stats;

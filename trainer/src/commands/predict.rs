@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use burn::tensor::{DType, Tensor, TensorData};
 use clap::Args;
 use msr_runtime::Model;
+use msr_trainer::predict::adapt_predict;
 use msr_trainer::tasks::npz::{Array, read_array, write_npz};
 
 use crate::*;
@@ -60,15 +60,10 @@ pub(crate) fn predict(args: PredictArgs) -> Result<()> {
     }
     let (m, xq) = need(&args.query, "x", fi)?;
     let yq = examples(&args.query, "y", fo)?;
-    let t = |v: Vec<f32>, n: usize, f: usize| {
-        Tensor::<3>::from_data(TensorData::new(v, [1, n, f]), (&device, DType::F32))
-    };
     let steps = args
         .inner_steps
         .unwrap_or(model.info().inner_steps as usize);
-    let task = model.adapt(t(xs, n, fi), t(ys, n, fo), steps)?;
-    let pred = model.predict(&task, t(xq, m, fi))?;
-    let out: Vec<f32> = msr_runtime::model::download(&pred);
+    let out = adapt_predict(&model, &xs, &ys, n, &xq, m, steps)?;
     write_npz(&args.out, &[("y", &[m, fo], Array::F32(&out))])?;
     print!(
         "{}: adapted on {n} examples ({steps} inner step(s)), predicted {m} -> {}",

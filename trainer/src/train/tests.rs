@@ -222,3 +222,64 @@ fn prototype_logits_are_minus_squared_distances_to_class_means() {
         }
     }
 }
+
+/// Normalisation belongs to the model: a model trained on data in units a thousand times
+/// larger (inputs and targets) predicts the same, relative to those units, as one trained on
+/// the original data, through the real-time engine (the C ABI's).
+#[test]
+fn units_do_not_matter() {
+    use crate::tasks::npz::{Array, write_npz};
+    use msr_runtime::realtime::{RtModel, Session};
+    let dir = std::env::temp_dir().join(format!("msr-units-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let family = crate::tasks::Family::new(Problem::Cartpole);
+    let (fi, fo, ex) = (5, 2, 30);
+    let mut ids = family.train_ids(0, 0, 40);
+    ids.extend(family.test_ids(10));
+    let b = family.batch(&ids, ex, 0);
+    let split: Vec<i64> = (0..50)
+        .map(|t| (t >= 40) as i64 + (t >= 45) as i64)
+        .collect();
+    let mut runs = Vec::new();
+    for scale in [1.0f32, 1000.0] {
+        let x: Vec<f32> = b.xs.iter().map(|v| v * scale).collect();
+        let y: Vec<f32> = b.ys.iter().map(|v| v * scale).collect();
+        let path = dir.join(format!("cartpole-{scale}.npz"));
+        write_npz(
+            &path,
+            &[
+                ("x", &[50, ex, fi], Array::F32(&x)),
+                ("y", &[50, ex, fo], Array::F32(&y)),
+                ("split", &[50], Array::I64(&split)),
+            ],
+        )
+        .unwrap();
+        let source: crate::tasks::TaskSource = format!("npz:{}", path.display()).parse().unwrap();
+        let mut c = TrainConfig::new(source, ModelKind::MsrMlp);
+        assert_eq!(c.normalize, Normalize::Standard);
+        (c.support, c.query, c.tasks_per_step, c.hidden) = (10, 20, 8, vec![16]);
+        let mut t = Trainer::new(c).unwrap();
+        for _ in 0..30 {
+            t.outer_step();
+        }
+        // Adapt on 10 examples of a test task, predict 20, in the run's units.
+        let rt = RtModel::new(&t.record()).unwrap();
+        let mut s = Session::new(rt, 16).unwrap();
+        let task = 49;
+        let at = |v: &[f32], f: usize, from: usize, n: usize| {
+            v[(task * ex + from) * f..(task * ex + from + n) * f].to_vec()
+        };
+        s.adapt(&at(&x, fi, 0, 10), &at(&y, fo, 0, 10), 10).unwrap();
+        let mut out = vec![0.0; 20 * fo];
+        s.predict(&at(&x, fi, 10, 20), 20, &mut out).unwrap();
+        runs.push(out.iter().map(|v| v / scale).collect::<Vec<f32>>());
+    }
+    let (a, b) = (&runs[0], &runs[1]);
+    let num: f64 = a.iter().zip(b).map(|(p, q)| ((p - q) as f64).powi(2)).sum();
+    let den: f64 = a.iter().map(|p| (*p as f64).powi(2)).sum();
+    let rel = (num / den).sqrt();
+    eprintln!("trained in raw and in 1000x units: relative difference {rel:e}");
+    assert!(rel < 1e-4, "relative difference {rel:e}");
+    assert!(den > 0.0);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
