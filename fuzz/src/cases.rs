@@ -4,7 +4,7 @@
 //! mutations, and the arguments of each call.
 
 use msr_runtime::ModelRecord;
-use msr_runtime::format::{LayerRecord, ModelInfo};
+use msr_runtime::format::{Extension, Extensions, LayerRecord, ModelInfo, Normalizer, Standardize};
 use msr_runtime::spec::{
     Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op,
 };
@@ -227,11 +227,14 @@ pub fn net(r: &mut Rng) -> NetSpec {
             },
             _ => Op::Flatten,
         };
-        let activation = if r.chance(0.5) {
-            Activation::Relu
-        } else {
-            Activation::Identity
-        };
+        let activation = r.pick(&[
+            Activation::Relu,
+            Activation::Relu,
+            Activation::Identity,
+            Activation::Identity,
+            Activation::Tanh,
+            Activation::Gelu,
+        ]);
         if let Ok(next) = op.output_shape(&FeatureShape(shape.clone())) {
             shape = next.0;
         }
@@ -292,6 +295,7 @@ pub fn record(r: &mut Rng, net: NetSpec, special: f64) -> ModelRecord {
             })
             .collect(),
     };
+    let ext = extensions(r, &net, special);
     ModelRecord {
         info: ModelInfo {
             name: "fuzz".into(),
@@ -305,8 +309,56 @@ pub fn record(r: &mut Rng, net: NetSpec, special: f64) -> ModelRecord {
         },
         net,
         layers,
-        ext: Default::default(),
+        ext,
     }
+}
+
+/// Extension records: sometimes standardisation statistics (usually of the right lengths,
+/// with special floats and non-positive scales at rate `special`), rarely a record from the
+/// future (required or optional).
+fn extensions(r: &mut Rng, net: &NetSpec, special: f64) -> Extensions {
+    let mut ext = Extensions::default();
+    if r.chance(0.3) {
+        let lens = net.shapes().ok().map(|s| {
+            (
+                s.activations[0].numel(),
+                s.activations.last().expect("non-empty").numel(),
+            )
+        });
+        let (fi, fo) = lens.unwrap_or((r.below(8) as usize, r.below(8) as usize));
+        let stats = |r: &mut Rng, n: usize| {
+            let n = if r.chance(0.95) {
+                n
+            } else {
+                r.below(8) as usize
+            };
+            Standardize {
+                mean: (0..n).map(|_| float(r, special)).collect(),
+                scale: (0..n)
+                    .map(|_| {
+                        if r.chance(special) {
+                            r.pick(&[0.0, -1.0, f32::NAN, f32::INFINITY, 1e-38])
+                        } else {
+                            0.1 + 10.0 * (r.next() >> 40) as f32 / (1u64 << 24) as f32
+                        }
+                    })
+                    .collect(),
+            }
+        };
+        let input = r.chance(0.9).then(|| stats(r, fi.min(1 << 16)));
+        let output = r.chance(0.8).then(|| stats(r, fo.min(1 << 16)));
+        ext.normalizer = Some(Normalizer { input, output });
+    }
+    if r.chance(0.05) {
+        ext.unknown.push(Extension {
+            name: r.pick(&["solver", "normalize2", ""]).into(),
+            required: r.chance(0.5),
+            body: (0..r.below(16))
+                .map(|_| r.below(256) as u8)
+                .collect::<Vec<u8>>(),
+        });
+    }
+    ext
 }
 
 /// Architectures the trainer writes: rank1 MSR-FC and a small glyph MSR-Conv classifier.

@@ -2,6 +2,9 @@
 //! `trainer predict` (the burn path) predicts, on the generated cartpole family, in raw
 //! units: a C integration can diff its output against `trainer predict`'s.
 
+// Every unsafe call below passes buffers this test owns, with their true lengths.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
 use std::ptr;
 
 use msr::*;

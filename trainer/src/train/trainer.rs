@@ -213,7 +213,7 @@ impl Trainer {
     pub fn record(&self) -> ModelRecord {
         ModelRecord {
             info: ModelInfo {
-                name: format!("{}-{}", self.config.problem, self.config.model),
+                name: format!("{}-{}", self.source_name(), self.config.model),
                 task_family: self.config.problem.to_string(),
                 inner_steps: self.config.inner_steps as u32,
                 trainer_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -228,6 +228,18 @@ impl Trainer {
                     body: serde_json::to_vec(&self.config).expect("a config serialises"),
                 }],
             },
+        }
+    }
+
+    /// A short name of the task source: a task file's stem (`npz:logs/flights.npz` is
+    /// `flights`), else the family's name.
+    fn source_name(&self) -> String {
+        match &self.config.problem {
+            crate::tasks::TaskSource::Npz(path) => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "npz".into()),
+            other => other.to_string(),
         }
     }
 
