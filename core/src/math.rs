@@ -43,3 +43,11 @@ pub(crate) fn gelu(x: f32) -> f32 {
 pub(crate) fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + erf(x * FRAC_1_SQRT_2)) + x * FRAC_1_SQRT_2PI * exp(-0.5 * x * x)
 }
+#[cfg(feature = "std")]
+pub(crate) fn sqrt64(x: f64) -> f64 {
+    x.sqrt()
+}
+#[cfg(not(feature = "std"))]
+pub(crate) fn sqrt64(x: f64) -> f64 {
+    libm::sqrt(x)
+}

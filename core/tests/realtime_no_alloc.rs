@@ -106,7 +106,21 @@ fn model(loss: Loss) -> ModelRecord {
         },
         net,
         layers,
-        ext: Default::default(),
+        // Standardisation on both sides for MSE (inputs only for classification): the
+        // engine applies it in place, without allocating.
+        ext: msr_core::format::Extensions {
+            normalizer: Some(msr_core::format::Normalizer {
+                input: Some(msr_core::format::Standardize {
+                    mean: vec![0.1; 128],
+                    scale: vec![2.0; 128],
+                }),
+                output: (loss == Loss::Mse).then(|| msr_core::format::Standardize {
+                    mean: vec![-0.3; 5],
+                    scale: vec![0.5; 5],
+                }),
+            }),
+            unknown: Vec::new(),
+        },
     }
 }
 
@@ -126,6 +140,12 @@ fn adapt_and_predict_do_not_allocate() {
         let mut session = Session::new(rt.clone(), 4).unwrap();
         // Warm up once (nothing is lazily allocated, but make that a measured fact).
         session.adapt(&x, &y, n).unwrap();
+        // A second session adapting by Gauss-Newton: switching it on allocates, adapting
+        // does not.
+        let mut gn = Session::new(rt.clone(), 4).unwrap();
+        gn.set_inner(msr_core::realtime::Inner::GaussNewton { damping: 0.1 })
+            .unwrap();
+        gn.adapt(&x, &y, n).unwrap();
 
         let before = ALLOCATIONS.load(Ordering::SeqCst);
         for _ in 0..5 {
@@ -136,6 +156,9 @@ fn adapt_and_predict_do_not_allocate() {
             session.save_state(&mut state).unwrap();
             session.load_state(&state).unwrap();
             session.reset();
+            gn.adapt(&x, &y, n).unwrap();
+            gn.refine(&x, &y, n).unwrap();
+            gn.predict(&x, n, &mut out).unwrap();
         }
         let after = ALLOCATIONS.load(Ordering::SeqCst);
         assert_eq!(

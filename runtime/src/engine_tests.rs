@@ -242,3 +242,263 @@ mod tests {
         assert_eq!(pa, pb);
     }
 }
+
+/// Damped Gauss-Newton adaptation on the real-time engine, against independent
+/// references: for a model linear in its adapted parameters the first step is the
+/// ridge (MSE) or damped Newton (cross-entropy) step computed here from an explicit
+/// design matrix, in f64; on nonlinear nets the support loss never rises with more steps.
+mod gauss_newton {
+    use crate::format::{ModelInfo, ModelRecord};
+    use crate::realtime::{Inner, RtModel, Session};
+    use crate::spec::{Activation, FeatureShape, LayerSpec, Loss, NetSpec, Op};
+    use crate::test_support::{HostParams, Rng, layer_records, nets, targets};
+
+    fn record(spec: NetSpec, seed: u64, steps: u32) -> ModelRecord {
+        let net = crate::net::Net::new(spec.clone(), &crate::device::cpu()).unwrap();
+        let host = HostParams::random(&net, &mut Rng::new(seed));
+        ModelRecord {
+            info: ModelInfo {
+                name: "gn".into(),
+                task_family: "test".into(),
+                inner_steps: steps,
+                trainer_version: "test".into(),
+            },
+            net: spec,
+            layers: layer_records(&host, &net),
+            ext: Default::default(),
+        }
+    }
+
+    /// Solves `a x = b` (n x n, f64) by Gaussian elimination with partial pivoting.
+    fn solve(mut a: Vec<f64>, mut b: Vec<f64>, n: usize) -> Vec<f64> {
+        for c in 0..n {
+            let piv = (c..n)
+                .max_by(|&i, &j| a[i * n + c].abs().total_cmp(&a[j * n + c].abs()))
+                .unwrap();
+            for k in 0..n {
+                a.swap(c * n + k, piv * n + k);
+            }
+            b.swap(c, piv);
+            for r in c + 1..n {
+                let f = a[r * n + c] / a[c * n + c];
+                for k in c..n {
+                    a[r * n + k] -= f * a[c * n + k];
+                }
+                b[r] -= f * b[c];
+            }
+        }
+        for r in (0..n).rev() {
+            let s: f64 = (r + 1..n).map(|k| a[r * n + k] * b[k]).sum();
+            b[r] = (b[r] - s) / a[r * n + r];
+        }
+        b
+    }
+
+    /// A single share-linear layer with a bias: outputs `z = reshape(U v) x + b`. Returns
+    /// the record and, per example, the explicit design matrix `[outputs, k + outputs]`
+    /// (d z / d (v, b)) computed from U and x.
+    fn linear(loss: Loss, seed: u64) -> (ModelRecord, usize, usize, usize) {
+        let (fi, fo, k) = (5, 3, 4);
+        let spec = NetSpec {
+            input: FeatureShape(vec![fi]),
+            layers: vec![LayerSpec {
+                op: Op::ShareLinear {
+                    inputs: fi,
+                    outputs: fo,
+                    k,
+                    bias: true,
+                },
+                activation: Activation::Identity,
+            }],
+            loss,
+        };
+        (record(spec, seed, 1), fi, fo, k)
+    }
+
+    fn design(rec: &ModelRecord, x: &[f32], fi: usize, fo: usize, k: usize) -> Vec<f64> {
+        let u = &rec.layers[0].shared[0]; // [fo * fi, k]
+        let p = k + fo;
+        let mut j = vec![0.0; fo * p];
+        for o in 0..fo {
+            for c in 0..k {
+                j[o * p + c] = (0..fi)
+                    .map(|i| u[(o * fi + i) * k + c] as f64 * x[i] as f64)
+                    .sum();
+            }
+            j[o * p + k + o] = 1.0;
+        }
+        j
+    }
+
+    fn params(s: &Session) -> Vec<f64> {
+        s.adapted(0).iter().flatten().map(|&v| v as f64).collect()
+    }
+
+    #[test]
+    fn one_step_on_a_linear_model_is_the_ridge_solution() {
+        let (rec, fi, fo, k) = linear(Loss::Mse, 3);
+        let rt = RtModel::new(&rec).unwrap();
+        let mut rng = Rng::new(4);
+        let n = 6;
+        let x: Vec<f32> = rng.normals(n * fi, 1.0).iter().map(|&v| v as f32).collect();
+        let y: Vec<f32> = rng.normals(n * fo, 1.0).iter().map(|&v| v as f32).collect();
+        let lambda = 0.05;
+        let mut s = Session::new(rt, 4).unwrap();
+        s.inner_steps = 1;
+        s.set_inner(Inner::GaussNewton { damping: lambda }).unwrap();
+        let theta0 = params(&s);
+        s.adapt(&x, &y, n).unwrap();
+        let got = params(&s);
+
+        // argmin_theta mean((J theta - y)^2) + lambda/2 |theta - theta0|^2 over the
+        // explicit design J, in f64: (s J^T J + lambda I) theta = s J^T y + lambda theta0
+        // with s = 2 / (n fo).
+        let p = k + fo;
+        let sc = 2.0 / (n * fo) as f64;
+        let (mut a, mut b) = (vec![0.0; p * p], vec![0.0; p]);
+        for e in 0..n {
+            let j = design(&rec, &x[e * fi..(e + 1) * fi], fi, fo, k);
+            for o in 0..fo {
+                for r in 0..p {
+                    b[r] += sc * j[o * p + r] * y[e * fo + o] as f64;
+                    for c in 0..p {
+                        a[r * p + c] += sc * j[o * p + r] * j[o * p + c];
+                    }
+                }
+            }
+        }
+        for r in 0..p {
+            a[r * p + r] += lambda as f64;
+            b[r] += lambda as f64 * theta0[r];
+        }
+        let want = solve(a, b, p);
+        let err = crate::test_support::rel_err(&got, &want);
+        assert!(err < 1e-4, "GN step vs ridge: rel err {err:e}\n{got:?}\n{want:?}");
+        assert!(crate::test_support::rel_err(&theta0, &want) > 1e-2, "it moved");
+    }
+
+    #[test]
+    fn one_step_on_a_linear_classifier_is_the_damped_newton_step() {
+        let (rec, fi, fo, k) = linear(Loss::CrossEntropy, 5);
+        let rt = RtModel::new(&rec).unwrap();
+        let mut rng = Rng::new(6);
+        let n = 7;
+        let x: Vec<f32> = rng.normals(n * fi, 1.0).iter().map(|&v| v as f32).collect();
+        let y: Vec<f32> = targets(Loss::CrossEntropy, 1, n, fo, &mut rng)
+            .iter()
+            .map(|&v| v as f32)
+            .collect();
+        let lambda = 0.5;
+        let mut s = Session::new(rt, 3).unwrap();
+        s.inner_steps = 0;
+        s.set_inner(Inner::GaussNewton { damping: lambda }).unwrap();
+        let before = s.adapt(&x, &y, n).unwrap();
+        s.inner_steps = 1;
+        let theta0 = params(&s);
+        let after = s.adapt(&x, &y, n).unwrap();
+        assert!(after < before, "the step was accepted: {before} -> {after}");
+        let got = params(&s);
+
+        // For a model linear in theta the generalised Gauss-Newton matrix is the Hessian:
+        // H = 1/n sum_e J_e^T (diag p - p p^T) J_e, g = 1/n sum_e J_e^T (p - y).
+        let p = k + fo;
+        let (mut h, mut g) = (vec![0.0; p * p], vec![0.0; p]);
+        for e in 0..n {
+            let j = design(&rec, &x[e * fi..(e + 1) * fi], fi, fo, k);
+            let z: Vec<f64> = (0..fo)
+                .map(|o| (0..p).map(|c| j[o * p + c] * theta0[c]).sum())
+                .collect();
+            let m = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let ez: Vec<f64> = z.iter().map(|v| (v - m).exp()).collect();
+            let sum: f64 = ez.iter().sum();
+            let pr: Vec<f64> = ez.iter().map(|v| v / sum).collect();
+            for o in 0..fo {
+                let r = pr[o] - y[e * fo + o] as f64;
+                for c in 0..p {
+                    g[c] += r * j[o * p + c] / n as f64;
+                }
+                for o2 in 0..fo {
+                    let w = (if o == o2 { pr[o] } else { 0.0 }) - pr[o] * pr[o2];
+                    for r1 in 0..p {
+                        for c in 0..p {
+                            h[r1 * p + c] += w * j[o * p + r1] * j[o2 * p + c] / n as f64;
+                        }
+                    }
+                }
+            }
+        }
+        for r in 0..p {
+            h[r * p + r] += lambda as f64;
+        }
+        let step = solve(h, g.iter().map(|v| -v).collect(), p);
+        let want: Vec<f64> = theta0.iter().zip(&step).map(|(a, b)| a + b).collect();
+        let err = crate::test_support::rel_err(&got, &want);
+        assert!(err < 1e-4, "GN step vs damped Newton: rel err {err:e}");
+    }
+
+    /// On every test net (every layer kind and activation, both losses), from random
+    /// parameters: the support loss after S Gauss-Newton steps never rises with S, up to
+    /// S = 100, and no adaptation fails.
+    #[test]
+    fn support_loss_never_rises_with_more_steps() {
+        for loss in [Loss::Mse, Loss::CrossEntropy] {
+            for (name, spec) in nets(loss) {
+                let rt = RtModel::new(&record(spec, 8, 1)).unwrap();
+                let (fi, fo) = (rt.input_len(), rt.output_len());
+                let mut rng = Rng::new(9);
+                let n = 6;
+                let x: Vec<f32> = rng.normals(n * fi, 1.0).iter().map(|&v| v as f32).collect();
+                let y: Vec<f32> = targets(loss, 1, n, fo, &mut rng)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let mut s = Session::new(rt, 4).unwrap();
+                s.set_inner(Inner::GaussNewton { damping: 1e-3 }).unwrap();
+                s.inner_steps = 0;
+                let mut last = s.adapt(&x, &y, n).unwrap();
+                for steps in [1, 2, 3, 10, 30, 100] {
+                    s.inner_steps = steps;
+                    let l = s.adapt(&x, &y, n).unwrap();
+                    assert!(
+                        l <= last * (1.0 + 1e-6),
+                        "{name} {loss:?}: {steps} steps: {l} after {last}"
+                    );
+                    last = l;
+                }
+                let l0 = {
+                    s.inner_steps = 0;
+                    s.adapt(&x, &y, n).unwrap()
+                };
+                assert!(last < 0.9 * l0, "{name} {loss:?}: {l0} -> {last}");
+            }
+        }
+    }
+
+    #[test]
+    fn bad_damping_and_oversized_models_are_refused() {
+        let (rec, ..) = linear(Loss::Mse, 3);
+        let mut s = Session::new(RtModel::new(&rec).unwrap(), 2).unwrap();
+        for d in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+            assert!(s.set_inner(Inner::GaussNewton { damping: d }).is_err());
+        }
+        assert_eq!(s.inner(), Inner::Sgd, "a refused switch changes nothing");
+        // A plain 64 x 64 layer has 4096 + 64 adapted parameters: over the limit.
+        let big = NetSpec {
+            input: FeatureShape(vec![64]),
+            layers: vec![LayerSpec {
+                op: Op::Linear {
+                    inputs: 64,
+                    outputs: 64,
+                    bias: true,
+                },
+                activation: Activation::Identity,
+            }],
+            loss: Loss::Mse,
+        };
+        let mut s = Session::new(RtModel::new(&record(big, 1, 1)).unwrap(), 2).unwrap();
+        let e = s
+            .set_inner(Inner::GaussNewton { damping: 1.0 })
+            .unwrap_err();
+        assert!(e.to_string().contains("Gauss-Newton"), "{e}");
+    }
+}

@@ -28,12 +28,14 @@ use crate::error::{DataError, Error, ShapeError};
 use crate::format::ModelRecord;
 use crate::spec::{Activation, ConvSharing, Loss, Op};
 
+pub mod gn;
 mod kernels;
 mod layers;
 pub mod session;
 pub mod state;
 mod weights;
 
+pub use gn::{Inner, MAX_GN_PARAMS};
 pub use session::Session;
 pub use state::{check_state, encode_state, state_values};
 

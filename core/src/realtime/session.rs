@@ -5,6 +5,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::gn::{GnBuffers, Inner, MAX_GN_PARAMS, MAX_TRIALS};
 use super::kernels::all_finite;
 use super::layers::{backward, forward};
 use super::state::{check_state, encode_state, state_values};
@@ -44,6 +45,12 @@ pub struct Session {
     patch: Vec<f32>,
     dpatch: Vec<f32>,
     scratch: [Vec<f32>; 2],
+    /// The adaptation algorithm ([`Session::set_inner`]).
+    inner: Inner,
+    /// Gauss-Newton buffers (allocated when Gauss-Newton is switched on) and which layers
+    /// it moves.
+    gn: Option<GnBuffers>,
+    gn_layers: Vec<bool>,
     /// Inner steps per adaptation and the scale applied to every layer's lr.
     pub inner_steps: usize,
     /// Multiplies every layer's learned inner learning rate.
@@ -141,6 +148,9 @@ impl Session {
                 zeros(max_kron, "Kronecker scratch")?,
                 zeros(max_kron, "Kronecker scratch")?,
             ],
+            inner: Inner::Sgd,
+            gn: None,
+            gn_layers: Vec::new(),
             inner_steps: model.inner_steps,
             lr_scale: 1.0,
             model,
@@ -250,6 +260,9 @@ impl Session {
         if from_init {
             self.reset();
         }
+        if let Inner::GaussNewton { damping } = self.inner {
+            return self.gn_adapt(x, y, n, damping as f64);
+        }
         // Each gradient pass also yields the loss at the current parameters, so a check
         // costs one extra forward pass in all: after the last step.
         let mut initial = f32::NAN;
@@ -297,6 +310,259 @@ impl Session {
             .into());
         }
         Ok(loss)
+    }
+
+    /// The adaptation algorithm.
+    pub fn inner(&self) -> Inner {
+        self.inner
+    }
+
+    /// Chooses the adaptation algorithm. Switching Gauss-Newton on allocates its buffers
+    /// (once; the `P x P` matrix of the adapted parameters, see [`super::gn`]): a model with
+    /// more than [`MAX_GN_PARAMS`] adapted parameters is refused, and a damping that is
+    /// not finite and positive is refused. Never allocates otherwise; adapting afterwards
+    /// allocates nothing.
+    pub fn set_inner(&mut self, inner: Inner) -> Result<(), Error> {
+        if let Inner::GaussNewton { damping } = inner {
+            if !(damping.is_finite() && damping > 0.0) {
+                return Err(DataError::Shape(ShapeError::InvalidLayer(format!(
+                    "Gauss-Newton damping {damping}: it must be finite and positive"
+                )))
+                .into());
+            }
+            if self.gn.is_none() {
+                let layers: Vec<bool> = self
+                    .model
+                    .layers
+                    .iter()
+                    .map(|l| l.lr != 0.0 && !l.adapted0.is_empty())
+                    .collect();
+                let p: usize = self
+                    .model
+                    .layers
+                    .iter()
+                    .zip(&layers)
+                    .filter(|(_, on)| **on)
+                    .flat_map(|(l, _)| l.adapted0.iter().map(Vec::len))
+                    .sum();
+                if p > MAX_GN_PARAMS {
+                    return Err(DataError::Shape(ShapeError::OverLimit {
+                        what: "adapted parameters for Gauss-Newton adaptation (use SGD)".into(),
+                        value: Some(p as u128),
+                        limit: MAX_GN_PARAMS as u64,
+                    })
+                    .into());
+                }
+                self.gn = Some(GnBuffers::new(p, self.model.output_len)?);
+                self.gn_layers = layers;
+            }
+        }
+        self.inner = inner;
+        Ok(())
+    }
+
+    /// Bytes [`Session::set_inner`] allocates for Gauss-Newton on `model` (0 when it
+    /// would refuse).
+    pub fn gn_bytes(model: &RtModel) -> u128 {
+        let p: usize = model
+            .layers
+            .iter()
+            .filter(|l| l.lr != 0.0)
+            .flat_map(|l| l.adapted0.iter().map(Vec::len))
+            .sum();
+        if p > MAX_GN_PARAMS {
+            0
+        } else {
+            GnBuffers::bytes(p, model.output_len)
+        }
+    }
+
+    /// Damped Gauss-Newton steps from the current parameters (see [`super::gn`]); the
+    /// support loss never rises. Returns it.
+    fn gn_adapt(&mut self, x: &[f32], y: &[f32], n: usize, base: f64) -> Result<f32, Error> {
+        let mut loss = self.pass(x, y, n, false);
+        if !loss.is_finite() {
+            self.restore_backup();
+            return Err(DivergedError {
+                step: 0,
+                loss: loss as f64,
+                initial: loss as f64,
+                nonfinite_params: false,
+            }
+            .into());
+        }
+        let mut lambda = base;
+        for _ in 0..self.inner_steps {
+            self.gn_accumulate(x, y, n);
+            let mut accepted = false;
+            for _ in 0..MAX_TRIALS {
+                let gn = self.gn.as_mut().expect("allocated by set_inner");
+                if !gn.solve(lambda) {
+                    lambda *= 10.0;
+                    continue;
+                }
+                self.gn_apply(true);
+                let trial = self.pass(x, y, n, false);
+                if trial.is_finite() && trial <= loss && self.params_finite() {
+                    loss = trial;
+                    lambda = (lambda / 3.0).max(base);
+                    accepted = true;
+                    break;
+                }
+                self.gn_apply(false);
+                lambda *= 10.0;
+            }
+            if !accepted {
+                break; // no damped step lowers the loss from here
+            }
+        }
+        Ok(loss)
+    }
+
+    /// With `forward`, saves the moved parameters and adds the solved step to them; else
+    /// restores the saved ones. Re-materialises the weights.
+    fn gn_apply(&mut self, forward: bool) {
+        let gn = self.gn.as_mut().expect("allocated by set_inner");
+        let mut at = 0;
+        for (layer, on) in self.adapted.iter_mut().zip(&self.gn_layers) {
+            if !on {
+                continue;
+            }
+            for v in layer.iter_mut() {
+                let len = v.len();
+                if forward {
+                    gn.saved[at..at + len].copy_from_slice(v);
+                    for (vj, sj) in v.iter_mut().zip(&gn.step[at..at + len]) {
+                        *vj += *sj as f32;
+                    }
+                } else {
+                    v.copy_from_slice(&gn.saved[at..at + len]);
+                }
+                at += len;
+            }
+        }
+        self.materialize_all();
+    }
+
+    /// Accumulates the gradient and the Gauss-Newton matrix (lower triangle) of the
+    /// support loss at the current parameters: per example, one forward pass and one
+    /// backward pass per output give the rows of `J`.
+    fn gn_accumulate(&mut self, x: &[f32], y: &[f32], n: usize) {
+        let (fi, fo) = (self.model.input_len, self.model.output_len);
+        let mut gn = self.gn.take().expect("allocated by set_inner");
+        let p = gn.p;
+        gn.g_mat.fill(0.0);
+        gn.grad.fill(0.0);
+        for e in 0..n {
+            self.forward_chunk(&x[e * fi..(e + 1) * fi], 1);
+            let mut t = core::mem::take(&mut self.targets);
+            if t.len() < fo {
+                // No output standardisation: the targets are used as they are.
+                t = Vec::new();
+            }
+            let target: &[f32] = match self.model.normalizer.as_ref().and_then(|s| s.output.as_ref()) {
+                Some(s) => {
+                    t[..fo].copy_from_slice(&y[e * fo..(e + 1) * fo]);
+                    s.apply(&mut t[..fo]);
+                    &t[..fo]
+                }
+                None => &y[e * fo..(e + 1) * fo],
+            };
+            for o in 0..fo {
+                self.jacobian_row(o, &mut gn.jac[o * p..(o + 1) * p]);
+            }
+            let out = &self.acts.last().expect("non-empty")[..fo];
+            match self.model.loss {
+                Loss::Mse => {
+                    let s = 2.0 / (n * fo) as f64;
+                    for o in 0..fo {
+                        let row = &gn.jac[o * p..(o + 1) * p];
+                        let r = (out[o] - target[o]) as f64;
+                        for (g, j) in gn.grad.iter_mut().zip(row) {
+                            *g += s * r * *j as f64;
+                        }
+                        for a in 0..p {
+                            let ja = s * row[a] as f64;
+                            if ja == 0.0 {
+                                continue;
+                            }
+                            let dst = &mut gn.g_mat[a * p..a * p + a + 1];
+                            for (d, jb) in dst.iter_mut().zip(&row[..=a]) {
+                                *d += ja * *jb as f64;
+                            }
+                        }
+                    }
+                }
+                Loss::CrossEntropy => {
+                    let max = out.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f64 = out.iter().map(|v| exp(v - max) as f64).sum();
+                    let mass: f64 = target.iter().map(|&v| v as f64).sum();
+                    let scale = 1.0 / n as f64;
+                    // q = sum_o p_o J_o, in `step` (free until the solve).
+                    gn.step.fill(0.0);
+                    for o in 0..fo {
+                        let pr = exp(out[o] - max) as f64 / sum;
+                        let row = &gn.jac[o * p..(o + 1) * p];
+                        let r = pr * mass - target[o] as f64;
+                        for ((g, q), j) in gn.grad.iter_mut().zip(gn.step.iter_mut()).zip(row) {
+                            *g += scale * r * *j as f64;
+                            *q += pr * *j as f64;
+                        }
+                        let w = scale * mass * pr;
+                        for a in 0..p {
+                            let ja = w * row[a] as f64;
+                            if ja == 0.0 {
+                                continue;
+                            }
+                            let dst = &mut gn.g_mat[a * p..a * p + a + 1];
+                            for (d, jb) in dst.iter_mut().zip(&row[..=a]) {
+                                *d += ja * *jb as f64;
+                            }
+                        }
+                    }
+                    let w = scale * mass;
+                    for a in 0..p {
+                        let qa = w * gn.step[a];
+                        for b in 0..=a {
+                            gn.g_mat[a * p + b] -= qa * gn.step[b];
+                        }
+                    }
+                }
+            }
+            if !t.is_empty() {
+                self.targets = t;
+            }
+        }
+        self.gn = Some(gn);
+    }
+
+    /// Row `o` of `J` for the example in the activations (a chunk of one): the gradient of
+    /// output `o` with respect to every parameter the solver moves, into `row`.
+    fn jacobian_row(&mut self, o: usize, row: &mut [f32]) {
+        for g in self.grads.iter_mut().flatten() {
+            g.fill(0.0);
+        }
+        for d in &mut self.dw {
+            d.fill(0.0);
+        }
+        let fo = self.model.output_len;
+        self.da[..fo].fill(0.0);
+        self.da[o] = 1.0;
+        self.backward_chunk(1);
+        let mut at = 0;
+        for i in 0..self.model.layers.len() {
+            if !self.gn_layers[i] {
+                continue;
+            }
+            let layer = &self.model.layers[i];
+            let [s0, s1] = &mut self.scratch;
+            let (g_main, _) = self.grads[i].split_first_mut().expect("non-empty");
+            weights_backward(&layer.weights, &self.dw[i], g_main, s0, s1);
+            for v in &self.grads[i] {
+                row[at..at + v.len()].copy_from_slice(v);
+                at += v.len();
+            }
+        }
     }
 
     /// Whether every adapted parameter and every materialised weight `W = reshape(U v)` is

@@ -1,0 +1,184 @@
+//! Damped Gauss-Newton (Levenberg-Marquardt) adaptation in the space of all adapted
+//! parameters: each step solves `(G + lambda I) dv = -g`, with `g` the support loss's
+//! gradient and `G` its Gauss-Newton matrix: `2/(n F) J^T J` for the mean squared error
+//! (`J` = d outputs / d v over the support set, `F` outputs per example), the generalised
+//! Gauss-Newton `1/n sum J^T (diag p - p p^T) J` (times the target mass) for softmax
+//! cross-entropy. For a model linear in its adapted parameters one step is the exact ridge
+//! solution centred at the current parameters.
+//!
+//! A step is kept only if it lowers the support loss; otherwise it is undone and retried
+//! with ten times the damping (Levenberg-Marquardt), so the support loss never rises, and
+//! more steps or more data never make an adaptation diverge. The damping of an accepted
+//! step is divided by 3 for the next (never below the session's base damping).
+//!
+//! Cost per step: one forward pass and `F` backward passes per support example (the
+//! rows of `J`), `F P^2` multiply-adds to accumulate `G`, `P^3 / 3` to factorise it (in
+//! f64), plus one forward pass over the support set per trial. All buffers are allocated
+//! when Gauss-Newton is switched on ([`super::Session::set_inner`]); a step allocates
+//! nothing.
+
+use alloc::vec::Vec;
+
+/// The most adapted parameters a Gauss-Newton session takes (its matrix is `P x P` f64:
+/// 32 MiB at this limit). Larger models adapt with SGD.
+pub const MAX_GN_PARAMS: usize = 2048;
+
+/// How many times a step is retried with more damping before the adaptation stops early
+/// (the loss can no longer be lowered from where it is).
+pub(crate) const MAX_TRIALS: usize = 8;
+
+/// The adaptation algorithm of a session.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Inner {
+    /// `inner_steps` SGD steps with the meta-learned per-layer learning rates.
+    Sgd,
+    /// `inner_steps` damped Gauss-Newton steps, starting from damping `damping`.
+    GaussNewton {
+        /// The base damping lambda, added to the diagonal of the Gauss-Newton matrix
+        /// (in the loss's units: a larger value keeps v closer to where it starts).
+        damping: f32,
+    },
+}
+
+/// Buffers of the Gauss-Newton solver, allocated once.
+#[derive(Debug)]
+pub(crate) struct GnBuffers {
+    /// Adapted parameters the solver moves (layers whose learning rate is 0, such as
+    /// ANIL's frozen body, stay fixed).
+    pub(crate) p: usize,
+    /// `G` accumulated, `[p, p]` row-major, and its Cholesky factor.
+    pub(crate) g_mat: Vec<f64>,
+    pub(crate) chol: Vec<f64>,
+    /// The gradient, then the step.
+    pub(crate) grad: Vec<f64>,
+    pub(crate) step: Vec<f64>,
+    /// The rows of `J` for one example, `[outputs, p]`.
+    pub(crate) jac: Vec<f32>,
+    /// The parameters before a trial step.
+    pub(crate) saved: Vec<f32>,
+}
+
+impl GnBuffers {
+    pub(crate) fn new(p: usize, outputs: usize) -> Result<Self, crate::error::Error> {
+        let f64s = |n: usize| -> Result<Vec<f64>, crate::error::Error> {
+            let mut v = Vec::new();
+            v.try_reserve_exact(n)
+                .map_err(|_| crate::error::Error::OutOfMemory {
+                    what: "the Gauss-Newton matrix",
+                    bytes: n as u128 * 8,
+                })?;
+            v.resize(n, 0.0);
+            Ok(v)
+        };
+        Ok(GnBuffers {
+            p,
+            g_mat: f64s(p * p)?,
+            chol: f64s(p * p)?,
+            grad: f64s(p)?,
+            step: f64s(p)?,
+            jac: super::zeros(outputs * p, "Jacobian rows")?,
+            saved: super::zeros(p, "Gauss-Newton parameters")?,
+        })
+    }
+
+    /// Bytes these buffers take for `p` parameters and `outputs` outputs per example.
+    pub(crate) fn bytes(p: usize, outputs: usize) -> u128 {
+        let (p, f) = (p as u128, outputs as u128);
+        8 * (2 * p * p + 2 * p) + 4 * (f * p + p)
+    }
+
+    /// Solves `(G + lambda I) step = -grad` into `step`. False if the damped matrix is not
+    /// positive definite (it always is for lambda > 0 and finite G, unless rounding
+    /// destroyed it).
+    pub(crate) fn solve(&mut self, lambda: f64) -> bool {
+        let p = self.p;
+        self.chol.copy_from_slice(&self.g_mat);
+        for i in 0..p {
+            self.chol[i * p + i] += lambda;
+        }
+        if !cholesky(&mut self.chol, p) {
+            return false;
+        }
+        for (s, g) in self.step.iter_mut().zip(&self.grad) {
+            *s = -g;
+        }
+        cholesky_solve(&self.chol, p, &mut self.step);
+        self.step.iter().all(|s| s.is_finite())
+    }
+}
+
+/// In-place Cholesky factorisation `A = L L^T` of a symmetric `n x n` row-major matrix
+/// (the lower triangle is read and overwritten with `L`). False if `A` is not positive
+/// definite.
+pub(crate) fn cholesky(a: &mut [f64], n: usize) -> bool {
+    for j in 0..n {
+        let mut d = a[j * n + j];
+        for k in 0..j {
+            d -= a[j * n + k] * a[j * n + k];
+        }
+        if !(d > 0.0) || !d.is_finite() {
+            return false;
+        }
+        let d = crate::math::sqrt64(d);
+        a[j * n + j] = d;
+        for i in j + 1..n {
+            let mut s = a[i * n + j];
+            for k in 0..j {
+                s -= a[i * n + k] * a[j * n + k];
+            }
+            a[i * n + j] = s / d;
+        }
+    }
+    true
+}
+
+/// Solves `L L^T x = b` in place of `b`, `L` from [`cholesky`].
+pub(crate) fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64]) {
+    for i in 0..n {
+        let mut s = b[i];
+        for k in 0..i {
+            s -= l[i * n + k] * b[k];
+        }
+        b[i] = s / l[i * n + i];
+    }
+    for i in (0..n).rev() {
+        let mut s = b[i];
+        for k in i + 1..n {
+            s -= l[k * n + i] * b[k];
+        }
+        b[i] = s / l[i * n + i];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_solves_and_refuses_indefinite() {
+        // A = M M^T + I for a fixed M.
+        let n = 4;
+        let m: Vec<f64> = (0..n * n).map(|i| ((i * 7 % 5) as f64 - 2.0) / 3.0).collect();
+        let mut a = alloc::vec![0.0; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                a[i * n + j] = (0..n).map(|k| m[i * n + k] * m[j * n + k]).sum::<f64>()
+                    + if i == j { 1.0 } else { 0.0 };
+            }
+        }
+        let x = [1.0, -2.0, 0.5, 3.0];
+        let b: Vec<f64> = (0..n)
+            .map(|i| (0..n).map(|j| a[i * n + j] * x[j]).sum())
+            .collect();
+        let mut l = a.clone();
+        assert!(cholesky(&mut l, n));
+        let mut got = b.clone();
+        cholesky_solve(&l, n, &mut got);
+        for (g, e) in got.iter().zip(x) {
+            assert!((g - e).abs() < 1e-12, "{g} vs {e}");
+        }
+        let mut bad = a;
+        bad[0] = -1.0;
+        assert!(!cholesky(&mut bad, n));
+    }
+}
