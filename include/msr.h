@@ -180,7 +180,8 @@ void msr_session_free(struct msr_session **session);
 
 // Adapts the meta-learned initialisation to a regression support set: `x` `[n, input_len]`,
 // `y` `[n, output_len]`, with the session's inner steps. If `loss_out` is not NULL it
-// receives the support loss after adapting. On any error the session keeps its previous
+// receives the support loss after adapting (the objective adaptation minimises: for a
+// model that standardises its targets, the MSE of the standardised targets). On any error the session keeps its previous
 // parameters (`MSR_ERR_DIVERGED`: the adaptation went non-finite or exploded and was
 // rolled back). Allocation-free.
 //
@@ -221,6 +222,18 @@ enum msr_status msr_session_predict(struct msr_session *session,
                                     size_t n,
                                     float *out,
                                     size_t out_len);
+
+// Chooses how the session adapts: `inner` is an `msr_inner` (as an integer);
+// `damping` is Gauss-Newton's base damping lambda (ignored for SGD; finite and positive;
+// larger keeps the parameters closer to where they start). Switching Gauss-Newton on
+// allocates its buffers (a matrix of the adapted parameters, squared; models with more
+// than 2048 adapted parameters are refused with `MSR_ERR_INVALID_ARGUMENT`); call it at
+// set-up, not in the control loop. Later adaptations allocate nothing. The GPU and
+// burn backends adapt with SGD only: `MSR_ERR_UNSUPPORTED`.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
+enum msr_status msr_session_set_inner(struct msr_session *session, int32_t inner, float damping);
 
 // Returns the session to the model's meta-learned initialisation.
 //

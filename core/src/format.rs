@@ -174,25 +174,126 @@ impl Extensions {
         out
     }
 
-    /// Decodes stored records: known ones are parsed, unknown optional ones kept, an
-    /// unknown required one refuses the model.
-    fn from_records(records: Vec<Extension>) -> Result<Self, FormatError> {
+    /// Decodes stored records: known ones are parsed (each from its own body alone, which
+    /// it must fill exactly), unknown optional ones kept (copied with fallible
+    /// allocation), an unknown required one refuses the model.
+    fn from_records(records: Vec<RawExtension<'_>>) -> Result<Self, FormatError> {
         let mut ext = Extensions::default();
         for r in records {
-            match r.name.as_str() {
+            if r.name.len() > MAX_EXTENSION_NAME {
+                return Err(FormatError::Body(format!(
+                    "an extension record name of {} bytes (at most {MAX_EXTENSION_NAME})",
+                    r.name.len()
+                )));
+            }
+            match r.name {
                 NORMALIZE => {
                     if ext.normalizer.is_some() {
                         return Err(bad_extension(NORMALIZE, "stored twice".into()));
                     }
-                    let n = postcard::from_bytes(&r.body)
-                        .map_err(|e| bad_extension(NORMALIZE, e.to_string()))?;
+                    let failures = fallible::FAILURES.load(core::sync::atomic::Ordering::Relaxed);
+                    let (n, rest): (Normalizer, &[u8]) = postcard::take_from_bytes(r.body)
+                        .map_err(|e| {
+                            if fallible::FAILURES.load(core::sync::atomic::Ordering::Relaxed)
+                                != failures
+                            {
+                                FormatError::OutOfMemory {
+                                    bytes: r.body.len() as u64,
+                                }
+                            } else {
+                                bad_extension(NORMALIZE, e.to_string())
+                            }
+                        })?;
+                    if !rest.is_empty() {
+                        return Err(bad_extension(
+                            NORMALIZE,
+                            format!("{} bytes after its statistics", rest.len()),
+                        ));
+                    }
                     ext.normalizer = Some(n);
                 }
-                _ if r.required => return Err(FormatError::UnknownExtension { name: r.name }),
-                _ => ext.unknown.push(r),
+                _ if r.required => {
+                    return Err(FormatError::UnknownExtension {
+                        name: r.name.into(),
+                    });
+                }
+                _ => {
+                    let mut body = Vec::new();
+                    body.try_reserve_exact(r.body.len())
+                        .map_err(|_| FormatError::OutOfMemory {
+                            bytes: r.body.len() as u64,
+                        })?;
+                    body.extend_from_slice(r.body);
+                    ext.unknown.push(Extension {
+                        name: r.name.into(),
+                        required: false,
+                        body,
+                    });
+                }
             }
         }
         Ok(ext)
+    }
+}
+
+/// At most this many extension records in a model, with names of at most
+/// [`MAX_EXTENSION_NAME`] bytes: a file of millions of empty records is refused, not
+/// expanded in memory.
+pub const MAX_EXTENSIONS: usize = 64;
+/// The longest extension record name.
+pub const MAX_EXTENSION_NAME: usize = 64;
+
+/// An extension record as decoded: borrowed from the file's bytes (nothing is copied
+/// before the record is known to be wanted).
+#[derive(Deserialize)]
+struct RawExtension<'a> {
+    #[serde(borrow)]
+    name: &'a str,
+    required: bool,
+    #[serde(borrow)]
+    body: &'a [u8],
+}
+
+/// The list of extension records: the first [`MAX_EXTENSIONS`] + 1 (the rest are read,
+/// not kept), and how many there were.
+struct RawExtensions<'a>(Vec<RawExtension<'a>>, usize);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawExtensions<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = RawExtensions<'de>;
+            fn expecting(&self, f: &mut core::fmt::Formatter) -> core::fmt::Result {
+                f.write_str("a list of extension records")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let (mut out, mut count) = (Vec::new(), 0usize);
+                while let Some(r) = seq.next_element::<RawExtension<'de>>()? {
+                    count += 1;
+                    if out.len() > MAX_EXTENSIONS {
+                        continue;
+                    }
+                    if out.len() == out.capacity() && out.try_reserve(8).is_err() {
+                        return Err(serde::de::Error::custom("out of memory"));
+                    }
+                    out.push(r);
+                }
+                Ok(RawExtensions(out, count))
+            }
+        }
+        d.deserialize_seq(Visit)
+    }
+}
+
+/// The CRC-32 trailer of a model file (its last four bytes): the model's fingerprint.
+/// `bytes` must be a whole file, as [`ModelRecord::from_bytes`] accepted it.
+pub fn trailer(bytes: &[u8]) -> u32 {
+    match bytes.len().checked_sub(TRAILER_LEN) {
+        Some(at) => u32::from_le_bytes(bytes[at..].try_into().expect("4 bytes")),
+        None => 0,
     }
 }
 
@@ -607,9 +708,15 @@ impl ModelRecord {
             postcard::take_from_bytes(&bytes[HEADER_LEN..end]).map_err(decode_error)?;
         let mut ext = Extensions::default();
         if version >= 2 {
-            let (records, after): (Vec<Extension>, &[u8]) =
+            let (records, after): (RawExtensions, &[u8]) =
                 postcard::take_from_bytes(rest).map_err(decode_error)?;
-            ext = Extensions::from_records(records)?;
+            if records.1 > MAX_EXTENSIONS {
+                return Err(FormatError::Body(format!(
+                    "{} extension records (at most {MAX_EXTENSIONS})",
+                    records.1
+                )));
+            }
+            ext = Extensions::from_records(records.0)?;
             rest = after;
         }
         let record = ModelRecord {
@@ -885,6 +992,33 @@ mod tests {
         }];
         let e = ModelRecord::from_bytes(&garbled.to_bytes()).unwrap_err();
         assert!(matches!(e, FormatError::BadExtension { .. }), "{e}");
+
+        // A valid normaliser followed by junk inside its own body.
+        let mut padded = garbled.clone();
+        let mut body = postcard::to_allocvec(&normalizer(7, 2)).unwrap();
+        body.extend_from_slice(&[0, 0, 0]);
+        padded.ext.unknown[0].body = body;
+        let e = ModelRecord::from_bytes(&padded.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("3 bytes after"), "{e}");
+
+        // Too many records, or too long a name: refused before anything is kept.
+        let mut many = garbled.clone();
+        many.ext.unknown = (0..MAX_EXTENSIONS + 1)
+            .map(|i| Extension {
+                name: format!("x{i}"),
+                required: false,
+                body: Vec::new(),
+            })
+            .collect();
+        let e = ModelRecord::from_bytes(&many.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("65 extension records"), "{e}");
+        many.ext.unknown.truncate(MAX_EXTENSIONS);
+        assert_eq!(ModelRecord::from_bytes(&many.to_bytes()).unwrap(), many);
+        let mut long = garbled;
+        long.ext.unknown[0].name = "n".repeat(MAX_EXTENSION_NAME + 1);
+        long.ext.unknown[0].required = false;
+        let e = ModelRecord::from_bytes(&long.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("name of 65 bytes"), "{e}");
     }
 
     #[test]

@@ -67,9 +67,9 @@ fn model(loss: Loss) -> ModelRecord {
                     sharing: ConvSharing::Dense { k: 12 },
                     bias: false,
                 },
-                Activation::Relu,
+                Activation::Gelu,
             ),
-            layer(Op::Flatten, Activation::Identity),
+            layer(Op::Flatten, Activation::Tanh),
             layer(
                 Op::ShareLinear {
                     inputs: 64,

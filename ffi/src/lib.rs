@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
 use msr_core::error::ErrorKind;
-use msr_core::realtime::{Engine, MAX_CAPACITY, RtModel, Session, check_len};
+use msr_core::realtime::{Engine, Inner, MAX_CAPACITY, RtModel, Session, check_len};
 use msr_core::spec::limits;
 use msr_core::{DataError, Error, Loss, ModelRecord};
 
@@ -86,6 +86,18 @@ pub enum msr_backend {
     /// burn-ndarray on the CPU: the reference path the GPU shares (for checking results
     /// against the real-time engine). Not allocation-free.
     MSR_BACKEND_CPU_BURN = 2,
+}
+
+/// How a session adapts (`msr_session_set_inner`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum msr_inner {
+    /// SGD with the meta-learned per-layer learning rates (the default).
+    MSR_INNER_SGD = 0,
+    /// Damped Gauss-Newton (Levenberg-Marquardt) in the space of the adapted parameters:
+    /// the support loss never rises, so more steps or more examples never diverge. CPU
+    /// real-time engine only.
+    MSR_INNER_GAUSS_NEWTON = 1,
 }
 
 /// Facts about a model.
@@ -321,8 +333,10 @@ pub extern "C" fn msr_last_error() -> *const c_char {
 
 /// # Safety
 /// `out` is non-NULL and writable.
-unsafe fn new_model(record: &ModelRecord, out: *mut *mut msr_model) -> msr_status {
-    match RtModel::new(record) {
+/// `bytes` are the file the record was decoded from: its CRC trailer is the model's
+/// fingerprint (so states saved for a version 1 file still load).
+unsafe fn new_model(record: &ModelRecord, bytes: &[u8], out: *mut *mut msr_model) -> msr_status {
+    match RtModel::with_fingerprint(record, msr_core::format::trailer(bytes)) {
         Ok(rt) => {
             let model = Box::new(msr_model {
                 rt,
@@ -366,7 +380,7 @@ pub unsafe extern "C" fn msr_model_load_file(
         };
         match ModelRecord::from_bytes(&bytes) {
             // SAFETY: `out` was checked non-NULL above.
-            Ok(record) => unsafe { new_model(&record, out) },
+            Ok(record) => unsafe { new_model(&record, &bytes, out) },
             Err(e) => from_error(Error::Format(e)),
         }
     })
@@ -389,7 +403,7 @@ pub unsafe extern "C" fn msr_model_load_bytes(
         let bytes = unsafe { slice(data, len) };
         match ModelRecord::from_bytes(bytes) {
             // SAFETY: `out` was checked non-NULL above.
-            Ok(record) => unsafe { new_model(&record, out) },
+            Ok(record) => unsafe { new_model(&record, bytes, out) },
             Err(e) => from_error(Error::Format(e)),
         }
     })
@@ -684,7 +698,8 @@ fn adapted(result: Result<f32, Error>, loss_out: *mut f32) -> msr_status {
 
 /// Adapts the meta-learned initialisation to a regression support set: `x` `[n, input_len]`,
 /// `y` `[n, output_len]`, with the session's inner steps. If `loss_out` is not NULL it
-/// receives the support loss after adapting. On any error the session keeps its previous
+/// receives the support loss after adapting (the objective adaptation minimises: for a
+/// model that standardises its targets, the MSE of the standardised targets). On any error the session keeps its previous
 /// parameters (`MSR_ERR_DIVERGED`: the adaptation went non-finite or exploded and was
 /// rolled back). Allocation-free.
 ///
@@ -823,6 +838,47 @@ pub unsafe extern "C" fn msr_session_predict(
                 Ok(()) => msr_status::MSR_OK,
                 Err(e) => from_error(e),
             }
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
+    })
+}
+
+/// Chooses how the session adapts: `inner` is an `msr_inner` (as an integer);
+/// `damping` is Gauss-Newton's base damping lambda (ignored for SGD; finite and positive;
+/// larger keeps the parameters closer to where they start). Switching Gauss-Newton on
+/// allocates its buffers (a matrix of the adapted parameters, squared; models with more
+/// than 2048 adapted parameters are refused with `MSR_ERR_INVALID_ARGUMENT`); call it at
+/// set-up, not in the control loop. Later adaptations allocate nothing. The GPU and
+/// burn backends adapt with SGD only: `MSR_ERR_UNSUPPORTED`.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn msr_session_set_inner(
+    session: *mut msr_session,
+    inner: i32,
+    damping: f32,
+) -> msr_status {
+    guard(|| {
+        non_null!(session);
+        let choice = match inner {
+            0 => Inner::Sgd,
+            1 => Inner::GaussNewton { damping },
+            other => {
+                return fail(
+                    msr_status::MSR_ERR_INVALID_ARGUMENT,
+                    format!("unknown inner algorithm {other} (0: SGD, 1: Gauss-Newton)"),
+                );
+            }
+        };
+        let run = |s: &mut SessionState| match s.session.set_inner(choice) {
+            Some(Ok(())) => msr_status::MSR_OK,
+            Some(Err(e)) => from_error(e),
+            None => fail(
+                msr_status::MSR_ERR_UNSUPPORTED,
+                "this backend adapts with SGD only; Gauss-Newton runs on the CPU real-time engine",
+            ),
         };
         // SAFETY: `session` was checked non-NULL; a live session by the C contract.
         unsafe { with_session(session, run) }

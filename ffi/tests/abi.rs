@@ -739,3 +739,58 @@ fn one_session_used_by_two_threads_is_busy_not_wrong() {
     unsafe { msr_session_free(&mut sess) };
     unsafe { msr_model_free(&mut m) };
 }
+
+#[test]
+fn gauss_newton_is_chosen_per_session_and_never_raises_the_loss() {
+    let (mut m, mut sess) = mse_session();
+    let (x, y) = (data(8, 6, 0.3), data(8, 3, 1.1));
+    // The model's 2 inner steps, SGD or Gauss-Newton.
+    let loss = |sess: *mut msr_session| -> f32 {
+        let mut l = f32::NAN;
+        let st =
+            unsafe { msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), 8, &mut l) };
+        assert_eq!(st, msr_status::MSR_OK, "{}", last_error());
+        l
+    };
+    let sgd = loss(sess);
+    assert_eq!(
+        unsafe { msr_session_set_inner(sess, msr_inner::MSR_INNER_GAUSS_NEWTON as i32, 0.01) },
+        msr_status::MSR_OK,
+        "{}",
+        last_error()
+    );
+    let gn = loss(sess);
+    assert!(
+        gn < sgd,
+        "2 Gauss-Newton steps beat 2 SGD steps here: {gn} vs {sgd}"
+    );
+    // Bad choices are refused by status, and change nothing.
+    assert_eq!(
+        unsafe { msr_session_set_inner(sess, 7, 0.01) },
+        msr_status::MSR_ERR_INVALID_ARGUMENT
+    );
+    assert!(
+        last_error().contains("unknown inner algorithm 7"),
+        "{}",
+        last_error()
+    );
+    for bad in [0.0, -1.0, f32::NAN] {
+        assert_eq!(
+            unsafe { msr_session_set_inner(sess, 1, bad) },
+            msr_status::MSR_ERR_INVALID_ARGUMENT
+        );
+    }
+    assert_eq!(loss(sess), gn, "still Gauss-Newton, same result");
+    assert_eq!(
+        unsafe { msr_session_set_inner(ptr::null_mut(), 1, 0.01) },
+        msr_status::MSR_ERR_NULL
+    );
+    // Back to SGD.
+    assert_eq!(
+        unsafe { msr_session_set_inner(sess, msr_inner::MSR_INNER_SGD as i32, 0.0) },
+        msr_status::MSR_OK
+    );
+    assert_eq!(loss(sess), sgd);
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
+}

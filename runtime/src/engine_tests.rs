@@ -373,8 +373,14 @@ mod gauss_newton {
         }
         let want = solve(a, b, p);
         let err = crate::test_support::rel_err(&got, &want);
-        assert!(err < 1e-4, "GN step vs ridge: rel err {err:e}\n{got:?}\n{want:?}");
-        assert!(crate::test_support::rel_err(&theta0, &want) > 1e-2, "it moved");
+        assert!(
+            err < 1e-4,
+            "GN step vs ridge: rel err {err:e}\n{got:?}\n{want:?}"
+        );
+        assert!(
+            crate::test_support::rel_err(&theta0, &want) > 1e-2,
+            "it moved"
+        );
     }
 
     #[test]

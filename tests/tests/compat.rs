@@ -37,3 +37,55 @@ fn version_1_model_loads_and_predicts_as_version_2() {
     assert_eq!(a, b);
     assert!(a.iter().all(|v| v.is_finite()) && a.iter().any(|v| *v != 0.0));
 }
+
+/// A state that release 0.1.0 saved for this version 1 file (the state format has not
+/// changed: it carries the model file's CRC trailer as the model's fingerprint) still
+/// loads through the C ABI, which fingerprints a model by the trailer of the file it read.
+#[test]
+fn states_saved_for_a_version_1_file_still_load() {
+    use msr::*;
+    use msr_runtime::realtime::encode_state;
+    let old = ModelRecord::from_bytes(V1).unwrap();
+    let values: Vec<f32> = old
+        .layers
+        .iter()
+        .flat_map(|l| l.adapted0.iter().flatten())
+        .map(|v| v * 0.5)
+        .collect();
+    let mut state = vec![0u8; 16 + 4 * values.len()];
+    let written = encode_state(
+        msr_runtime::format::trailer(V1),
+        values.iter().copied(),
+        values.len(),
+        &mut state,
+    )
+    .unwrap();
+    state.truncate(written);
+
+    let mut m = std::ptr::null_mut();
+    // SAFETY: a live buffer with its length; out pointers to locals.
+    unsafe {
+        assert_eq!(
+            msr_model_load_bytes(V1.as_ptr(), V1.len(), &mut m),
+            msr_status::MSR_OK
+        );
+        let mut s = std::ptr::null_mut();
+        assert_eq!(
+            msr_session_new(m, std::ptr::null(), &mut s),
+            msr_status::MSR_OK
+        );
+        assert_eq!(
+            msr_session_load_state(s, state.as_ptr(), state.len()),
+            msr_status::MSR_OK
+        );
+        // And a state of another model is still refused.
+        let mut other = state.clone();
+        other[8] ^= 1;
+        assert_ne!(
+            msr_session_load_state(s, other.as_ptr(), other.len()),
+            msr_status::MSR_OK
+        );
+        msr_session_free(&mut s);
+        msr_model_free(&mut m);
+    }
+}

@@ -116,7 +116,7 @@ pub(crate) fn cholesky(a: &mut [f64], n: usize) -> bool {
         for k in 0..j {
             d -= a[j * n + k] * a[j * n + k];
         }
-        if !(d > 0.0) || !d.is_finite() {
+        if d.is_nan() || d <= 0.0 || !d.is_finite() {
             return false;
         }
         let d = crate::math::sqrt64(d);
@@ -158,7 +158,9 @@ mod tests {
     fn cholesky_solves_and_refuses_indefinite() {
         // A = M M^T + I for a fixed M.
         let n = 4;
-        let m: Vec<f64> = (0..n * n).map(|i| ((i * 7 % 5) as f64 - 2.0) / 3.0).collect();
+        let m: Vec<f64> = (0..n * n)
+            .map(|i| ((i * 7 % 5) as f64 - 2.0) / 3.0)
+            .collect();
         let mut a = alloc::vec![0.0; n * n];
         for i in 0..n {
             for j in 0..n {

@@ -166,8 +166,21 @@ pub struct RtModel {
 }
 
 impl RtModel {
-    /// Prepares a validated model record.
+    /// Prepares a validated model record. Its fingerprint is the CRC trailer
+    /// [`ModelRecord::to_bytes`] writes; for a record read from a file, prefer
+    /// [`RtModel::with_fingerprint`] with that file's own trailer.
     pub fn new(record: &ModelRecord) -> Result<Arc<Self>, Error> {
+        Self::build(record, None)
+    }
+
+    /// Prepares a record decoded from a model file whose CRC trailer is `fingerprint`
+    /// ([`crate::format::trailer`]): states saved for that file, whatever its format
+    /// version, load into sessions of this model.
+    pub fn with_fingerprint(record: &ModelRecord, fingerprint: u32) -> Result<Arc<Self>, Error> {
+        Self::build(record, Some(fingerprint))
+    }
+
+    fn build(record: &ModelRecord, fingerprint: Option<u32>) -> Result<Arc<Self>, Error> {
         record.validate()?;
         let shapes = record.net.shapes()?;
         let mut layers = Vec::with_capacity(record.net.layers.len());
@@ -291,7 +304,7 @@ impl RtModel {
             },
             // The model file's own CRC (not a CRC over the file, trailer included: that is
             // the same constant for every file).
-            fingerprint: record.file_crc(),
+            fingerprint: fingerprint.unwrap_or_else(|| record.file_crc()),
         }))
     }
 
@@ -438,6 +451,11 @@ pub trait Engine: Send {
     fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error>;
     /// Restores parameters written by `save_state` for the same model.
     fn load_state(&mut self, buf: &[u8]) -> Result<(), Error>;
+    /// Chooses the adaptation algorithm ([`Inner`]); `None` if this engine has only SGD.
+    fn set_inner(&mut self, inner: Inner) -> Option<Result<(), Error>> {
+        let _ = inner;
+        None
+    }
 }
 
 impl Engine for Session {
@@ -458,5 +476,8 @@ impl Engine for Session {
     }
     fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
         Session::load_state(self, buf)
+    }
+    fn set_inner(&mut self, inner: Inner) -> Option<Result<(), Error>> {
+        Some(Session::set_inner(self, inner))
     }
 }

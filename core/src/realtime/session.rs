@@ -231,7 +231,9 @@ impl Session {
 
     /// Adapts the meta-learned initialisation to a support set (as at meta-training time):
     /// `x` `[n, input_len]`, `y` `[n, output_len]` (for cross-entropy models, one-hot rows),
-    /// `inner_steps` SGD steps. Returns the support loss after adapting. If the loss turns
+    /// `inner_steps` SGD steps (or Gauss-Newton steps, [`Session::set_inner`]). Returns the
+    /// support loss after adapting (the objective adaptation minimises: in standardised
+    /// units when the model standardises its targets). If the loss turns
     /// non-finite or explodes, the previous parameters are restored and
     /// [`Error::Diverged`] says so. Allocation-free.
     pub fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
@@ -460,7 +462,12 @@ impl Session {
                 // No output standardisation: the targets are used as they are.
                 t = Vec::new();
             }
-            let target: &[f32] = match self.model.normalizer.as_ref().and_then(|s| s.output.as_ref()) {
+            let target: &[f32] = match self
+                .model
+                .normalizer
+                .as_ref()
+                .and_then(|s| s.output.as_ref())
+            {
                 Some(s) => {
                     t[..fo].copy_from_slice(&y[e * fo..(e + 1) * fo]);
                     s.apply(&mut t[..fo]);

@@ -35,7 +35,10 @@ pub fn bench_outer_step(
     let batches: Vec<DeviceBatch> = (0..8u64)
         .map(|s| {
             let ids = fam.train_ids(t.config.seed, s, t.config.tasks_per_step);
-            let b = fam.batch(&ids, t.config.support, t.config.query);
+            let mut b = fam.batch(&ids, t.config.support, t.config.query);
+            if let Some(n) = &t.normalizer {
+                super::normalize::apply(n, &mut b);
+            }
             DeviceBatch::new(&b, fam.input_len(), fam.output_len(), t.net.device())
         })
         .collect();
