@@ -137,6 +137,21 @@ pub struct Normalizer {
 /// would predict in the wrong units).
 pub const NORMALIZE: &str = "normalize";
 
+/// The name of the solver extension record (required: a reader that adapted with SGD a
+/// model meta-trained for Gauss-Newton would adapt it wrongly).
+pub const SOLVER: &str = "solver";
+
+/// Extension record [`SOLVER`]: the model was meta-trained to adapt by damped
+/// Gauss-Newton, with these per-layer dampings (a layer's `lr` is then only its on/off
+/// switch: 0 keeps it frozen).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Solver {
+    /// Natural log of each layer's damping lambda, one per layer (0 for layers without
+    /// adapted parameters). Finite, within +-30.
+    #[serde(deserialize_with = "fallible::floats")]
+    pub log_damping: Vec<f32>,
+}
+
 /// One extension record as stored: a name, whether a reader that does not know it must
 /// refuse the model (`required`) or may skip it, and its postcard-encoded body.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -154,6 +169,8 @@ pub struct Extension {
 pub struct Extensions {
     /// [`NORMALIZE`]: standardisation of inputs and outputs.
     pub normalizer: Option<Normalizer>,
+    /// [`SOLVER`]: how the model adapts, if not by SGD.
+    pub solver: Option<Solver>,
     /// Optional records this build does not know, kept so that a model is written back
     /// as it was read.
     pub unknown: Vec<Extension>,
@@ -168,6 +185,13 @@ impl Extensions {
                 name: NORMALIZE.into(),
                 required: true,
                 body: postcard::to_allocvec(n).expect("postcard encoding into a Vec cannot fail"),
+            });
+        }
+        if let Some(sv) = &self.solver {
+            out.push(Extension {
+                name: SOLVER.into(),
+                required: true,
+                body: postcard::to_allocvec(sv).expect("postcard encoding into a Vec cannot fail"),
             });
         }
         out.extend(self.unknown.iter().cloned());
@@ -211,6 +235,20 @@ impl Extensions {
                         ));
                     }
                     ext.normalizer = Some(n);
+                }
+                SOLVER => {
+                    if ext.solver.is_some() {
+                        return Err(bad_extension(SOLVER, "stored twice".into()));
+                    }
+                    let (sv, rest): (Solver, &[u8]) = postcard::take_from_bytes(r.body)
+                        .map_err(|e| bad_extension(SOLVER, e.to_string()))?;
+                    if !rest.is_empty() {
+                        return Err(bad_extension(
+                            SOLVER,
+                            format!("{} bytes after its settings", rest.len()),
+                        ));
+                    }
+                    ext.solver = Some(sv);
                 }
                 _ if r.required => {
                     return Err(FormatError::UnknownExtension {
@@ -575,6 +613,28 @@ impl ModelRecord {
             }
             if !rec.lr.is_finite() {
                 return Err(FormatError::NonFinite(format!("layer {i} learning rate")));
+            }
+        }
+        if let Some(sv) = &self.ext.solver {
+            if sv.log_damping.len() != self.net.layers.len() {
+                return Err(bad_extension(
+                    SOLVER,
+                    format!(
+                        "{} dampings for {} layers",
+                        sv.log_damping.len(),
+                        self.net.layers.len()
+                    ),
+                ));
+            }
+            if !sv
+                .log_damping
+                .iter()
+                .all(|d| d.is_finite() && d.abs() <= 30.0)
+            {
+                return Err(bad_extension(
+                    SOLVER,
+                    "log-dampings must be finite and within +-30".into(),
+                ));
             }
         }
         if let Some(n) = &self.ext.normalizer {

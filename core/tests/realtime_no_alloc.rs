@@ -119,6 +119,7 @@ fn model(loss: Loss) -> ModelRecord {
                     scale: vec![0.5; 5],
                 }),
             }),
+            solver: None,
             unknown: Vec::new(),
         },
     }

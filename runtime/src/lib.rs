@@ -18,6 +18,7 @@ mod conformance;
 pub mod device;
 #[cfg(test)]
 mod engine_tests;
+pub mod gn;
 mod layer;
 pub mod model;
 pub mod net;

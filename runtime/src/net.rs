@@ -86,7 +86,7 @@ pub struct Net {
 }
 
 /// What the backward pass keeps from the forward pass of one layer.
-struct LayerCache {
+pub(crate) struct LayerCache {
     input_dims: [usize; 4],
     weight: Option<Tensor<2>>,
     apply: Option<ApplyCache>,
@@ -218,7 +218,7 @@ impl Net {
         x.reshape([t, n, input.channels(), input.spatial_numel()])
     }
 
-    fn run(
+    pub(crate) fn run(
         &self,
         params: &MetaParams,
         task: &TaskParams,
@@ -294,7 +294,19 @@ impl Net {
         let (out, caches) = self.run(params, task, x, true);
         let [_, _, c, s] = out.dims();
         let (loss, dout) = loss_and_grad(self.spec.loss, out.reshape([t, n, c * s]), y, true);
-        let mut dy = dout.expect("asked for the gradient").reshape([t, n, c, s]);
+        let dy = dout.expect("asked for the gradient").reshape([t, n, c, s]);
+        (loss, self.backward(params, task, &caches, dy))
+    }
+
+    /// The hand-written backward pass: from `dy`, d(something)/d(outputs) `[T, N, c, s]`,
+    /// to d(something)/d(every adapted parameter), with the forward pass's `caches`.
+    pub(crate) fn backward(
+        &self,
+        params: &MetaParams,
+        task: &TaskParams,
+        caches: &[LayerCache],
+        mut dy: Tensor<4>,
+    ) -> TaskParams {
         let mut grads: Vec<Vec<Tensor<2>>> = vec![Vec::new(); self.plans.len()];
         // The first layer with parameters does not need the gradient of its input.
         let first_param = task.layers.iter().position(|l| !l.is_empty()).unwrap_or(0);
@@ -332,7 +344,7 @@ impl Net {
                 None => break,
             }
         }
-        (loss, TaskParams { layers: grads })
+        TaskParams { layers: grads }
     }
 
     /// `steps` inner SGD steps: `v <- v - lr_layer * grad_v L(support)` for every adapted

@@ -32,10 +32,12 @@ pub(crate) const MAX_TRIALS: usize = 8;
 pub enum Inner {
     /// `inner_steps` SGD steps with the meta-learned per-layer learning rates.
     Sgd,
-    /// `inner_steps` damped Gauss-Newton steps, starting from damping `damping`.
+    /// `inner_steps` damped Gauss-Newton steps.
     GaussNewton {
-        /// The base damping lambda, added to the diagonal of the Gauss-Newton matrix
-        /// (in the loss's units: a larger value keeps v closer to where it starts).
+        /// Multiplies the model's per-layer dampings (its `solver` record, meta-learned;
+        /// 1 for every layer without one): each layer's lambda is added to the diagonal of
+        /// the Gauss-Newton matrix for its parameters (in the loss's units: larger keeps
+        /// them closer to where they start).
         damping: f32,
     },
 }
@@ -56,10 +58,16 @@ pub(crate) struct GnBuffers {
     pub(crate) jac: Vec<f32>,
     /// The parameters before a trial step.
     pub(crate) saved: Vec<f32>,
+    /// Each parameter's base damping (its layer's).
+    pub(crate) diag: Vec<f64>,
 }
 
 impl GnBuffers {
-    pub(crate) fn new(p: usize, outputs: usize) -> Result<Self, crate::error::Error> {
+    pub(crate) fn new(
+        p: usize,
+        outputs: usize,
+        diag: Vec<f64>,
+    ) -> Result<Self, crate::error::Error> {
         let f64s = |n: usize| -> Result<Vec<f64>, crate::error::Error> {
             let mut v = Vec::new();
             v.try_reserve_exact(n)
@@ -78,23 +86,25 @@ impl GnBuffers {
             step: f64s(p)?,
             jac: super::zeros(outputs * p, "Jacobian rows")?,
             saved: super::zeros(p, "Gauss-Newton parameters")?,
+            diag,
         })
     }
 
     /// Bytes these buffers take for `p` parameters and `outputs` outputs per example.
     pub(crate) fn bytes(p: usize, outputs: usize) -> u128 {
         let (p, f) = (p as u128, outputs as u128);
-        8 * (2 * p * p + 2 * p) + 4 * (f * p + p)
+        8 * (2 * p * p + 3 * p) + 4 * (f * p + p)
     }
 
-    /// Solves `(G + lambda I) step = -grad` into `step`. False if the damped matrix is not
+    /// Solves `(G + lambda D) step = -grad` into `step`, `D` the per-parameter base
+    /// dampings. False if the damped matrix is not
     /// positive definite (it always is for lambda > 0 and finite G, unless rounding
     /// destroyed it).
     pub(crate) fn solve(&mut self, lambda: f64) -> bool {
         let p = self.p;
         self.chol.copy_from_slice(&self.g_mat);
         for i in 0..p {
-            self.chol[i * p + i] += lambda;
+            self.chol[i * p + i] += lambda * self.diag[i];
         }
         if !cholesky(&mut self.chol, p) {
             return false;

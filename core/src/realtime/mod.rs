@@ -161,6 +161,10 @@ pub struct RtModel {
     pub(crate) inner_steps: usize,
     /// Standardisation of inputs and outputs (the model's `normalize` record).
     pub(crate) normalizer: Option<crate::format::Normalizer>,
+    /// Per-layer Gauss-Newton damping (the model's `solver` record; 1 without one), and
+    /// whether sessions adapt by Gauss-Newton by default.
+    pub(crate) damping: Vec<f32>,
+    pub(crate) gauss_newton: bool,
     /// CRC-32 of the model record, to tie saved session states to their model.
     pub(crate) fingerprint: u32,
 }
@@ -295,6 +299,15 @@ impl RtModel {
             input_len: shapes.activations[0].numel(),
             output_len: shapes.activations.last().expect("non-empty").numel(),
             inner_steps: record.info.inner_steps as usize,
+            damping: match &record.ext.solver {
+                Some(sv) => sv
+                    .log_damping
+                    .iter()
+                    .map(|d| crate::math::exp(*d))
+                    .collect(),
+                None => alloc::vec![1.0; record.net.layers.len()],
+            },
+            gauss_newton: record.ext.solver.is_some(),
             normalizer: match &record.ext.normalizer {
                 Some(n) => Some(crate::format::Normalizer {
                     input: n.input.as_ref().map(copy_stats).transpose()?,
@@ -327,6 +340,11 @@ impl RtModel {
     /// Inner steps the model was meta-trained with.
     pub fn inner_steps(&self) -> usize {
         self.inner_steps
+    }
+    /// Whether the model was meta-trained to adapt by Gauss-Newton (its sessions then do by
+    /// default).
+    pub fn gauss_newton(&self) -> bool {
+        self.gauss_newton
     }
     /// Number of adapted scalars per task (v and biases of every layer).
     pub fn adapted_len(&self) -> usize {
@@ -397,7 +415,13 @@ impl RtModel {
             + 2 * cap.checked_mul(max_act)?
             + 2 * self.max_patch() as u128
             + 2 * kron_scratch_len(&self.layers) as u128;
-        floats.checked_mul(4)
+        // A model meta-trained for Gauss-Newton switches it on in every session.
+        let gn = if self.gauss_newton {
+            self.gn_bytes()
+        } else {
+            0
+        };
+        floats.checked_mul(4).map(|b| b + gn)
     }
 
     /// Whether targets and predictions are standardised (the session then needs a buffer
@@ -409,6 +433,22 @@ impl RtModel {
     /// The model's standardisation of inputs and outputs, if it has one.
     pub fn normalizer(&self) -> Option<&crate::format::Normalizer> {
         self.normalizer.as_ref()
+    }
+
+    /// Bytes [`Session::set_inner`] allocates to switch Gauss-Newton on (0 when it would
+    /// refuse: more than [`MAX_GN_PARAMS`] adapted parameters).
+    pub fn gn_bytes(&self) -> u128 {
+        let p: usize = self
+            .layers
+            .iter()
+            .filter(|l| l.lr != 0.0)
+            .flat_map(|l| l.adapted0.iter().map(Vec::len))
+            .sum();
+        if p > MAX_GN_PARAMS {
+            0
+        } else {
+            gn::GnBuffers::bytes(p, self.output_len)
+        }
     }
 
     pub(crate) fn max_patch(&self) -> usize {

@@ -156,6 +156,9 @@ impl Session {
             model,
         };
         s.materialize_all();
+        if s.model.gauss_newton {
+            s.set_inner(Inner::GaussNewton { damping: 1.0 })?;
+        }
         Ok(s)
     }
 
@@ -355,28 +358,30 @@ impl Session {
                     })
                     .into());
                 }
-                self.gn = Some(GnBuffers::new(p, self.model.output_len)?);
+                // Each parameter's base damping: its layer's.
+                let mut diag = Vec::new();
+                diag.try_reserve_exact(p).map_err(|_| Error::OutOfMemory {
+                    what: "Gauss-Newton dampings",
+                    bytes: p as u128 * 8,
+                })?;
+                for ((l, on), d) in self
+                    .model
+                    .layers
+                    .iter()
+                    .zip(&layers)
+                    .zip(&self.model.damping)
+                {
+                    if *on {
+                        let n: usize = l.adapted0.iter().map(Vec::len).sum();
+                        diag.extend(core::iter::repeat_n(*d as f64, n));
+                    }
+                }
+                self.gn = Some(GnBuffers::new(p, self.model.output_len, diag)?);
                 self.gn_layers = layers;
             }
         }
         self.inner = inner;
         Ok(())
-    }
-
-    /// Bytes [`Session::set_inner`] allocates for Gauss-Newton on `model` (0 when it
-    /// would refuse).
-    pub fn gn_bytes(model: &RtModel) -> u128 {
-        let p: usize = model
-            .layers
-            .iter()
-            .filter(|l| l.lr != 0.0)
-            .flat_map(|l| l.adapted0.iter().map(Vec::len))
-            .sum();
-        if p > MAX_GN_PARAMS {
-            0
-        } else {
-            GnBuffers::bytes(p, model.output_len)
-        }
     }
 
     /// Damped Gauss-Newton steps from the current parameters (see [`super::gn`]); the

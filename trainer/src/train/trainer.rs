@@ -222,6 +222,7 @@ impl Trainer {
             layers: record_from_params(&self.params),
             ext: Extensions {
                 normalizer: self.normalizer.clone(),
+                solver: None,
                 unknown: vec![Extension {
                     name: TRAINER_CONFIG.into(),
                     required: false,

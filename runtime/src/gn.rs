@@ -1,0 +1,273 @@
+//! Damped Gauss-Newton adaptation as burn tensor ops: the same step the real-time engine
+//! takes (`msr_core::realtime::gn`), written so that autodiff differentiates through it.
+//! The trainer meta-learns through it (exact second-order meta-gradients, the per-layer
+//! dampings included); the runtime's burn sessions adapt with it.
+//!
+//! A step solves `(G + Lambda) dv = -g` for every task of a batch at once, `G` the
+//! (generalised) Gauss-Newton matrix of the support loss, `g` its gradient, `Lambda` the
+//! per-layer dampings on the diagonal. `J` (d outputs / d v, `[T, N F, P]`) comes from
+//! the hand-written backward pass run once per output (the batch replicated `N F` times).
+//! The solve is a Cholesky factorisation written as a column loop of tensor ops (P is a
+//! few hundred at most); for the mean squared error with fewer outputs than parameters
+//! (`N F < P`) it solves the equivalent `N F x N F` system instead
+//! (`(s J Lambda^-1 J^T + I) z = r`, `dv = -s Lambda^-1 J^T z`, the push-through identity).
+//!
+//! Unlike the real-time engine, a step here is always taken (no trial and retry: the
+//! path must be one differentiable function); with the meta-learned dampings the steps
+//! the runtime takes are the same whenever they lower the support loss.
+
+use burn::tensor::{Tensor, TensorData, activation};
+
+use crate::net::{MetaParams, Net, TaskParams};
+use crate::spec::Loss;
+
+/// Which layers' adapted parameters Gauss-Newton moves (the others, like ANIL's frozen
+/// body, stay as they are): one flag per layer.
+pub type Moved = [bool];
+
+fn constant<const D: usize>(values: Vec<f32>, shape: [usize; D], like: &Tensor<3>) -> Tensor<D> {
+    Tensor::from_data(
+        TensorData::new(values, shape),
+        (&like.device(), like.dtype()),
+    )
+}
+
+/// Solves `a x = b` for symmetric positive definite `a` `[T, M, M]`, `b` `[T, M, 1]`, by a
+/// Cholesky factorisation written as tensor ops (differentiable).
+pub fn cholesky_solve(a: Tensor<3>, b: Tensor<3>) -> Tensor<3> {
+    let [t, m, _] = a.dims();
+    // Columns of L, each [T, M, 1].
+    let mut cols: Vec<Tensor<3>> = Vec::with_capacity(m);
+    let rows_from = |j: usize| -> Tensor<3> {
+        let mask: Vec<f32> = (0..m).map(|i| if i >= j { 1.0 } else { 0.0 }).collect();
+        constant(mask, [1, m, 1], &b)
+    };
+    for j in 0..m {
+        let mut v = a.clone().slice([0..t, 0..m, j..j + 1]);
+        if j > 0 {
+            let l = Tensor::cat(cols.clone(), 2); // [T, M, j]
+            let lj = l.clone().slice([0..t, j..j + 1, 0..j]); // [T, 1, j]
+            v = v - l.matmul(lj.swap_dims(1, 2));
+        }
+        let d = v.clone().slice([0..t, j..j + 1, 0..1]).sqrt(); // [T, 1, 1]
+        cols.push(v.div(d) * rows_from(j));
+    }
+    let l = Tensor::cat(cols, 2); // [T, M, M], lower triangular
+    // L z = b, forward.
+    let mut z: Vec<Tensor<3>> = Vec::with_capacity(m);
+    for i in 0..m {
+        let mut s = b.clone().slice([0..t, i..i + 1, 0..1]);
+        if i > 0 {
+            let zp = Tensor::cat(z.clone(), 1); // [T, i, 1]
+            s = s - l.clone().slice([0..t, i..i + 1, 0..i]).matmul(zp);
+        }
+        z.push(s / l.clone().slice([0..t, i..i + 1, i..i + 1]));
+    }
+    // L^T x = z, backward.
+    let mut x: Vec<Tensor<3>> = vec![z[m - 1].clone(); m];
+    for i in (0..m).rev() {
+        let mut s = z[i].clone();
+        if i + 1 < m {
+            let xn = Tensor::cat(x[i + 1..].to_vec(), 1); // [T, M-i-1, 1]
+            // Row i of L^T from i+1 on: column i of L below the diagonal.
+            let col = l.clone().slice([0..t, i + 1..m, i..i + 1]).swap_dims(1, 2);
+            s = s - col.matmul(xn);
+        }
+        x[i] = s / l.clone().slice([0..t, i..i + 1, i..i + 1]);
+    }
+    Tensor::cat(x, 1)
+}
+
+impl Net {
+    /// Outputs `[T, N, F]` and `J` `[T, N F, P]`: the derivative of every output of every
+    /// support example with respect to the moved adapted parameters (flattened per layer,
+    /// per vector: v or W, then the bias).
+    pub fn jacobian(
+        &self,
+        params: &MetaParams,
+        task: &TaskParams,
+        x: Tensor<3>,
+        moved: &Moved,
+    ) -> (Tensor<3>, Tensor<3>) {
+        let [t, n, fi] = x.dims();
+        let fo = self.output_len();
+        let c = n * fo;
+        let rep = |v: &Tensor<2>| {
+            let [rows, len] = v.dims();
+            let v = if rows == t {
+                v.clone()
+            } else {
+                v.clone().repeat_dim(0, t)
+            };
+            v.reshape([t, 1, len])
+                .repeat_dim(1, c)
+                .reshape([t * c, len])
+        };
+        let task_r = TaskParams {
+            layers: task
+                .layers
+                .iter()
+                .map(|l| l.iter().map(rep).collect())
+                .collect(),
+        };
+        let xr = x
+            .clone()
+            .reshape([t, 1, n, fi])
+            .repeat_dim(1, c)
+            .reshape([t * c, n, fi]);
+        let (out_r, caches) = self.run(params, &task_r, xr, true);
+        let [_, _, ch, sp] = out_r.dims();
+        let out = out_r
+            .reshape([t, c, n, fo])
+            .slice([0..t, 0..1, 0..n, 0..fo])
+            .reshape([t, n, fo]);
+        // One cotangent per (example, output): the identity, for every task.
+        let eye: Vec<f32> = (0..c * c)
+            .map(|i| if i / c == i % c { 1.0 } else { 0.0 })
+            .collect();
+        let dy = constant::<3>(eye, [1, c, c], &x)
+            .repeat_dim(0, t)
+            .reshape([t * c, n, ch, sp]);
+        let grads = self.backward(params, &task_r, &caches, dy);
+        let cols: Vec<Tensor<2>> = grads
+            .layers
+            .into_iter()
+            .zip(moved)
+            .filter(|(_, m)| **m)
+            .flat_map(|(l, _)| l)
+            .collect();
+        let j = Tensor::cat(cols, 1);
+        let p = j.dims()[1];
+        (out, j.reshape([t, c, p]))
+    }
+
+    /// The per-parameter dampings `[1, P]` of the moved layers: each layer's
+    /// `exp(params.lr)` (in Gauss-Newton mode a layer's `lr` slot holds its log-damping).
+    fn dampings(&self, params: &MetaParams, task: &TaskParams, moved: &Moved) -> Tensor<2> {
+        let parts: Vec<Tensor<2>> = params
+            .layers
+            .iter()
+            .zip(&task.layers)
+            .zip(moved)
+            .filter(|(_, m)| **m)
+            .map(|((p, vs), _)| {
+                let len: usize = vs.iter().map(|v| v.dims()[1]).sum();
+                p.lr.clone().exp().repeat_dim(1, len)
+            })
+            .collect();
+        Tensor::cat(parts, 1)
+    }
+
+    /// One damped Gauss-Newton step for every task: `x` `[T, N, in]`, `y` `[T, N, out]`;
+    /// the moved layers' log-dampings are in `params`' `lr` slots.
+    pub fn gn_step(
+        &self,
+        params: &MetaParams,
+        task: TaskParams,
+        x: Tensor<3>,
+        y: Tensor<3>,
+        moved: &Moved,
+    ) -> TaskParams {
+        let [t, n, _] = x.dims();
+        let fo = self.output_len();
+        let c = n * fo;
+        let (out, j) = self.jacobian(params, &task, x, moved);
+        let p = j.dims()[2];
+        let lam = self.dampings(params, &task, moved).reshape([1, 1, p]); // [1, 1, P]
+        let jt = j.clone().swap_dims(1, 2); // [T, P, C]
+        let step = match self.spec().loss {
+            Loss::Mse if c < p => {
+                // (s J Lambda^-1 J^T + I) z = r, dv = -s Lambda^-1 J^T z.
+                let s = 2.0 / c as f64;
+                let r = (out - y).reshape([t, c, 1]);
+                let jl = j.clone() / lam.clone(); // J Lambda^-1
+                let eye: Vec<f32> = (0..c * c)
+                    .map(|i| if i / c == i % c { 1.0 } else { 0.0 })
+                    .collect();
+                let k = jl.clone().matmul(jt).mul_scalar(s) + constant::<3>(eye, [1, c, c], &r);
+                let z = cholesky_solve(k, r);
+                jl.swap_dims(1, 2).matmul(z).mul_scalar(-s) // [T, P, 1]
+            }
+            Loss::Mse => {
+                let s = 2.0 / c as f64;
+                let r = (out - y).reshape([t, c, 1]);
+                let g = jt.clone().matmul(r).mul_scalar(s);
+                let gmat = jt.matmul(j).mul_scalar(s);
+                self.damped_solve(gmat, g, lam, p)
+            }
+            Loss::CrossEntropy => {
+                // G = 1/N sum_e mass_e J_e^T (diag p_e - p_e p_e^T) J_e, g = J^T q.
+                let pr = activation::softmax(out, 2); // [T, N, F]
+                let mass = y.clone().sum_dim(2); // [T, N, 1]
+                let q = (pr.clone() * mass.clone() - y).div_scalar(n as f64);
+                let g = jt.clone().matmul(q.reshape([t, c, 1]));
+                let w = (pr.clone() * mass.clone())
+                    .div_scalar(n as f64)
+                    .reshape([t, c, 1]);
+                let term1 = jt.matmul(j.clone() * w);
+                let u = (j.reshape([t, n, fo, p]) * pr.reshape([t, n, fo, 1]))
+                    .sum_dim(2)
+                    .reshape([t, n, p]); // J_e^T p_e
+                let um = u.clone() * mass.div_scalar(n as f64);
+                let term2 = u.swap_dims(1, 2).matmul(um);
+                self.damped_solve(term1 - term2, g, lam, p)
+            }
+        };
+        // Split the step [T, P, 1] back into the moved layers' vectors.
+        let step = step.reshape([t, p]);
+        let mut at = 0;
+        let layers = task
+            .layers
+            .into_iter()
+            .zip(moved)
+            .map(|(vs, m)| {
+                if !*m {
+                    return vs;
+                }
+                vs.into_iter()
+                    .map(|v| {
+                        let len = v.dims()[1];
+                        let d = step.clone().slice([0..t, at..at + len]);
+                        at += len;
+                        let v = if v.dims()[0] == t {
+                            v
+                        } else {
+                            v.repeat_dim(0, t)
+                        };
+                        v + d
+                    })
+                    .collect()
+            })
+            .collect();
+        TaskParams { layers }
+    }
+
+    /// `-(G + diag(lam)) \ g`, `G` `[T, P, P]`, `g` `[T, P, 1]`, `lam` `[1, 1, P]`.
+    fn damped_solve(&self, gmat: Tensor<3>, g: Tensor<3>, lam: Tensor<3>, p: usize) -> Tensor<3> {
+        let eye: Vec<f32> = (0..p * p)
+            .map(|i| if i / p == i % p { 1.0 } else { 0.0 })
+            .collect();
+        let d = constant::<3>(eye, [1, p, p], &g) * lam;
+        cholesky_solve(gmat + d, g).neg()
+    }
+
+    /// `steps` damped Gauss-Newton steps from `task` (see [`Net::gn_step`]).
+    pub fn adapt_gn(
+        &self,
+        params: &MetaParams,
+        mut task: TaskParams,
+        x: Tensor<3>,
+        y: Tensor<3>,
+        steps: usize,
+        moved: &Moved,
+    ) -> TaskParams {
+        for _ in 0..steps {
+            task = self.gn_step(params, task, x.clone(), y.clone(), moved);
+        }
+        task
+    }
+}
+
+#[cfg(test)]
+#[path = "gn_tests.rs"]
+mod tests;

@@ -1,0 +1,219 @@
+//! The burn Gauss-Newton step against the real-time engine's (an independent
+//! implementation: f64 host Cholesky, J from per-output backward passes, no tensors), the
+//! tensor Cholesky against a direct solve, and the meta-gradient through Gauss-Newton
+//! steps against finite differences of the whole bilevel objective (f64).
+
+use super::*;
+use crate::format::{ModelInfo, ModelRecord, Solver};
+use crate::realtime::{Inner, RtModel, Session};
+use crate::spec::{Activation, FeatureShape, LayerSpec, NetSpec, Op};
+use crate::test_support::*;
+
+fn moved(net: &Net) -> Vec<bool> {
+    net.shapes()
+        .params
+        .iter()
+        .map(|l| !l.adapted.is_empty())
+        .collect()
+}
+
+#[test]
+fn tensor_cholesky_solves() {
+    let dev = crate::device::cpu();
+    let n = 5;
+    let mut rng = Rng::new(1);
+    let m = rng.normals(n * n, 1.0);
+    let mut a = vec![0.0; n * n];
+    for i in 0..n {
+        for j in 0..n {
+            a[i * n + j] = (0..n).map(|k| m[i * n + k] * m[j * n + k]).sum::<f64>()
+                + if i == j { 0.5 } else { 0.0 };
+        }
+    }
+    let x = rng.normals(n, 1.0);
+    let b: Vec<f64> = (0..n)
+        .map(|i| (0..n).map(|j| a[i * n + j] * x[j]).sum())
+        .collect();
+    let got = to_f64(&cholesky_solve(
+        f64_tensor(a, [1, n, n], &dev),
+        f64_tensor(b, [1, n, 1], &dev),
+    ));
+    assert!(rel_err(&got, &x) < 1e-10, "{got:?} vs {x:?}");
+}
+
+/// One Gauss-Newton step on burn (both the primal and the push-through forms) equals the
+/// real-time engine's, for every test net and both losses.
+#[test]
+fn burn_step_equals_the_real_time_step() {
+    let dev = crate::device::cpu();
+    for loss in [Loss::Mse, Loss::CrossEntropy] {
+        for (name, spec) in nets(loss) {
+            for n in [2, 7] {
+                let net = Net::new(spec.clone(), &dev).unwrap();
+                let mut rng = Rng::new(3);
+                let mut host = HostParams::random(&net, &mut rng);
+                // Log-dampings in the lr slots: 1.0 (lambda = e) everywhere.
+                let mv = moved(&net);
+                let mut k = 0;
+                for layout in &net.shapes().params {
+                    k += layout.shared.len() + layout.adapted.len();
+                    host.0[k].0[0] = 1.0;
+                    k += 1;
+                }
+                let mut layers = layer_records(&host, &net);
+                for (l, m) in layers.iter_mut().zip(&mv) {
+                    l.lr = if *m { 1.0 } else { 0.0 };
+                }
+                let rec = ModelRecord {
+                    info: ModelInfo {
+                        name: "gn".into(),
+                        task_family: "test".into(),
+                        inner_steps: 1,
+                        trainer_version: "test".into(),
+                    },
+                    net: spec.clone(),
+                    layers,
+                    ext: crate::format::Extensions {
+                        solver: Some(Solver {
+                            log_damping: vec![1.0; spec.layers.len()],
+                        }),
+                        ..Default::default()
+                    },
+                };
+                let (fi, fo) = (net.input_len(), net.output_len());
+                let x = rng.normals(n * fi, 1.0);
+                let y = targets(loss, 1, n, fo, &mut rng);
+
+                let params = host.upload(&net, &dev, false);
+                let task = net.initial(&params, 1);
+                let stepped = net.gn_step(
+                    &params,
+                    task,
+                    f64_tensor(x.clone(), [1, n, fi], &dev),
+                    f64_tensor(y.clone(), [1, n, fo], &dev),
+                    &mv,
+                );
+                let burn: Vec<f64> = stepped.layers.iter().flatten().flat_map(to_f64).collect();
+
+                let rt = RtModel::new(&rec).unwrap();
+                assert!(rt.gauss_newton());
+                let mut s = Session::new(rt, 3).unwrap();
+                assert_eq!(s.inner(), Inner::GaussNewton { damping: 1.0 });
+                let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+                s.inner_steps = 0;
+                let before = s.adapt(&f32s(&x), &f32s(&y), n).unwrap();
+                s.inner_steps = 1;
+                let after = s.adapt(&f32s(&x), &f32s(&y), n).unwrap();
+                assert!(after < before, "{name} {loss:?} n={n}: step not accepted");
+                let realtime: Vec<f64> = (0..spec.layers.len())
+                    .flat_map(|i| {
+                        s.adapted(i)
+                            .iter()
+                            .flatten()
+                            .map(|&v| v as f64)
+                            .collect::<Vec<_>>()
+                    })
+                    .collect();
+                let err = rel_err(&burn, &realtime);
+                assert!(err < 2e-4, "{name} {loss:?} n={n}: rel err {err:e}");
+            }
+        }
+    }
+}
+
+fn small_net(loss: Loss) -> NetSpec {
+    NetSpec {
+        input: FeatureShape(vec![4]),
+        layers: vec![
+            LayerSpec {
+                op: Op::ShareLinear {
+                    inputs: 4,
+                    outputs: 3,
+                    k: 3,
+                    bias: true,
+                },
+                activation: Activation::Tanh,
+            },
+            LayerSpec {
+                op: Op::ShareLinear {
+                    inputs: 3,
+                    outputs: 2,
+                    k: 2,
+                    bias: true,
+                },
+                activation: Activation::Identity,
+            },
+        ],
+        loss,
+    }
+}
+
+/// d(query loss after Gauss-Newton steps)/d(U, v0, log-damping) by autodiff through the
+/// tensor solve, against central finite differences of the whole bilevel objective.
+#[test]
+fn meta_gradient_through_gauss_newton_matches_finite_differences() {
+    let plain = crate::device::cpu();
+    let ad = crate::device::cpu().autodiff();
+    // Support sizes on both sides of the push-through switch (N F vs P = 3+3+2+2 = 10).
+    for (loss, ns, steps) in [
+        (Loss::Mse, 3, 1),
+        (Loss::Mse, 7, 2),
+        (Loss::CrossEntropy, 4, 1),
+    ] {
+        let spec = small_net(loss);
+        let net = Net::new(spec.clone(), &plain).unwrap();
+        let net_ad = Net::new(spec, &ad).unwrap();
+        let mv = moved(&net);
+        let mut rng = Rng::new(20 + ns as u64);
+        let host = HostParams::random(&net, &mut rng);
+        let (t, nq) = (2, 5);
+        let data = [
+            rng.normals(t * ns * 4, 1.0),
+            targets(loss, t, ns, 2, &mut rng),
+            rng.normals(t * nq * 4, 1.0),
+            targets(loss, t, nq, 2, &mut rng),
+        ];
+        let objective = |net: &Net, params: &MetaParams| {
+            let dev = net.device();
+            let task = net.initial(params, t);
+            let task = net.adapt_gn(
+                params,
+                task,
+                f64_tensor(data[0].clone(), [t, ns, 4], dev),
+                f64_tensor(data[1].clone(), [t, ns, 2], dev),
+                steps,
+                &mv,
+            );
+            let out = net.forward(params, &task, f64_tensor(data[2].clone(), [t, nq, 4], dev));
+            net.loss(out, f64_tensor(data[3].clone(), [t, nq, 2], dev))
+                .mean()
+        };
+        let tracked = host.upload(&net_ad, &ad, true);
+        let grads = objective(&net_ad, &tracked).backward();
+        let analytic: Vec<Vec<f64>> = tracked
+            .tensors()
+            .iter()
+            .map(|p| to_f64(&p.grad(&grads).expect("every meta-parameter is used")))
+            .collect();
+        let h = 1e-5;
+        let eval = |hp: &HostParams| to_f64(&objective(&net, &hp.upload(&net, &plain, false)))[0];
+        for (p, reference) in analytic.iter().enumerate() {
+            let mut fd = vec![0.0; reference.len()];
+            for (e, slot) in fd.iter_mut().enumerate() {
+                let mut plus = host.clone();
+                plus.0[p].0[e] += h;
+                let mut minus = host.clone();
+                minus.0[p].0[e] -= h;
+                *slot = (eval(&plus) - eval(&minus)) / (2.0 * h);
+            }
+            let err = rel_err(reference, &fd);
+            assert!(
+                err < 1e-6,
+                "{loss:?} ns={ns} {steps} steps: meta-parameter {p}: rel err {err:e}"
+            );
+        }
+        // The dampings matter: their meta-gradient is not zero.
+        let damp = analytic[3][0].abs() + analytic[7][0].abs();
+        assert!(damp > 1e-8, "damping gradients vanished");
+    }
+}
