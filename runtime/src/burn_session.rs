@@ -87,15 +87,25 @@ impl Engine for BurnSession {
             self.model.standardize_targets(yt),
         );
         let params = self.model.params();
-        let mut task = self.model.initial(1);
         let mut initial = f32::NAN;
-        for step in 1..=self.inner_steps {
-            let (loss, grads) = net.loss_and_grad(params, &task, xt.clone(), yt.clone());
-            if step == 1 {
-                initial = loss.clone().into_scalar::<f32>();
+        let task = if self.model.gauss_newton() {
+            if self.inner_steps > 0 {
+                let out = net.forward(params, &self.model.initial(1), xt.clone());
+                initial = net.loss(out, yt.clone()).into_scalar::<f32>();
             }
-            task = net.sgd_step(params, task, grads, self.lr_scale);
-        }
+            self.model
+                .adapt_standardized(xt.clone(), yt.clone(), self.inner_steps)
+        } else {
+            let mut task = self.model.initial(1);
+            for step in 1..=self.inner_steps {
+                let (loss, grads) = net.loss_and_grad(params, &task, xt.clone(), yt.clone());
+                if step == 1 {
+                    initial = loss.clone().into_scalar::<f32>();
+                }
+                task = net.sgd_step(params, task, grads, self.lr_scale);
+            }
+            task
+        };
         let out = net.forward(params, &task, xt);
         let loss = net.loss(out, yt).into_scalar::<f32>();
         let nonfinite_params = !task

@@ -17,6 +17,10 @@ pub struct Model {
     net: Net,
     params: MetaParams,
     ext: Extensions,
+    /// Which layers adapt (a record's `lr` of 0 freezes a layer); with a `solver` record
+    /// the `lr` slots of `params` hold the layers' log-dampings and adaptation is
+    /// Gauss-Newton.
+    moved: Vec<bool>,
     /// The normaliser's statistics on the device: (input, output), each (mean, scale)
     /// `[1, 1, features]`.
     stats: [Option<(Tensor<3>, Tensor<3>)>; 2],
@@ -41,7 +45,17 @@ impl Model {
     pub fn from_record(record: &ModelRecord, device: &Device, dtype: DType) -> Result<Self, Error> {
         record.validate()?;
         let net = Net::new(record.net.clone(), device)?;
-        let params = params_from_record(&net, &record.layers, dtype);
+        let mut params = params_from_record(&net, &record.layers, dtype);
+        let moved: Vec<bool> = record
+            .layers
+            .iter()
+            .map(|l| l.lr != 0.0 && !l.adapted0.is_empty())
+            .collect();
+        if let Some(sv) = &record.ext.solver {
+            for (lp, d) in params.layers.iter_mut().zip(&sv.log_damping) {
+                lp.lr = upload(&[*d], [1, 1], device, dtype);
+            }
+        }
         let n = record.ext.normalizer.as_ref();
         let stats = [
             device_stats(n.and_then(|n| n.input.as_ref()), device, dtype),
@@ -52,6 +66,7 @@ impl Model {
             net,
             params,
             ext: record.ext.clone(),
+            moved,
             stats,
         })
     }
@@ -59,13 +74,48 @@ impl Model {
     /// Assembles a model from parts (the trainer's export path); checks the parameters.
     pub fn from_parts(info: ModelInfo, net: Net, params: MetaParams) -> Result<Self, Error> {
         net.check_params(&params)?;
+        let moved = net
+            .shapes()
+            .params
+            .iter()
+            .map(|l| !l.adapted.is_empty())
+            .collect();
         Ok(Self {
             info,
             net,
             params,
             ext: Extensions::default(),
+            moved,
             stats: [None, None],
         })
+    }
+
+    /// Whether the model adapts by damped Gauss-Newton (it was meta-trained so: its file
+    /// has a `solver` record).
+    pub fn gauss_newton(&self) -> bool {
+        self.ext.solver.is_some()
+    }
+
+    /// Which layers adaptation moves.
+    pub fn moved(&self) -> &[bool] {
+        &self.moved
+    }
+
+    /// Adapts the initialisation to standardised data: Gauss-Newton or SGD, as the model
+    /// was meta-trained.
+    pub(crate) fn adapt_standardized(
+        &self,
+        x: Tensor<3>,
+        y: Tensor<3>,
+        steps: usize,
+    ) -> TaskParams {
+        let task = self.net.initial(&self.params, x.dims()[0]);
+        if self.gauss_newton() {
+            self.net
+                .adapt_gn(&self.params, task, x, y, steps, &self.moved)
+        } else {
+            self.net.adapt_from(&self.params, task, x, y, steps, false)
+        }
     }
 
     /// The standardisation of inputs and outputs, if the model has one.
@@ -111,11 +161,20 @@ impl Model {
 
     /// The model as a storable record (parameters read back as f32).
     pub fn to_record(&self) -> ModelRecord {
+        let mut layers = record_from_params(&self.params);
+        let mut ext = self.ext.clone();
+        if let Some(sv) = &mut ext.solver {
+            // The lr slots hold the log-dampings; a layer's lr is its on/off switch.
+            sv.log_damping = layers.iter().map(|l| l.lr).collect();
+            for (l, m) in layers.iter_mut().zip(&self.moved) {
+                l.lr = if *m { 1.0 } else { 0.0 };
+            }
+        }
         ModelRecord {
             info: self.info.clone(),
             net: self.net.spec().clone(),
-            layers: record_from_params(&self.params),
-            ext: self.ext.clone(),
+            layers,
+            ext,
         }
     }
 
@@ -173,7 +232,7 @@ impl Model {
     pub fn adapt(&self, x: Tensor<3>, y: Tensor<3>, steps: usize) -> Result<TaskParams, Error> {
         self.check_set(&x, Some(&y))?;
         let (x, y) = (self.standardize_inputs(x), self.standardize_targets(y));
-        Ok(self.net.adapt(&self.params, x, y, steps))
+        Ok(self.adapt_standardized(x, y, steps))
     }
 
     /// The unadapted (meta-learned) parameters for `tasks` tasks.

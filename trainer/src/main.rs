@@ -174,9 +174,16 @@ struct TrainArgs {
     /// msr-mlp one value for every layer or one per layer, comma-separated.
     #[arg(long, value_delimiter = ',')]
     k: Option<Vec<usize>>,
-    /// Inner SGD steps.
+    /// Inner steps (SGD or Gauss-Newton).
     #[arg(long, default_value_t = 1)]
     inner_steps: usize,
+    /// The inner loop meta-trained through: sgd (meta-learned learning rates) or gn
+    /// (damped Gauss-Newton with meta-learned dampings: error never rises with more steps).
+    #[arg(long, default_value = "sgd")]
+    inner: msr_trainer::train::InnerKind,
+    /// Initial damping of every layer, for --inner gn.
+    #[arg(long, default_value_t = 1.0)]
+    damping: f32,
     /// Initial inner learning rate (meta-learned per layer).
     #[arg(long, default_value_t = 0.1)]
     inner_lr: f32,
@@ -402,6 +409,8 @@ fn train(args: TrainArgs) -> Result<RunOutcome> {
         config.normalize = n;
     }
     config.inner_steps = args.inner_steps;
+    config.inner = args.inner;
+    config.damping = args.damping;
     config.inner_lr = args.inner_lr;
     config.outer_lr = args.outer_lr;
     config.tasks_per_step = args.tasks_per_step;

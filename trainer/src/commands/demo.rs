@@ -32,6 +32,8 @@ pub(crate) fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
             no_bias: false,
             normalize: None,
             inner_steps: 1,
+            inner: msr_trainer::train::InnerKind::Sgd,
+            damping: 1.0,
             inner_lr: 0.1,
             outer_lr: 1e-3,
             tasks_per_step: 32,

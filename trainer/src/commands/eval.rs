@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use msr_runtime::Model;
 use msr_trainer::tasks::Family;
-use msr_trainer::train::{evaluate_on, trained_config};
+use msr_trainer::train::{evaluate_on, evaluate_realtime, trained_config};
 
 use crate::*;
 
@@ -39,6 +39,10 @@ pub(crate) struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Adapt through the real-time engine (what libmsr runs) or the burn path [default:
+    /// realtime for a model meta-trained with Gauss-Newton, else burn].
+    #[arg(long)]
+    engine: Option<String>,
     /// Where to compute: cpu, gpu or gpu:N.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -70,7 +74,22 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         .inner_steps
         .unwrap_or(model.info().inner_steps as usize);
     let (ids, subset) = family.eval_ids(args.tasks, args.seed);
-    let r = evaluate_on(&model, &family, &ids, support, query, steps)?;
+    let realtime = match args.engine.as_deref() {
+        None => model.gauss_newton(),
+        Some("realtime") => true,
+        Some("burn") => false,
+        Some(other) => {
+            return Err(format!("unknown engine '{other}' (available: realtime, burn)").into());
+        }
+    };
+    let r = if realtime {
+        if msr_trainer::models::embeds(model.spec()) {
+            return Err("prototypical networks evaluate on the burn engine".into());
+        }
+        evaluate_realtime(&model.to_record(), &family, &ids, support, query, steps)?
+    } else {
+        evaluate_on(&model, &family, &ids, support, query, steps)?
+    };
     let trained_support = trained.as_ref().map(|c| {
         if family.is_classification() {
             c.support / c.ways.max(1)

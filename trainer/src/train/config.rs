@@ -33,8 +33,12 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Tasks per outer step (processed as one batch).
     pub tasks_per_step: usize,
-    /// Inner SGD steps.
+    /// Inner steps (SGD or Gauss-Newton).
     pub inner_steps: usize,
+    /// The inner-loop algorithm meta-trained through.
+    pub inner: InnerKind,
+    /// Initial damping of every layer (Gauss-Newton; meta-learned, as its log).
+    pub damping: f32,
     /// Initial inner learning rate (meta-learned per layer).
     pub inner_lr: f32,
     /// Adam learning rate of the outer loop.
@@ -75,6 +79,8 @@ impl TrainConfig {
             seed: 0,
             tasks_per_step: 32,
             inner_steps: 1,
+            inner: InnerKind::Sgd,
+            damping: 1.0,
             inner_lr: 0.1,
             outer_lr: 1e-3,
             support: 1,
@@ -112,6 +118,17 @@ impl TrainConfig {
         limit("query", self.query as u128, 1, 1 << 20)?;
         limit("ways", self.ways as u128, 0, 1 << 12)?;
         limit("channels", self.channels as u128, 1, 1 << 12)?;
+        if !(self.damping.is_finite() && self.damping > 0.0 && self.damping.ln().abs() <= 30.0) {
+            return Err(format!(
+                "damping is {}; it must be positive, between e^-30 and e^30",
+                self.damping
+            ));
+        }
+        if self.inner == InnerKind::GaussNewton && self.first_order {
+            return Err(
+                "first-order meta-gradients are for SGD (the inner loop is Gauss-Newton)".into(),
+            );
+        }
         if !self.inner_lr.is_finite() || self.inner_lr < 0.0 {
             return Err(format!(
                 "inner_lr is {}; it must be finite and >= 0",
@@ -167,6 +184,28 @@ impl TrainConfig {
             hidden: self.hidden.clone(),
             activation: self.activation,
             bias: self.bias,
+        }
+    }
+}
+
+/// The inner-loop algorithm (`--inner`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InnerKind {
+    /// SGD with meta-learned per-layer learning rates.
+    Sgd,
+    /// Damped Gauss-Newton with meta-learned per-layer dampings.
+    GaussNewton,
+}
+
+impl std::str::FromStr for InnerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "sgd" => Ok(InnerKind::Sgd),
+            "gn" => Ok(InnerKind::GaussNewton),
+            other => Err(format!(
+                "unknown inner algorithm '{other}' (available: sgd, gn)"
+            )),
         }
     }
 }

@@ -117,3 +117,80 @@ pub fn proto_logits(net: &Net, params: &MetaParams, b: &DeviceBatch) -> Tensor<3
     let cross = eq.matmul(protos.swap_dims(1, 2)); // [T, Q, N]
     cross.mul_scalar(2.0) - qq - pp
 }
+
+/// [`evaluate_on`] through the real-time engine (`msr_core::realtime`, what libmsr runs):
+/// one session adapts to each task in turn (Gauss-Newton for a model meta-trained with
+/// it, with the engine's step-acceptance safeguard), then predicts its queries. An
+/// adaptation the engine refuses as diverged counts with the unadapted model's
+/// predictions, as a device would be left.
+pub fn evaluate_realtime(
+    record: &msr_runtime::ModelRecord,
+    family: &Family,
+    ids: &[u64],
+    support: usize,
+    query: usize,
+    inner_steps: usize,
+) -> Result<EvalResult, msr_runtime::Error> {
+    use msr_runtime::realtime::{MAX_CAPACITY, RtModel, Session};
+    let rt = RtModel::new(record)?;
+    let (fi, fo) = (rt.input_len(), rt.output_len());
+    let mut s = Session::new(rt, support.max(query).clamp(1, MAX_CAPACITY))?;
+    s.inner_steps = inner_steps;
+    let classification = family.is_classification();
+    let (mut losses, mut accuracies) = (Vec::with_capacity(ids.len()), Vec::new());
+    let mut out = vec![0.0f32; query * fo];
+    for chunk in ids.chunks(if classification { 20 } else { 100 }) {
+        let b = family.batch(chunk, support, query);
+        for t in 0..b.tasks {
+            let xs = &b.xs[t * support * fi..(t + 1) * support * fi];
+            let ys = &b.ys[t * support * fo..(t + 1) * support * fo];
+            let xq = &b.xq[t * query * fi..(t + 1) * query * fi];
+            let yq = &b.yq[t * query * fo..(t + 1) * query * fo];
+            if let Err(e) = s.adapt(xs, ys, support) {
+                if !matches!(e, msr_runtime::Error::Diverged(_)) {
+                    return Err(e);
+                }
+                s.reset();
+            }
+            s.predict(xq, query, &mut out)?;
+            if classification {
+                let (mut loss, mut hits) = (0.0f64, 0usize);
+                for (z, y) in out.chunks(fo).zip(yq.chunks(fo)) {
+                    let m = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+                    let lse = m + z.iter().map(|v| (*v as f64 - m).exp()).sum::<f64>().ln();
+                    loss += z
+                        .iter()
+                        .zip(y)
+                        .map(|(zi, yi)| *yi as f64 * (lse - *zi as f64))
+                        .sum::<f64>();
+                    let argmax = |v: &[f32]| {
+                        (0..v.len())
+                            .max_by(|&a, &b| v[a].total_cmp(&v[b]))
+                            .unwrap_or(0)
+                    };
+                    hits += (argmax(z) == argmax(y)) as usize;
+                }
+                losses.push(loss / query as f64);
+                accuracies.push(hits as f64 / query as f64);
+            } else {
+                let mse = out
+                    .iter()
+                    .zip(yq)
+                    .map(|(p, y)| ((p - y) as f64).powi(2))
+                    .sum::<f64>()
+                    / (query * fo) as f64;
+                losses.push(mse);
+            }
+        }
+    }
+    let (mse, ci95) = mean_ci95(&losses);
+    let acc = (!accuracies.is_empty()).then(|| mean_ci95(&accuracies));
+    Ok(EvalResult {
+        mse,
+        ci95,
+        accuracy: acc.map(|a| a.0),
+        accuracy_ci95: acc.map(|a| a.1),
+        tasks: losses.len(),
+        inner_steps,
+    })
+}

@@ -283,3 +283,48 @@ fn units_do_not_matter() {
     assert!(den > 0.0);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A run meta-trained through Gauss-Newton: its file says so (the solver record, the
+/// dampings), both engines adapt it alike, a checkpoint resumes it exactly.
+#[test]
+fn gauss_newton_runs_export_resume_and_evaluate_alike_on_both_engines() {
+    let mut c = small(ModelKind::MsrFc);
+    (c.inner, c.bias, c.damping) = (InnerKind::GaussNewton, false, 0.01);
+    let mut t = Trainer::new(c.clone()).unwrap();
+    for _ in 0..3 {
+        t.outer_step();
+    }
+    let rec = t.record();
+    let solver = rec.ext.solver.as_ref().expect("a solver record");
+    assert_eq!(rec.layers[0].lr, 1.0, "lr is the on switch");
+    let d = solver.log_damping[0];
+    assert!(
+        d.is_finite() && d != 0.01f32.ln(),
+        "the damping is meta-learned: {d}"
+    );
+    let model = Model::from_record(&rec, &msr_runtime::device::cpu(), DType::F32).unwrap();
+    assert!(model.gauss_newton());
+    assert_eq!(model.to_record(), rec);
+
+    let family = crate::tasks::Family::new(Problem::Rank1);
+    let ids = family.val_ids(30);
+    let burn = evaluate_on(&model, &family, &ids, 1, 19, 1).unwrap();
+    let rt = evaluate_realtime(&rec, &family, &ids, 1, 19, 1).unwrap();
+    let rel = (burn.mse - rt.mse).abs() / burn.mse;
+    assert!(rel < 1e-3, "burn {} vs real-time {}", burn.mse, rt.mse);
+    assert_eq!(rt.tasks, 30);
+
+    let dir = std::env::temp_dir().join(format!("msr-gn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ck = dir.join("checkpoint.bin");
+    t.save_checkpoint(&ck).unwrap();
+    let mut r = Trainer::resume(&ck, Some(&c)).unwrap();
+    t.outer_step();
+    r.outer_step();
+    assert_eq!(
+        flat(&t),
+        flat(&r),
+        "resumed Gauss-Newton run equals the uninterrupted one"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

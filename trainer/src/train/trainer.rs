@@ -1,7 +1,9 @@
 //! A training run in memory: initialisation, the exact second-order outer step, export.
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
-use msr_runtime::format::{Extension, Extensions, LayerRecord, ModelInfo, ModelRecord, Normalizer};
+use msr_runtime::format::{
+    Extension, Extensions, LayerRecord, ModelInfo, ModelRecord, Normalizer, Solver,
+};
 use msr_runtime::model::{params_from_record, record_from_params};
 use msr_runtime::{MetaParams, Model, Net, NetSpec};
 
@@ -51,13 +53,13 @@ impl Trainer {
                 family.examples_per_task()
             )));
         }
-        let init = models::init(
-            &spec,
-            kind,
-            config.inner_lr,
-            &mut Rng::derive(&[config.seed, 0]),
-        )
-        .map_err(msr_runtime::Error::from)?;
+        // With Gauss-Newton a layer's lr slot holds its log-damping.
+        let lr0 = match config.inner {
+            InnerKind::Sgd => config.inner_lr,
+            InnerKind::GaussNewton => config.damping.ln(),
+        };
+        let init = models::init(&spec, kind, lr0, &mut Rng::derive(&[config.seed, 0]))
+            .map_err(msr_runtime::Error::from)?;
         Self::from_parts(config, family, spec, &init, None, 0, device)
     }
 
@@ -165,14 +167,24 @@ impl Trainer {
             proto_logits(&self.net, &self.params, b)
         } else {
             let task = self.net.initial(&self.params, b.xs.dims()[0]);
-            let task = self.net.adapt_from(
-                &self.params,
-                task,
-                b.xs.clone(),
-                b.ys.clone(),
-                self.config.inner_steps,
-                self.config.first_order,
-            );
+            let task = match self.config.inner {
+                InnerKind::Sgd => self.net.adapt_from(
+                    &self.params,
+                    task,
+                    b.xs.clone(),
+                    b.ys.clone(),
+                    self.config.inner_steps,
+                    self.config.first_order,
+                ),
+                InnerKind::GaussNewton => self.net.adapt_gn(
+                    &self.params,
+                    task,
+                    b.xs.clone(),
+                    b.ys.clone(),
+                    self.config.inner_steps,
+                    &self.moved(),
+                ),
+            };
             self.net.forward(&self.params, &task, b.xq.clone())
         };
         // The meta-gradient is the SUM of the per-task gradients, as the reference code's
@@ -209,8 +221,32 @@ impl Trainer {
         )
     }
 
+    /// Which layers the inner loop moves.
+    fn moved(&self) -> Vec<bool> {
+        let n = self.params.layers.len();
+        self.params
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(l, lp)| !lp.adapted0.is_empty() && self.kind.adapts(l, n))
+            .collect()
+    }
+
     /// The current model, as a record ready to save.
     pub fn record(&self) -> ModelRecord {
+        let mut layers = record_from_params(&self.params);
+        let solver = (self.config.inner == InnerKind::GaussNewton).then(|| {
+            let moved = self.moved();
+            let log_damping = layers
+                .iter()
+                .zip(&moved)
+                .map(|(l, m)| if *m { l.lr } else { 0.0 })
+                .collect();
+            for (l, m) in layers.iter_mut().zip(&moved) {
+                l.lr = if *m { 1.0 } else { 0.0 };
+            }
+            Solver { log_damping }
+        });
         ModelRecord {
             info: ModelInfo {
                 name: format!("{}-{}", self.source_name(), self.config.model),
@@ -219,10 +255,10 @@ impl Trainer {
                 trainer_version: env!("CARGO_PKG_VERSION").to_string(),
             },
             net: self.net.spec().clone(),
-            layers: record_from_params(&self.params),
+            layers,
             ext: Extensions {
                 normalizer: self.normalizer.clone(),
-                solver: None,
+                solver,
                 unknown: vec![Extension {
                     name: TRAINER_CONFIG.into(),
                     required: false,
