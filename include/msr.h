@@ -235,6 +235,34 @@ enum msr_status msr_session_predict(struct msr_session *session,
 // See the crate documentation: pointers NULL or valid for the documented lengths.
 enum msr_status msr_session_set_inner(struct msr_session *session, int32_t inner, float damping);
 
+// Folds `n` new examples (`x` `[n, input_len]`, `y` `[n, output_len]`, raw units) into
+// the session's adaptation without re-solving from scratch: a recursive least-squares
+// update of the Gauss-Newton system (exact for layers linear in v), so a robot can feed
+// every new sample as it arrives; `msr_session_predict` uses the current estimate. The
+// first call after `msr_session_adapt`, `_reset` or `_load_state` starts from the
+// current parameters. Needs Gauss-Newton on (`msr_session_set_inner`; otherwise
+// `MSR_ERR_INVALID_ARGUMENT`); CPU real-time engine only (`MSR_ERR_UNSUPPORTED`).
+// Allocation-free. Cost per example: a forward pass, one backward pass per output and
+// `O(P^2)` per output, P the adapted parameters. Regression models only.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
+enum msr_status msr_session_observe(struct msr_session *session,
+                                    const float *x,
+                                    size_t x_len,
+                                    const float *y,
+                                    size_t y_len,
+                                    size_t n);
+
+// Sets the forgetting factor `gamma` in (0, 1] of `msr_session_observe`: an example `m`
+// observations old weighs `gamma^m` (1, the default: nothing is forgotten, the estimate
+// equals a batch solve; 0.99: a memory of about 100 examples, to track a payload or a
+// wind that changes). `MSR_ERR_INVALID_ARGUMENT` outside (0, 1].
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
+enum msr_status msr_session_set_forgetting(struct msr_session *session, float gamma);
+
 // Returns the session to the model's meta-learned initialisation.
 //
 // # Safety

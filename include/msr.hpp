@@ -135,6 +135,18 @@ public:
     }
     /// Back to the meta-learned initialisation.
     void reset() { detail::check(msr_session_reset(s_)); }
+    /// Adapt by damped Gauss-Newton (`damping` scales the model's dampings) or by SGD.
+    /// Allocates when Gauss-Newton is switched on: call it at set-up.
+    void set_inner(msr_inner inner, float damping = 1.0f) {
+        detail::check(msr_session_set_inner(s_, static_cast<int32_t>(inner), damping));
+    }
+    /// Folds n new examples into the adaptation (recursive least squares; needs
+    /// Gauss-Newton on). Allocation-free.
+    void observe(const float* x, std::size_t x_len, const float* y, std::size_t y_len, std::size_t n) {
+        detail::check(msr_session_observe(s_, x, x_len, y, y_len, n));
+    }
+    /// The forgetting factor of observe, in (0, 1].
+    void set_forgetting(float gamma) { detail::check(msr_session_set_forgetting(s_, gamma)); }
     /// The adapted state, to restore later with load_state.
     std::vector<uint8_t> save_state(std::size_t state_len) const {
         std::vector<uint8_t> buf(state_len);

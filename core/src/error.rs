@@ -228,6 +228,9 @@ pub enum DataError {
     /// An empty set where at least one example is needed.
     #[error("{0} is empty")]
     Empty(&'static str),
+    /// The call needs a session set up differently (the message says how).
+    #[error("{0}")]
+    NotConfigured(&'static str),
 }
 
 /// Adaptation produced a non-finite or exploding loss; the parameters were left unchanged.

@@ -160,6 +160,10 @@ fn adapt_and_predict_do_not_allocate() {
             gn.adapt(&x, &y, n).unwrap();
             gn.refine(&x, &y, n).unwrap();
             gn.predict(&x, n, &mut out).unwrap();
+            if loss == Loss::Mse {
+                gn.observe(&x[..2 * fi], &y[..2 * fo], 2).unwrap();
+                gn.predict(&x, n, &mut out).unwrap();
+            }
         }
         let after = ALLOCATIONS.load(Ordering::SeqCst);
         assert_eq!(

@@ -885,6 +885,79 @@ pub unsafe extern "C" fn msr_session_set_inner(
     })
 }
 
+/// Folds `n` new examples (`x` `[n, input_len]`, `y` `[n, output_len]`, raw units) into
+/// the session's adaptation without re-solving from scratch: a recursive least-squares
+/// update of the Gauss-Newton system (exact for layers linear in v), so a robot can feed
+/// every new sample as it arrives; `msr_session_predict` uses the current estimate. The
+/// first call after `msr_session_adapt`, `_reset` or `_load_state` starts from the
+/// current parameters. Needs Gauss-Newton on (`msr_session_set_inner`; otherwise
+/// `MSR_ERR_INVALID_ARGUMENT`); CPU real-time engine only (`MSR_ERR_UNSUPPORTED`).
+/// Allocation-free. Cost per example: a forward pass, one backward pass per output and
+/// `O(P^2)` per output, P the adapted parameters. Regression models only.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn msr_session_observe(
+    session: *mut msr_session,
+    x: *const f32,
+    x_len: usize,
+    y: *const f32,
+    y_len: usize,
+    n: usize,
+) -> msr_status {
+    guard(|| {
+        non_null!(session, x, y);
+        let run = |s: &mut SessionState| {
+            if s.loss != Loss::Mse {
+                return fail(
+                    msr_status::MSR_ERR_UNSUPPORTED,
+                    "observe is for regression models",
+                );
+            }
+            // SAFETY: pointers and lengths by contract.
+            let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
+            match s.session.observe(xs, ys, n) {
+                Some(Ok(())) => msr_status::MSR_OK,
+                Some(Err(e)) => from_error(e),
+                None => fail(
+                    msr_status::MSR_ERR_UNSUPPORTED,
+                    "this backend has no streaming updates; use the CPU real-time engine",
+                ),
+            }
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
+    })
+}
+
+/// Sets the forgetting factor `gamma` in (0, 1] of `msr_session_observe`: an example `m`
+/// observations old weighs `gamma^m` (1, the default: nothing is forgotten, the estimate
+/// equals a batch solve; 0.99: a memory of about 100 examples, to track a payload or a
+/// wind that changes). `MSR_ERR_INVALID_ARGUMENT` outside (0, 1].
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn msr_session_set_forgetting(
+    session: *mut msr_session,
+    gamma: f32,
+) -> msr_status {
+    guard(|| {
+        non_null!(session);
+        let run = |s: &mut SessionState| match s.session.set_forgetting(gamma) {
+            Some(Ok(())) => msr_status::MSR_OK,
+            Some(Err(e)) => from_error(e),
+            None => fail(
+                msr_status::MSR_ERR_UNSUPPORTED,
+                "this backend has no streaming updates; use the CPU real-time engine",
+            ),
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
+    })
+}
+
 /// Returns the session to the model's meta-learned initialisation.
 ///
 /// # Safety

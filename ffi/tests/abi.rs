@@ -794,3 +794,48 @@ fn gauss_newton_is_chosen_per_session_and_never_raises_the_loss() {
     unsafe { msr_session_free(&mut sess) };
     unsafe { msr_model_free(&mut m) };
 }
+
+#[test]
+fn observe_streams_examples_into_a_gauss_newton_session() {
+    let (mut m, mut sess) = mse_session();
+    let (x, y) = (data(6, 6, 0.7), data(6, 3, 0.2));
+    let observe = |sess, n: usize| unsafe {
+        msr_session_observe(sess, x.as_ptr(), n * 6, y.as_ptr(), n * 3, n)
+    };
+    assert_eq!(observe(sess, 6), msr_status::MSR_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("Gauss-Newton"), "{}", last_error());
+    assert_eq!(
+        unsafe { msr_session_set_inner(sess, 1, 1.0) },
+        msr_status::MSR_OK
+    );
+    let mut before = vec![0.0f32; 18];
+    let st = unsafe { msr_session_predict(sess, x.as_ptr(), 36, 6, before.as_mut_ptr(), 18) };
+    assert_eq!(st, msr_status::MSR_OK);
+    assert_eq!(observe(sess, 6), msr_status::MSR_OK, "{}", last_error());
+    let mut after = vec![0.0f32; 18];
+    let st = unsafe { msr_session_predict(sess, x.as_ptr(), 36, 6, after.as_mut_ptr(), 18) };
+    assert_eq!(st, msr_status::MSR_OK);
+    let err = |p: &[f32]| p.iter().zip(&y).map(|(a, b)| (a - b).powi(2)).sum::<f32>();
+    assert!(
+        err(&after) < err(&before),
+        "{} vs {}",
+        err(&after),
+        err(&before)
+    );
+    for bad in [0.0, 1.01, f32::NAN] {
+        assert_eq!(
+            unsafe { msr_session_set_forgetting(sess, bad) },
+            msr_status::MSR_ERR_INVALID_ARGUMENT
+        );
+    }
+    assert_eq!(
+        unsafe { msr_session_set_forgetting(sess, 0.95) },
+        msr_status::MSR_OK
+    );
+    assert_eq!(
+        unsafe { msr_session_observe(sess, ptr::null(), 0, y.as_ptr(), 3, 1) },
+        msr_status::MSR_ERR_NULL
+    );
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
+}

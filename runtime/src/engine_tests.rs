@@ -508,3 +508,160 @@ mod gauss_newton {
         assert!(e.to_string().contains("Gauss-Newton"), "{e}");
     }
 }
+
+/// Streaming updates (`Session::observe`): equal to a batch Gauss-Newton solve on the same
+/// examples for a model linear in v (no forgetting), tracking a change with forgetting.
+mod streaming {
+    use crate::format::{ModelInfo, ModelRecord};
+    use crate::realtime::{Inner, RtModel, Session};
+    use crate::spec::{Activation, FeatureShape, LayerSpec, Loss, NetSpec, Op};
+    use crate::test_support::{HostParams, Rng, layer_records, rel_err};
+
+    /// A linear model: share-linear (k = 4), or with `plain` a plain dense layer that can
+    /// represent any linear map.
+    fn linear_model(plain: bool) -> ModelRecord {
+        let op = if plain {
+            Op::Linear {
+                inputs: 5,
+                outputs: 3,
+                bias: true,
+            }
+        } else {
+            Op::ShareLinear {
+                inputs: 5,
+                outputs: 3,
+                k: 4,
+                bias: true,
+            }
+        };
+        let spec = NetSpec {
+            input: FeatureShape(vec![5]),
+            layers: vec![LayerSpec {
+                op,
+                activation: Activation::Identity,
+            }],
+            loss: Loss::Mse,
+        };
+        let net = crate::net::Net::new(spec.clone(), &crate::device::cpu()).unwrap();
+        let host = HostParams::random(&net, &mut Rng::new(40));
+        ModelRecord {
+            info: ModelInfo {
+                name: "stream".into(),
+                task_family: "test".into(),
+                inner_steps: 1,
+                trainer_version: "test".into(),
+            },
+            net: spec,
+            layers: layer_records(&host, &net),
+            ext: Default::default(),
+        }
+    }
+
+    fn data(n: usize, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
+        let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+        (f(rng.normals(n * 5, 1.0)), f(rng.normals(n * 3, 1.0)))
+    }
+
+    fn params(s: &Session) -> Vec<f64> {
+        s.adapted(0).iter().flatten().map(|&v| v as f64).collect()
+    }
+
+    #[test]
+    fn observing_equals_a_batch_solve_without_forgetting() {
+        let rt = RtModel::new(&linear_model(false)).unwrap();
+        let mut rng = Rng::new(41);
+        let n = 9;
+        let (x, y) = data(n, &mut rng);
+        let scale = 0.7f32;
+        let mut stream = Session::new(rt.clone(), 4).unwrap();
+        stream
+            .set_inner(Inner::GaussNewton { damping: scale })
+            .unwrap();
+        // In three calls of 2, 3 and 4 examples.
+        let (mut at, fi, fo) = (0, 5, 3);
+        for m in [2, 3, 4] {
+            stream
+                .observe(&x[at * fi..(at + m) * fi], &y[at * fo..(at + m) * fo], m)
+                .unwrap();
+            at += m;
+        }
+        // The batch step minimises s/2 |r|^2 + 1/2 |dv|^2_D with s = 2 / (n F): the same
+        // problem with the damping scaled by s.
+        let mut batch = Session::new(rt, 4).unwrap();
+        let s = 2.0 / (n * fo) as f32;
+        batch
+            .set_inner(Inner::GaussNewton { damping: scale * s })
+            .unwrap();
+        batch.inner_steps = 1;
+        batch.adapt(&x, &y, n).unwrap();
+        let err = rel_err(&params(&stream), &params(&batch));
+        assert!(err < 1e-4, "stream vs batch: rel err {err:e}");
+        // Predictions use the current estimate.
+        let (mut a, mut b) = (vec![0.0; n * fo], vec![0.0; n * fo]);
+        stream.predict(&x, n, &mut a).unwrap();
+        batch.predict(&x, n, &mut b).unwrap();
+        let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        assert!(rel_err(&f(&a), &f(&b)) < 1e-4);
+        // A reset ends the stream: observing again starts from the prior.
+        stream.reset();
+        stream.observe(&x, &y, n).unwrap();
+        assert!(rel_err(&params(&stream), &params(&batch)) < 1e-4);
+    }
+
+    #[test]
+    fn forgetting_tracks_a_change_and_bad_calls_change_nothing() {
+        let rt = RtModel::new(&linear_model(true)).unwrap();
+        let mut rng = Rng::new(42);
+        // Two tasks: targets from two different random linear maps of the inputs.
+        let maps: Vec<Vec<f64>> = (0..2).map(|_| rng.normals(15, 1.0)).collect();
+        let task = |m: &[f64], n: usize, rng: &mut Rng| {
+            let x: Vec<f32> = rng.normals(n * 5, 1.0).iter().map(|&v| v as f32).collect();
+            let y: Vec<f32> = x
+                .chunks(5)
+                .flat_map(|r| {
+                    (0..3).map(move |o| (0..5).map(|i| m[o * 5 + i] as f32 * r[i]).sum::<f32>())
+                })
+                .collect();
+            (x, y)
+        };
+        let mut errors = Vec::new();
+        for gamma in [1.0f32, 0.9] {
+            let mut s = Session::new(rt.clone(), 8).unwrap();
+            s.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
+            s.set_forgetting(gamma).unwrap();
+            let (xa, ya) = task(&maps[0], 200, &mut Rng::new(1));
+            let (xb, yb) = task(&maps[1], 100, &mut Rng::new(2));
+            s.observe(&xa, &ya, 200).unwrap();
+            s.observe(&xb, &yb, 100).unwrap();
+            let (xt, yt) = task(&maps[1], 50, &mut Rng::new(3));
+            let mut out = vec![0.0; 150];
+            s.predict(&xt, 50, &mut out).unwrap();
+            let mse: f32 = out
+                .iter()
+                .zip(&yt)
+                .map(|(p, t)| (p - t).powi(2))
+                .sum::<f32>()
+                / 150.0;
+            errors.push(mse);
+        }
+        assert!(
+            errors[1] < 0.1 * errors[0],
+            "forgetting tracks the new task: {errors:?}"
+        );
+
+        let mut s = Session::new(rt, 4).unwrap();
+        let (x, y) = data(3, &mut rng);
+        assert!(s.observe(&x, &y, 3).is_err(), "needs Gauss-Newton");
+        s.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
+        for bad in [0.0, -0.5, 1.5, f32::NAN] {
+            assert!(s.set_forgetting(bad).is_err());
+        }
+        s.observe(&x, &y, 3).unwrap();
+        let before = params(&s);
+        let mut nan = y.clone();
+        nan[2] = f32::NAN;
+        assert!(s.observe(&x, &nan, 3).is_err());
+        assert!(s.observe(&x, &y[1..], 3).is_err());
+        assert_eq!(params(&s), before, "refused calls change nothing");
+    }
+}

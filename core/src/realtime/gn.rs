@@ -60,6 +60,10 @@ pub(crate) struct GnBuffers {
     pub(crate) saved: Vec<f32>,
     /// Each parameter's base damping (its layer's).
     pub(crate) diag: Vec<f64>,
+    /// Streaming updates ([`super::Session::observe`]): the inverse information matrix
+    /// `[p, p]` (the estimate's covariance, up to the noise scale), valid while `streaming`.
+    pub(crate) cov: Vec<f64>,
+    pub(crate) streaming: bool,
 }
 
 impl GnBuffers {
@@ -87,13 +91,15 @@ impl GnBuffers {
             jac: super::zeros(outputs * p, "Jacobian rows")?,
             saved: super::zeros(p, "Gauss-Newton parameters")?,
             diag,
+            cov: f64s(p * p)?,
+            streaming: false,
         })
     }
 
     /// Bytes these buffers take for `p` parameters and `outputs` outputs per example.
     pub(crate) fn bytes(p: usize, outputs: usize) -> u128 {
         let (p, f) = (p as u128, outputs as u128);
-        8 * (2 * p * p + 3 * p) + 4 * (f * p + p)
+        8 * (3 * p * p + 3 * p) + 4 * (f * p + p)
     }
 
     /// Solves `(G + lambda D) step = -grad` into `step`, `D` the per-parameter base
@@ -114,6 +120,47 @@ impl GnBuffers {
         }
         cholesky_solve(&self.chol, p, &mut self.step);
         self.step.iter().all(|s| s.is_finite())
+    }
+}
+
+impl GnBuffers {
+    /// Starts a stream: the covariance is the prior's, `diag(1 / (scale * damping))`.
+    pub(crate) fn start_stream(&mut self, scale: f64) {
+        let p = self.p;
+        self.cov.fill(0.0);
+        for i in 0..p {
+            self.cov[i * p + i] = 1.0 / (scale * self.diag[i]);
+        }
+        self.streaming = true;
+    }
+
+    /// One recursive least-squares update with row `o` of `jac` and the residual `r`
+    /// (target minus output) of that output: Sherman-Morrison on the covariance,
+    /// `O(p^2)`. The parameter change goes to `step` (accumulated).
+    pub(crate) fn rls_update(&mut self, o: usize, r: f64) {
+        let p = self.p;
+        let j = &self.jac[o * p..(o + 1) * p];
+        // u = C j^T (C symmetric), in `grad` (free while streaming).
+        for a in 0..p {
+            let row = &self.cov[a * p..(a + 1) * p];
+            self.grad[a] = row.iter().zip(j).map(|(c, jb)| c * *jb as f64).sum();
+        }
+        let denom = 1.0
+            + j.iter()
+                .zip(&self.grad)
+                .map(|(jb, u)| *jb as f64 * u)
+                .sum::<f64>();
+        let gain = r / denom;
+        for (s, u) in self.step.iter_mut().zip(&self.grad) {
+            *s += gain * u;
+        }
+        for a in 0..p {
+            let ua = self.grad[a] / denom;
+            let row = &mut self.cov[a * p..(a + 1) * p];
+            for (c, ub) in row.iter_mut().zip(&self.grad) {
+                *c -= ua * ub;
+            }
+        }
     }
 }
 

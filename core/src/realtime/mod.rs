@@ -496,6 +496,17 @@ pub trait Engine: Send {
         let _ = inner;
         None
     }
+    /// Folds examples into the adaptation ([`Session::observe`]); `None` if this engine
+    /// has no streaming updates.
+    fn observe(&mut self, x: &[f32], y: &[f32], n: usize) -> Option<Result<(), Error>> {
+        let _ = (x, y, n);
+        None
+    }
+    /// Sets the forgetting factor of `observe`; `None` if this engine has no streaming.
+    fn set_forgetting(&mut self, gamma: f32) -> Option<Result<(), Error>> {
+        let _ = gamma;
+        None
+    }
 }
 
 impl Engine for Session {
@@ -519,5 +530,11 @@ impl Engine for Session {
     }
     fn set_inner(&mut self, inner: Inner) -> Option<Result<(), Error>> {
         Some(Session::set_inner(self, inner))
+    }
+    fn observe(&mut self, x: &[f32], y: &[f32], n: usize) -> Option<Result<(), Error>> {
+        Some(Session::observe(self, x, y, n))
+    }
+    fn set_forgetting(&mut self, gamma: f32) -> Option<Result<(), Error>> {
+        Some(Session::set_forgetting(self, gamma))
     }
 }

@@ -51,6 +51,8 @@ pub struct Session {
     /// it moves.
     gn: Option<GnBuffers>,
     gn_layers: Vec<bool>,
+    /// Forgetting factor of [`Session::observe`], in (0, 1].
+    forgetting: f64,
     /// Inner steps per adaptation and the scale applied to every layer's lr.
     pub inner_steps: usize,
     /// Multiplies every layer's learned inner learning rate.
@@ -151,6 +153,7 @@ impl Session {
             inner: Inner::Sgd,
             gn: None,
             gn_layers: Vec::new(),
+            forgetting: 1.0,
             inner_steps: model.inner_steps,
             lr_scale: 1.0,
             model,
@@ -167,8 +170,10 @@ impl Session {
         &self.model
     }
 
-    /// Back to the meta-learned initialisation.
+    /// Back to the meta-learned initialisation (and the end of any stream of
+    /// [`Session::observe`]).
     pub fn reset(&mut self) {
+        self.end_stream();
         for (l, layer) in self.adapted.iter_mut().zip(&self.model.layers) {
             for (v, v0) in l.iter_mut().zip(&layer.adapted0) {
                 v.copy_from_slice(v0);
@@ -265,6 +270,7 @@ impl Session {
         if from_init {
             self.reset();
         }
+        self.end_stream();
         if let Inner::GaussNewton { damping } = self.inner {
             return self.gn_adapt(x, y, n, damping as f64);
         }
@@ -424,6 +430,108 @@ impl Session {
             }
         }
         Ok(loss)
+    }
+
+    fn end_stream(&mut self) {
+        if let Some(gn) = self.gn.as_mut() {
+            gn.streaming = false;
+        }
+    }
+
+    /// Sets the forgetting factor `gamma` of [`Session::observe`], in (0, 1]: each new
+    /// example divides the weight of everything observed before it by `gamma`, so an
+    /// example `m` observations old counts `gamma^m` (1: nothing is forgotten, the
+    /// estimate equals a batch solve; 0.99: a memory of about 100 examples, to track a
+    /// payload or a wind that changes).
+    pub fn set_forgetting(&mut self, gamma: f32) -> Result<(), Error> {
+        if !(gamma > 0.0 && gamma <= 1.0) {
+            return Err(DataError::Shape(ShapeError::InvalidLayer(format!(
+                "forgetting factor {gamma}: it must be in (0, 1]"
+            )))
+            .into());
+        }
+        self.forgetting = gamma as f64;
+        Ok(())
+    }
+
+    /// Folds `n` new examples into the adapted parameters without re-solving from scratch:
+    /// a recursive least-squares (information-form) update of the Gauss-Newton system,
+    /// linearised at the current parameters (exact for layers linear in v, an extended
+    /// Kalman-style update otherwise). The first call after `reset`, `adapt` or
+    /// `load_state` starts from the current parameters with the prior precision of the
+    /// Gauss-Newton dampings (per parameter, its layer's damping times the session's
+    /// scale, in units of squared residual per output: the estimate after observing
+    /// examples 1..n minimises `sum ||y - f||^2 + (v - v_start)^T Lambda (v - v_start)`,
+    /// for a model linear in v exactly). `predict` uses the current estimate.
+    ///
+    /// Needs Gauss-Newton switched on ([`Session::set_inner`]). Cost per example: one
+    /// forward pass, one backward pass per output (or the direct rows of a linear last
+    /// layer), `O(P^2)` per output for the update. Allocation-free. If a parameter turns
+    /// non-finite the call is undone and the stream restarts.
+    pub fn observe(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<(), Error> {
+        let Inner::GaussNewton { damping } = self.inner else {
+            return Err(DataError::NotConfigured(
+                "observe folds examples into the Gauss-Newton system: switch Gauss-Newton on first (set_inner / msr_session_set_inner)",
+            )
+            .into());
+        };
+        self.check("inputs", x, n, self.model.input_len)?;
+        self.check("targets", y, n, self.model.output_len)?;
+        for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
+            for (bv, av) in b.iter_mut().zip(a) {
+                bv.copy_from_slice(av);
+            }
+        }
+        let (fi, fo) = (self.model.input_len, self.model.output_len);
+        let mut gn = self.gn.take().expect("Gauss-Newton is on");
+        if !gn.streaming {
+            gn.start_stream(damping as f64);
+        }
+        let p = gn.p;
+        for e in 0..n {
+            if self.forgetting < 1.0 {
+                let g = self.forgetting;
+                gn.cov.iter_mut().for_each(|c| *c /= g);
+            }
+            self.forward_chunk(&x[e * fi..(e + 1) * fi], 1);
+            for o in 0..fo {
+                self.jacobian_row(o, &mut gn.jac[o * p..(o + 1) * p]);
+            }
+            gn.step.fill(0.0);
+            for o in 0..fo {
+                let mut target = y[e * fo + o];
+                if let Some(s) = self
+                    .model
+                    .normalizer
+                    .as_ref()
+                    .and_then(|s| s.output.as_ref())
+                {
+                    target = (target - s.mean[o]) / s.scale[o];
+                }
+                let out = self.acts.last().expect("non-empty")[o];
+                let row = &gn.jac[o * p..(o + 1) * p];
+                // The residual at the parameters updated by this example's earlier rows.
+                let moved: f64 = row.iter().zip(&gn.step).map(|(j, s)| *j as f64 * s).sum();
+                let r = (target - out) as f64 - moved;
+                gn.rls_update(o, r);
+            }
+            self.gn = Some(gn);
+            self.gn_apply(true);
+            gn = self.gn.take().expect("put back above");
+        }
+        self.gn = Some(gn);
+        if !self.params_finite() {
+            self.restore_backup();
+            self.end_stream();
+            return Err(DivergedError {
+                step: n,
+                loss: f64::NAN,
+                initial: f64::NAN,
+                nonfinite_params: true,
+            }
+            .into());
+        }
+        Ok(())
     }
 
     /// With `forward`, saves the moved parameters and adds the solved step to them; else
@@ -808,6 +916,7 @@ impl Session {
     /// the session is left as it was. Allocation-free.
     pub fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
         check_state(self.model.fingerprint, self.model.adapted_len(), buf)?;
+        self.end_stream();
         for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
             for (bv, av) in b.iter_mut().zip(a) {
                 bv.copy_from_slice(av);
