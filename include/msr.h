@@ -68,6 +68,16 @@ typedef enum msr_backend {
   MSR_BACKEND_CPU_BURN = 2,
 } msr_backend;
 
+// How a session adapts (`msr_session_set_inner`).
+typedef enum msr_inner {
+  // SGD with the meta-learned per-layer learning rates (the default).
+  MSR_INNER_SGD = 0,
+  // Damped Gauss-Newton (Levenberg-Marquardt) in the space of the adapted parameters:
+  // the support loss never rises, so more steps or more examples never diverge. CPU
+  // real-time engine only.
+  MSR_INNER_GAUSS_NEWTON = 1,
+} msr_inner;
+
 // A loaded model (opaque). Immutable; share it freely across threads.
 typedef struct msr_model msr_model;
 

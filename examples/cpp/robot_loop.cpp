@@ -2,9 +2,11 @@
 // responses with an adapted msr model. Every `--switch` ticks the task changes (a new
 // response filter, say a new tool); the robot notices its error, adapts from its last few
 // observations, and carries on. Prints the prediction error before and after each
-// adaptation and per-tick latency percentiles.
+// adaptation and per-tick latency percentiles. With `--stream 1` the session adapts by
+// damped Gauss-Newton instead and folds every tick's observation in as it arrives
+// (msr_session_observe), with no window to keep.
 //
-//   robot_loop MODEL.msr [--ticks N] [--rate HZ] [--switch N] [--window K]
+//   robot_loop MODEL.msr [--ticks N] [--rate HZ] [--switch N] [--window K] [--stream 0|1]
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -30,7 +32,7 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "usage: %s MODEL.msr [--ticks N] [--rate HZ] [--switch N] [--window K]\n", argv[0]);
         return 2;
     }
-    int ticks = 2000, rate = 1000, every = 500, window = 3;
+    int ticks = 2000, rate = 1000, every = 500, window = 3, stream = 0;
     for (int i = 2; i + 1 < argc; i += 2) {
         std::string a = argv[i];
         int v = std::atoi(argv[i + 1]);
@@ -38,6 +40,7 @@ int main(int argc, char** argv) {
         else if (a == "--rate") rate = v;
         else if (a == "--switch") every = v;
         else if (a == "--window") window = v;
+        else if (a == "--stream") stream = v;
     }
     try {
         msr::Model model = msr::Model::load(argv[1]);
@@ -48,6 +51,8 @@ int main(int argc, char** argv) {
             return 1;
         }
         msr::Session session(model);
+        // Set-up, outside the loop: Gauss-Newton allocates its buffers here.
+        if (stream) session.set_inner(MSR_INNER_GAUSS_NEWTON, 0.01f);
         std::mt19937 gen(7);
         std::normal_distribution<float> normal(0.0f, 1.0f);
 
@@ -92,7 +97,18 @@ int main(int argc, char** argv) {
             ++seen;
             ++since_switch;
 
-            if (since_switch == window) {  // enough observations of the new task: adapt
+            if (stream) {  // fold the new observation in, every tick
+                if (since_switch == 1) {
+                    std::printf("task %d: error before adapting %.4f\n", phase, err);
+                } else {
+                    err_sum += err;
+                    ++err_n;
+                }
+                auto a0 = Clock::now();
+                session.observe(x.data(), fi, y.data(), fo, 1);
+                auto a1 = Clock::now();
+                adapt_us.push_back(std::chrono::duration<double, std::micro>(a1 - a0).count());
+            } else if (since_switch == window) {  // enough observations of the new task: adapt
                 std::printf("task %d: error before adapting %.4f\n", phase, err);
                 auto a0 = Clock::now();
                 session.adapt(hist_x.data(), window * fi, hist_y.data(), window * fo, window);
@@ -110,8 +126,13 @@ int main(int argc, char** argv) {
         std::printf("predict latency (1 example): p50 %.2f us, p99 %.2f us, max %.2f us over %d ticks\n",
                     percentile(predict_us, 0.5), percentile(predict_us, 0.99),
                     percentile(predict_us, 1.0), ticks);
-        std::printf("adapt latency (%d examples): p50 %.2f us, max %.2f us over %zu adaptations\n", window,
-                    percentile(adapt_us, 0.5), percentile(adapt_us, 1.0), adapt_us.size());
+        if (stream)
+            std::printf("observe latency (1 example): p50 %.2f us, p99 %.2f us, max %.2f us over %zu ticks\n",
+                        percentile(adapt_us, 0.5), percentile(adapt_us, 0.99), percentile(adapt_us, 1.0),
+                        adapt_us.size());
+        else
+            std::printf("adapt latency (%d examples): p50 %.2f us, max %.2f us over %zu adaptations\n", window,
+                        percentile(adapt_us, 0.5), percentile(adapt_us, 1.0), adapt_us.size());
     } catch (const msr::Error& e) {
         std::fprintf(stderr, "msr error %d: %s\n", static_cast<int>(e.status()), e.what());
         return 1;

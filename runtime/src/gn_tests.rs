@@ -217,3 +217,100 @@ fn meta_gradient_through_gauss_newton_matches_finite_differences() {
         assert!(damp > 1e-8, "damping gradients vanished");
     }
 }
+
+/// A frozen body and a moved dense head (ANIL's shape; the real-time engine takes its
+/// direct Jacobian path): the same step on both engines, plain and shared heads.
+#[test]
+fn frozen_body_and_dense_head_agree_on_both_engines() {
+    let dev = crate::device::cpu();
+    for shared in [false, true] {
+        let head = if shared {
+            Op::ShareLinear {
+                inputs: 6,
+                outputs: 3,
+                k: 4,
+                bias: true,
+            }
+        } else {
+            Op::Linear {
+                inputs: 6,
+                outputs: 3,
+                bias: true,
+            }
+        };
+        let spec = NetSpec {
+            input: FeatureShape(vec![5]),
+            layers: vec![
+                LayerSpec {
+                    op: Op::Linear {
+                        inputs: 5,
+                        outputs: 6,
+                        bias: true,
+                    },
+                    activation: Activation::Gelu,
+                },
+                LayerSpec {
+                    op: head,
+                    activation: Activation::Identity,
+                },
+            ],
+            loss: Loss::Mse,
+        };
+        let net = Net::new(spec.clone(), &dev).unwrap();
+        let mut rng = Rng::new(50);
+        let mut host = HostParams::random(&net, &mut rng);
+        let lr_slots: Vec<usize> = {
+            let mut k = 0;
+            net.shapes()
+                .params
+                .iter()
+                .map(|l| {
+                    k += l.shared.len() + l.adapted.len();
+                    k += 1;
+                    k - 1
+                })
+                .collect()
+        };
+        host.0[lr_slots[1]].0[0] = -0.5; // the head's log-damping
+        let mut layers = layer_records(&host, &net);
+        (layers[0].lr, layers[1].lr) = (0.0, 1.0);
+        let rec = ModelRecord {
+            info: ModelInfo {
+                name: "anil".into(),
+                task_family: "test".into(),
+                inner_steps: 1,
+                trainer_version: "test".into(),
+            },
+            net: spec,
+            layers,
+            ext: crate::format::Extensions {
+                solver: Some(Solver {
+                    log_damping: vec![0.0, -0.5],
+                }),
+                ..Default::default()
+            },
+        };
+        let n = 4;
+        let x = rng.normals(n * 5, 1.0);
+        let y = rng.normals(n * 3, 1.0);
+        let params = host.upload(&net, &dev, false);
+        let stepped = net.gn_step(
+            &params,
+            net.initial(&params, 1),
+            f64_tensor(x.clone(), [1, n, 5], &dev),
+            f64_tensor(y.clone(), [1, n, 3], &dev),
+            &[false, true],
+        );
+        let burn: Vec<f64> = stepped.layers[1].iter().flat_map(to_f64).collect();
+        let mut s = Session::new(RtModel::new(&rec).unwrap(), 4).unwrap();
+        let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        s.adapt(&f32s(&x), &f32s(&y), n).unwrap();
+        let rt: Vec<f64> = s.adapted(1).iter().flatten().map(|&v| v as f64).collect();
+        let err = rel_err(&burn, &rt);
+        assert!(err < 1e-4, "shared head {shared}: rel err {err:e}");
+        // The frozen body did not move.
+        let body: Vec<f64> = s.adapted(0).iter().flatten().map(|&v| v as f64).collect();
+        let body0: Vec<f64> = stepped.layers[0].iter().flat_map(to_f64).collect();
+        assert!(rel_err(&body, &body0) < 1e-6);
+    }
+}

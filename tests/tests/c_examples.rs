@@ -276,6 +276,29 @@ fn c_and_cpp_examples_build_run_and_are_valgrind_clean() {
     );
     assert!(out.contains("predict latency"), "{out}");
 
+    // Streaming: Gauss-Newton switched on at set-up, every tick's observation folded in.
+    let out = run(Command::new(&robot).arg(&model).args([
+        "--ticks", "600", "--rate", "5000", "--switch", "200", "--stream", "1",
+    ]));
+    let befores: Vec<f64> = out
+        .match_indices("error before adapting")
+        .map(|(i, _)| number_after(&out[i..], "error before adapting"))
+        .collect();
+    let afters: Vec<f64> = out
+        .match_indices("mean error after adapting")
+        .map(|(i, _)| number_after(&out[i..], "mean error after adapting"))
+        .collect();
+    assert_eq!((befores.len(), afters.len()), (3, 3), "{out}");
+    assert!(
+        mean(&afters) < 0.5 * mean(&befores),
+        "observing in the loop must help:\n{out}"
+    );
+    assert!(out.contains("observe latency (1 example)"), "{out}");
+    assert!(
+        out.contains("over 600 ticks"),
+        "observed every tick:\n{out}"
+    );
+
     // valgrind: no memory errors, no leaks.
     if std::env::var_os("MSR_SKIP_VALGRIND").is_none() {
         let vg = Command::new("valgrind")

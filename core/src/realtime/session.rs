@@ -494,9 +494,7 @@ impl Session {
                 gn.cov.iter_mut().for_each(|c| *c /= g);
             }
             self.forward_chunk(&x[e * fi..(e + 1) * fi], 1);
-            for o in 0..fo {
-                self.jacobian_row(o, &mut gn.jac[o * p..(o + 1) * p]);
-            }
+            self.jacobian_rows(&mut gn.jac);
             gn.step.fill(0.0);
             for o in 0..fo {
                 let mut target = y[e * fo + o];
@@ -588,9 +586,7 @@ impl Session {
                 }
                 None => &y[e * fo..(e + 1) * fo],
             };
-            for o in 0..fo {
-                self.jacobian_row(o, &mut gn.jac[o * p..(o + 1) * p]);
-            }
+            self.jacobian_rows(&mut gn.jac);
             let out = &self.acts.last().expect("non-empty")[..fo];
             match self.model.loss {
                 Loss::Mse => {
@@ -654,6 +650,59 @@ impl Session {
             }
         }
         self.gn = Some(gn);
+    }
+
+    /// All rows of `J` for the example in the activations (a chunk of one), `[outputs, p]`.
+    /// When the solver moves only the last layer, and it is dense with no activation (a
+    /// single MSR-FC layer, an ANIL head), the rows come straight from its input: for
+    /// `W = reshape(U v)`, d out_o / d v_j = (U_j a)_o, and d out_o / d b_o = 1; otherwise
+    /// one backward pass per output.
+    fn jacobian_rows(&mut self, jac: &mut [f32]) {
+        let fo = self.model.output_len;
+        let p = jac.len() / fo.max(1);
+        let last = self.model.layers.len() - 1;
+        let layer = &self.model.layers[last];
+        let only_last = self
+            .gn_layers
+            .iter()
+            .enumerate()
+            .all(|(i, on)| *on == (i == last));
+        if let (true, Activation::Identity, super::Kind::Dense { inputs, outputs }) =
+            (only_last, layer.activation, &layer.kind)
+        {
+            let (fi, fo) = (*inputs, *outputs);
+            let a = &self.acts[last][..fi];
+            jac.fill(0.0);
+            let main = match &layer.weights {
+                super::Weights::Dense { ut, rows } => {
+                    let k = ut.len() / rows;
+                    for (j, col) in ut.chunks_exact(*rows).enumerate() {
+                        for o in 0..fo {
+                            jac[o * p + j] = super::kernels::dot(&col[o * fi..(o + 1) * fi], a);
+                        }
+                    }
+                    Some(k)
+                }
+                super::Weights::Plain => {
+                    for o in 0..fo {
+                        jac[o * p + o * fi..o * p + (o + 1) * fi].copy_from_slice(a);
+                    }
+                    Some(fo * fi)
+                }
+                super::Weights::Kron { .. } => None,
+            };
+            if let Some(k) = main {
+                if self.adapted[last].len() > 1 {
+                    for o in 0..fo {
+                        jac[o * p + k + o] = 1.0;
+                    }
+                }
+                return;
+            }
+        }
+        for o in 0..fo {
+            self.jacobian_row(o, &mut jac[o * p..(o + 1) * p]);
+        }
     }
 
     /// Row `o` of `J` for the example in the activations (a chunk of one): the gradient of
