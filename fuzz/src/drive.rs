@@ -143,6 +143,39 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
         };
     }
     let (fi, fo) = (info.input_len, info.output_len);
+    // Damped Gauss-Newton now and then, when its cost fits the budget: per step, a
+    // forward and `outputs` backward passes per example, the P x P matrix and its solve.
+    let p = info.adapted_len as u128;
+    let steps_now = if o.inner_steps == 0 {
+        info.inner_steps
+    } else {
+        o.inner_steps
+    } as u128;
+    let gn_cost = (steps_now + 1) * (n as u128 * (fo as u128 + 2) * (3 * macs + p * p) + p * p * p);
+    let gauss_newton = p <= 2048 && gn_cost <= COMPUTE_BUDGET && r.chance(0.25);
+    if gauss_newton {
+        let damping = if r.chance(0.9) {
+            r.pick(&[1e-3, 0.01, 1.0, 100.0])
+        } else {
+            r.pick(&[0.0, -1.0, f32::NAN, f32::INFINITY, 1e-38, 3e38])
+        };
+        let inner = if r.chance(0.95) {
+            1
+        } else {
+            r.pick(&[2, -1, i32::MAX])
+        };
+        check!(
+            unsafe { msr_session_set_inner(g.1, inner, damping) },
+            "set_inner"
+        );
+        if r.chance(0.3) {
+            let gamma = r.pick(&[1.0, 0.99, 0.5, 0.0, 1.5, f32::NAN]);
+            check!(
+                unsafe { msr_session_set_forgetting(g.1, gamma) },
+                "set_forgetting"
+            );
+        }
+    }
     let special = r.pick(&[0.0, 0.0, 0.0, 0.01, 0.3]);
     let scale = r.pick(&[1.0, 1.0, 1e3, 1e18]);
     let x = data(r, n * fi, special, scale);
@@ -203,7 +236,42 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
     if s == msr_status::MSR_OK && out.iter().any(|v| !v.is_finite()) {
         return Outcome::Broken("predict returned OK with a non-finite output".into());
     }
-    let predicted = (s == msr_status::MSR_OK).then(|| out.clone());
+    let mut predicted = (s == msr_status::MSR_OK).then(|| out.clone());
+
+    // Streaming updates on a Gauss-Newton session: OK leaves finite predictions.
+    if gauss_newton && info.loss == msr_loss::MSR_LOSS_MSE as i32 && r.chance(0.5) {
+        let o = check!(
+            unsafe { msr_session_observe(g.1, x.as_ptr(), x_len, y.as_ptr(), y.len(), call_n) },
+            "observe"
+        );
+        let mut after = vec![0.0f32; n * fo];
+        let p = check!(
+            unsafe {
+                msr_session_predict(g.1, x.as_ptr(), x.len(), n, after.as_mut_ptr(), after.len())
+            },
+            "predict after observe"
+        );
+        if o == msr_status::MSR_OK
+            && p == msr_status::MSR_OK
+            && after.iter().any(|v| !v.is_finite())
+        {
+            return Outcome::Broken(
+                "predict returned OK with a non-finite output after observe".into(),
+            );
+        }
+        if o != msr_status::MSR_OK
+            && p == msr_status::MSR_OK
+            && let Some(before) = &predicted
+            && after
+                .iter()
+                .zip(before)
+                .any(|(a, b)| a.to_bits() != b.to_bits())
+        {
+            return Outcome::Broken("a refused observe changed the session".into());
+        }
+        // What the session predicts now (a successful observe moved it).
+        predicted = (p == msr_status::MSR_OK).then_some(after);
+    }
 
     // Save, and every saved state loads back.
     let mut state = vec![0u8; info.state_len];

@@ -466,3 +466,31 @@ fn split_sizes(family: &Family, support: usize, ep: EpisodeArgs) -> Result<(usiz
         .ok_or_else(|| format!("--support must be below the {examples} examples per task"))?;
     Ok((support, query))
 }
+
+/// [`split_sizes`], with an explicit number of query examples per task for regression
+/// (`--query`): a generated family generates as many examples as asked; a task file has
+/// what it has.
+fn split_sizes_with(
+    family: &Family,
+    support: usize,
+    ep: EpisodeArgs,
+    query: Option<usize>,
+) -> Result<(usize, usize)> {
+    match query {
+        Some(q) if !family.is_classification() => {
+            let generated = family.file().is_none();
+            let examples = family.examples_per_task();
+            if support == 0 || q == 0 || q > 100_000 || support > 100_000 {
+                return Err("--support and --query must be positive (at most 100000)".into());
+            }
+            if !generated && support + q > examples {
+                return Err(format!(
+                    "--support {support} + --query {q} exceed the file's {examples} examples per task"
+                )
+                .into());
+            }
+            Ok((support, q))
+        }
+        _ => split_sizes(family, support, ep),
+    }
+}

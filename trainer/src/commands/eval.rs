@@ -27,6 +27,10 @@ pub(crate) struct EvalArgs {
     /// Support examples per task; on glyphs: per class (shots).
     #[arg(long, default_value_t = 1)]
     support: usize,
+    /// Query examples per task (regression; default: the task's examples after the
+    /// support ones: 20 - K on the generated families, which can generate more).
+    #[arg(long)]
+    query: Option<usize>,
     #[command(flatten)]
     episodes: EpisodeArgs,
     /// Augment the query examples (random rotations, flips and resizes), as Aug-Omniglot's
@@ -69,7 +73,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     } else {
         family
     };
-    let (support, query) = split_sizes(&family, args.support, args.episodes)?;
+    let (support, query) = split_sizes_with(&family, args.support, args.episodes, args.query)?;
     let steps = args
         .inner_steps
         .unwrap_or(model.info().inner_steps as usize);
