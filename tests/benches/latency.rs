@@ -203,6 +203,67 @@ fn rank1_adapt_predict(c: &mut Criterion) {
     unsafe { msr_model_free(&mut m) };
 }
 
+/// Gauss-Newton against SGD on the rank1-shaped model, in the same process: adapt (1 step,
+/// 1 example) + predict 19 through the C ABI, and one streaming update (observe 1
+/// example) + predict 1.
+fn rank1_gauss_newton(c: &mut Criterion) {
+    let rec = rank1();
+    let (x, y) = (values(20 * 70, 1.0, 7), values(20 * 68, 1.0, 8));
+    let (xs, ys, xq) = (&x[..70], &y[..68], &x[70..]);
+    let mut out = vec![0.0f32; 19 * 68];
+    let (mut m_sgd, mut sgd) = c_session(&rec);
+    let (mut m_gn, mut gn) = c_session(&rec);
+    assert_eq!(
+        unsafe { msr_session_set_inner(gn, msr_inner::MSR_INNER_GAUSS_NEWTON as i32, 0.01) },
+        msr_status::MSR_OK
+    );
+    let adapt_predict = |s: *mut msr_session, out: &mut [f32]| {
+        let st =
+            unsafe { msr_session_adapt(s, xs.as_ptr(), 70, ys.as_ptr(), 68, 1, ptr::null_mut()) };
+        let sp =
+            unsafe { msr_session_predict(s, xq.as_ptr(), 19 * 70, 19, out.as_mut_ptr(), 19 * 68) };
+        assert_eq!((st, sp), (msr_status::MSR_OK, msr_status::MSR_OK));
+        black_box(&out);
+    };
+    let mut g =
+        c.benchmark_group("rank1 msr-fc: adapt (1 step, 1 example) + predict 19, SGD vs GN");
+    g.bench_function("C ABI, SGD", |b| b.iter(|| adapt_predict(sgd, &mut out)));
+    g.bench_function("C ABI, Gauss-Newton", |b| {
+        b.iter(|| adapt_predict(gn, &mut out))
+    });
+    g.finish();
+    tails("rank1 adapt+predict, C ABI, SGD", || {
+        adapt_predict(sgd, &mut out)
+    });
+    tails("rank1 adapt+predict, C ABI, Gauss-Newton", || {
+        adapt_predict(gn, &mut out)
+    });
+
+    // Streaming: a robot's tick, observe the last sample then predict the next.
+    let mut i = 0usize;
+    let mut one = vec![0.0f32; 68];
+    let mut tick = || {
+        let k = i % 19;
+        i += 1;
+        let so = unsafe {
+            msr_session_observe(gn, x[k * 70..].as_ptr(), 70, y[k * 68..].as_ptr(), 68, 1)
+        };
+        let sp = unsafe {
+            msr_session_predict(gn, x[(k + 1) * 70..].as_ptr(), 70, 1, one.as_mut_ptr(), 68)
+        };
+        assert_eq!((so, sp), (msr_status::MSR_OK, msr_status::MSR_OK));
+        black_box(&one);
+    };
+    let mut g = c.benchmark_group("rank1 msr-fc: observe 1 example + predict 1 (Gauss-Newton)");
+    g.bench_function("C ABI", |b| b.iter(&mut tick));
+    g.finish();
+    tails("rank1 observe+predict, C ABI", &mut tick);
+    unsafe { msr_session_free(&mut sgd) };
+    unsafe { msr_model_free(&mut m_sgd) };
+    unsafe { msr_session_free(&mut gn) };
+    unsafe { msr_model_free(&mut m_gn) };
+}
+
 fn mlp_predict(c: &mut Criterion) {
     let rec = mlp();
     let x = values(64, 1.0, 9);
@@ -335,5 +396,11 @@ fn glyph_classify(c: &mut Criterion) {
     unsafe { msr_model_free(&mut m) };
 }
 
-criterion_group!(benches, rank1_adapt_predict, mlp_predict, glyph_classify);
+criterion_group!(
+    benches,
+    rank1_adapt_predict,
+    rank1_gauss_newton,
+    mlp_predict,
+    glyph_classify
+);
 criterion_main!(benches);
