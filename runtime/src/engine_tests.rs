@@ -251,7 +251,7 @@ mod gauss_newton {
     use crate::format::{ModelInfo, ModelRecord};
     use crate::realtime::{Inner, RtModel, Session};
     use crate::spec::{Activation, FeatureShape, LayerSpec, Loss, NetSpec, Op};
-    use crate::test_support::{HostParams, Rng, layer_records, nets, targets};
+    use crate::test_support::{HostParams, Rng, layer_records, nets, rel_err, targets};
 
     fn record(spec: NetSpec, seed: u64, steps: u32) -> ModelRecord {
         let net = crate::net::Net::new(spec.clone(), &crate::device::cpu()).unwrap();
@@ -488,7 +488,10 @@ mod gauss_newton {
             assert!(s.set_inner(Inner::GaussNewton { damping: d }).is_err());
         }
         assert_eq!(s.inner(), Inner::Sgd, "a refused switch changes nothing");
-        // A plain 64 x 64 layer has 4096 + 64 adapted parameters: over the limit.
+        // A plain 64 x 64 layer has 4096 + 64 adapted parameters: over the primal form's
+        // limit. Sessions of a small capacity get the dual form (up to capacity x 64 rows),
+        // adapt on at most that many examples and cannot stream; a capacity whose rows
+        // outnumber the parameters has no form at all and is refused.
         let big = NetSpec {
             input: FeatureShape(vec![64]),
             layers: vec![LayerSpec {
@@ -501,11 +504,74 @@ mod gauss_newton {
             }],
             loss: Loss::Mse,
         };
-        let mut s = Session::new(RtModel::new(&record(big, 1, 1)).unwrap(), 2).unwrap();
+        let rt = RtModel::new(&record(big, 1, 1)).unwrap();
+        let mut s = Session::new(rt.clone(), 2).unwrap();
+        s.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
+        let x = vec![0.5f32; 3 * 64];
+        let y = vec![0.25f32; 3 * 64];
+        let before = s.loss(&x[..128], &y[..128], 2).unwrap();
+        let after = s.adapt(&x[..128], &y[..128], 2).unwrap();
+        assert!(after < before, "{before} -> {after}");
+        let e = s.adapt(&x, &y, 3).unwrap_err();
+        assert!(e.to_string().contains("capacity"), "{e}");
+        let e = s.observe(&x[..64], &y[..64], 1).unwrap_err();
+        assert!(e.to_string().contains("2048"), "{e}");
+        let mut s = Session::new(rt, 80).unwrap();
         let e = s
             .set_inner(Inner::GaussNewton { damping: 1.0 })
             .unwrap_err();
         assert!(e.to_string().contains("Gauss-Newton"), "{e}");
+    }
+
+    /// The dual form (a system of the support set's outputs) and the primal form (of the
+    /// parameters) take the same step, on every test net and both losses.
+    #[test]
+    fn dual_and_primal_forms_agree() {
+        for loss in [Loss::Mse, Loss::CrossEntropy] {
+            for (name, spec) in nets(loss) {
+                let rt = RtModel::new(&record(spec, 12, 1)).unwrap();
+                let (fi, fo) = (rt.input_len(), rt.output_len());
+                let p = rt.adapted_len();
+                let n = 2;
+                if n * fo >= p {
+                    continue; // no dual form for this net at n = 2
+                }
+                let mut rng = Rng::new(13);
+                let x: Vec<f32> = rng.normals(n * fi, 1.0).iter().map(|&v| v as f32).collect();
+                let y: Vec<f32> = targets(loss, 1, n, fo, &mut rng)
+                    .iter()
+                    .map(|&v| v as f32)
+                    .collect();
+                let run = |capacity: usize| {
+                    let mut s = Session::new(rt.clone(), capacity).unwrap();
+                    s.set_inner(Inner::GaussNewton { damping: 0.5 }).unwrap();
+                    s.inner_steps = 2;
+                    let l = s.adapt(&x, &y, n).unwrap();
+                    let v: Vec<f64> = (0..rt.layers())
+                        .flat_map(|i| {
+                            s.adapted(i)
+                                .iter()
+                                .flatten()
+                                .map(|&v| v as f64)
+                                .collect::<Vec<_>>()
+                        })
+                        .collect();
+                    (l, v)
+                };
+                // Capacity 2: n F < P rows, the dual form; capacity P: only the primal.
+                let (ld, dual) = run(2);
+                let (lp, primal) = run(p);
+                let err = rel_err(&dual, &primal);
+                assert!(
+                    err < 1e-4,
+                    "{name} {loss:?}: dual vs primal rel err {err:e}"
+                );
+                assert!(
+                    (ld - lp).abs() <= 1e-4 * lp.abs().max(1e-6),
+                    "{name}: {ld} vs {lp}"
+                );
+            }
+        }
     }
 }
 

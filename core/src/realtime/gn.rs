@@ -19,9 +19,27 @@
 
 use alloc::vec::Vec;
 
-/// The most adapted parameters a Gauss-Newton session takes (its matrix is `P x P` f64:
-/// 32 MiB at this limit). Larger models adapt with SGD.
+/// The most adapted parameters for the `P x P` (primal) form of a Gauss-Newton step, and
+/// for streaming updates (three `P x P` f64 matrices: 96 MiB at this limit).
 pub const MAX_GN_PARAMS: usize = 2048;
+/// The most entries of the stored Jacobian of the dual form (`capacity x outputs` rows of
+/// `P`), used when a support set has fewer outputs than the model has parameters: 64 MiB
+/// of f32.
+pub const MAX_DUAL_ENTRIES: usize = 1 << 24;
+
+/// Which forms of the solve a session with `p` parameters, chunks of `capacity` examples
+/// and `outputs` per example gets: the primal `P x P` form when `p` is at most
+/// [`MAX_GN_PARAMS`]; the dual form, for up to `capacity x outputs` rows, when that is
+/// fewer than `p` and the stored rows fit [`MAX_DUAL_ENTRIES`] (0 rows: none).
+pub(crate) fn forms(p: usize, capacity: usize, outputs: usize) -> (bool, usize) {
+    let rows = capacity.saturating_mul(outputs);
+    let dual = if rows < p && rows.saturating_mul(p) <= MAX_DUAL_ENTRIES {
+        rows
+    } else {
+        0
+    };
+    (p <= MAX_GN_PARAMS, dual)
+}
 
 /// How many times a step is retried with more damping before the adaptation stops early
 /// (the loss can no longer be lowered from where it is).
@@ -64,13 +82,26 @@ pub(crate) struct GnBuffers {
     /// `[p, p]` (the estimate's covariance, up to the noise scale), valid while `streaming`.
     pub(crate) cov: Vec<f64>,
     pub(crate) streaming: bool,
+    /// Whether the `P x P` buffers (`g_mat`, `chol`, `cov`) exist.
+    pub(crate) primal: bool,
+    /// The dual form: rows `K` (`G = K^T K`) of up to `dual_rows` outputs, `[dual_rows, p]`,
+    /// the `[dual_rows, dual_rows]` system and its right-hand side. `dual_rows` is 0 when
+    /// the form is not available.
+    pub(crate) dual_rows: usize,
+    pub(crate) kmat: Vec<f32>,
+    pub(crate) mmat: Vec<f64>,
+    pub(crate) tvec: Vec<f64>,
 }
 
 impl GnBuffers {
+    /// Buffers for `p` parameters, `outputs` per example, the primal form if `primal`, the
+    /// dual form for up to `dual_rows` outputs (0: none).
     pub(crate) fn new(
         p: usize,
         outputs: usize,
         diag: Vec<f64>,
+        primal: bool,
+        dual_rows: usize,
     ) -> Result<Self, crate::error::Error> {
         let f64s = |n: usize| -> Result<Vec<f64>, crate::error::Error> {
             let mut v = Vec::new();
@@ -82,24 +113,64 @@ impl GnBuffers {
             v.resize(n, 0.0);
             Ok(v)
         };
+        let pp = if primal { p * p } else { 0 };
         Ok(GnBuffers {
             p,
-            g_mat: f64s(p * p)?,
-            chol: f64s(p * p)?,
+            g_mat: f64s(pp)?,
+            chol: f64s(pp)?,
             grad: f64s(p)?,
             step: f64s(p)?,
             jac: super::zeros(outputs * p, "Jacobian rows")?,
             saved: super::zeros(p, "Gauss-Newton parameters")?,
             diag,
-            cov: f64s(p * p)?,
+            cov: f64s(pp)?,
             streaming: false,
+            primal,
+            dual_rows,
+            kmat: super::zeros(dual_rows * p, "Jacobian rows")?,
+            mmat: f64s(dual_rows * dual_rows)?,
+            tvec: f64s(dual_rows)?,
         })
     }
 
     /// Bytes these buffers take for `p` parameters and `outputs` outputs per example.
-    pub(crate) fn bytes(p: usize, outputs: usize) -> u128 {
-        let (p, f) = (p as u128, outputs as u128);
-        8 * (3 * p * p + 3 * p) + 4 * (f * p + p)
+    pub(crate) fn bytes(p: usize, outputs: usize, primal: bool, dual_rows: usize) -> u128 {
+        let (p, f, c) = (p as u128, outputs as u128, dual_rows as u128);
+        let pp = if primal { p * p } else { 0 };
+        8 * (3 * pp + 3 * p + c * c + c) + 4 * (f * p + p + c * p)
+    }
+
+    /// The dual form of the damped solve for `c` rows of `K` (`G = K^T K`):
+    /// `(K^T K + lambda D)^-1 g = (lambda D)^-1 (g - K^T z)`, with
+    /// `(I + K (lambda D)^-1 K^T) z = K (lambda D)^-1 g` (Woodbury): a `c x c` system.
+    /// Writes `-` that into `step`. False if the system could not be factorised.
+    pub(crate) fn solve_dual(&mut self, lambda: f64, c: usize) -> bool {
+        let p = self.p;
+        for a in 0..c {
+            let ka = &self.kmat[a * p..(a + 1) * p];
+            for b in 0..=a {
+                let kb = &self.kmat[b * p..(b + 1) * p];
+                let mut sum = 0.0f64;
+                for i in 0..p {
+                    sum += ka[i] as f64 * kb[i] as f64 / (lambda * self.diag[i]);
+                }
+                self.mmat[a * c + b] = sum + if a == b { 1.0 } else { 0.0 };
+            }
+            self.tvec[a] = (0..p)
+                .map(|i| ka[i] as f64 * self.grad[i] / (lambda * self.diag[i]))
+                .sum();
+        }
+        if !cholesky(&mut self.mmat[..c * c], c) {
+            return false;
+        }
+        cholesky_solve(&self.mmat[..c * c], c, &mut self.tvec[..c]);
+        for i in 0..p {
+            let kz: f64 = (0..c)
+                .map(|a| self.kmat[a * p + i] as f64 * self.tvec[a])
+                .sum();
+            self.step[i] = -(self.grad[i] - kz) / (lambda * self.diag[i]);
+        }
+        self.step.iter().all(|s| s.is_finite())
     }
 
     /// Solves `(G + lambda D) step = -grad` into `step`, `D` the per-parameter base

@@ -417,7 +417,7 @@ impl RtModel {
             + 2 * kron_scratch_len(&self.layers) as u128;
         // A model meta-trained for Gauss-Newton switches it on in every session.
         let gn = if self.gauss_newton {
-            self.gn_bytes()
+            self.gn_bytes(capacity)
         } else {
             0
         };
@@ -435,19 +435,20 @@ impl RtModel {
         self.normalizer.as_ref()
     }
 
-    /// Bytes [`Session::set_inner`] allocates to switch Gauss-Newton on (0 when it would
-    /// refuse: more than [`MAX_GN_PARAMS`] adapted parameters).
-    pub fn gn_bytes(&self) -> u128 {
+    /// Bytes [`Session::set_inner`] allocates to switch Gauss-Newton on in a session of
+    /// this `capacity` (0 when it would refuse).
+    pub fn gn_bytes(&self, capacity: usize) -> u128 {
         let p: usize = self
             .layers
             .iter()
             .filter(|l| l.lr != 0.0)
             .flat_map(|l| l.adapted0.iter().map(Vec::len))
             .sum();
-        if p > MAX_GN_PARAMS {
+        let (primal, dual_rows) = gn::forms(p, capacity, self.output_len);
+        if !primal && dual_rows == 0 {
             0
         } else {
-            gn::GnBuffers::bytes(p, self.output_len)
+            gn::GnBuffers::bytes(p, self.output_len, primal, dual_rows)
         }
     }
 

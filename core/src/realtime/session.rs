@@ -356,9 +356,14 @@ impl Session {
                     .filter(|(_, on)| **on)
                     .flat_map(|(l, _)| l.adapted0.iter().map(Vec::len))
                     .sum();
-                if p > MAX_GN_PARAMS {
+                let (primal, dual_rows) = super::gn::forms(p, self.capacity, self.model.output_len);
+                if !primal && dual_rows == 0 {
                     return Err(DataError::Shape(ShapeError::OverLimit {
-                        what: "adapted parameters for Gauss-Newton adaptation (use SGD)".into(),
+                        what: format!(
+                            "adapted parameters for Gauss-Newton adaptation ({} outputs per chunk of {}: use SGD, or a smaller capacity for the dual form)",
+                            self.capacity * self.model.output_len,
+                            self.capacity
+                        ),
                         value: Some(p as u128),
                         limit: MAX_GN_PARAMS as u64,
                     })
@@ -382,7 +387,13 @@ impl Session {
                         diag.extend(core::iter::repeat_n(*d as f64, n));
                     }
                 }
-                self.gn = Some(GnBuffers::new(p, self.model.output_len, diag)?);
+                self.gn = Some(GnBuffers::new(
+                    p,
+                    self.model.output_len,
+                    diag,
+                    primal,
+                    dual_rows,
+                )?);
                 self.gn_layers = layers;
             }
         }
@@ -404,13 +415,36 @@ impl Session {
             }
             .into());
         }
+        let c = n * self.model.output_len;
+        let (dual, primal) = {
+            let gn = self.gn.as_ref().expect("allocated by set_inner");
+            (gn.dual_rows >= c && c < gn.p, gn.primal)
+        };
+        if !dual && !primal {
+            self.restore_backup();
+            return Err(DataError::Shape(ShapeError::OverLimit {
+                what: "examples for a Gauss-Newton step of this model (the session's capacity: its dual form holds that many)".into(),
+                value: Some(n as u128),
+                limit: self.capacity as u64,
+            })
+            .into());
+        }
         let mut lambda = base;
         for _ in 0..self.inner_steps {
-            self.gn_accumulate(x, y, n);
+            if dual {
+                self.gn_accumulate_dual(x, y, n);
+            } else {
+                self.gn_accumulate(x, y, n);
+            }
             let mut accepted = false;
             for _ in 0..MAX_TRIALS {
                 let gn = self.gn.as_mut().expect("allocated by set_inner");
-                if !gn.solve(lambda) {
+                let solved = if dual {
+                    gn.solve_dual(lambda, c)
+                } else {
+                    gn.solve(lambda)
+                };
+                if !solved {
                     lambda *= 10.0;
                     continue;
                 }
@@ -483,6 +517,12 @@ impl Session {
             }
         }
         let (fi, fo) = (self.model.input_len, self.model.output_len);
+        if !self.gn.as_ref().is_some_and(|g| g.primal) {
+            return Err(DataError::NotConfigured(
+                "streaming updates keep the P x P covariance: at most 2048 adapted parameters",
+            )
+            .into());
+        }
         let mut gn = self.gn.take().expect("Gauss-Newton is on");
         if !gn.streaming {
             gn.start_stream(damping as f64);
@@ -703,6 +743,72 @@ impl Session {
         for o in 0..fo {
             self.jacobian_row(o, &mut jac[o * p..(o + 1) * p]);
         }
+    }
+
+    /// The dual form's accumulation: the gradient, and the rows of `K` with `G = K^T K`
+    /// (`sqrt(s) J` for the mean squared error; for cross-entropy, per example,
+    /// `sqrt(mass p_o / n) (J_o - sum_o' p_o' J_o')`).
+    fn gn_accumulate_dual(&mut self, x: &[f32], y: &[f32], n: usize) {
+        let (fi, fo) = (self.model.input_len, self.model.output_len);
+        let mut gn = self.gn.take().expect("allocated by set_inner");
+        let p = gn.p;
+        gn.grad.fill(0.0);
+        for e in 0..n {
+            self.forward_chunk(&x[e * fi..(e + 1) * fi], 1);
+            self.jacobian_rows(&mut gn.jac);
+            let out = &self.acts.last().expect("non-empty")[..fo];
+            let stats = self
+                .model
+                .normalizer
+                .as_ref()
+                .and_then(|s| s.output.as_ref());
+            let target = |o: usize| match stats {
+                Some(s) => (y[e * fo + o] - s.mean[o]) / s.scale[o],
+                None => y[e * fo + o],
+            };
+            let rows = &mut gn.kmat[e * fo * p..(e + 1) * fo * p];
+            match self.model.loss {
+                Loss::Mse => {
+                    let s = 2.0 / (n * fo) as f64;
+                    let root = crate::math::sqrt64(s) as f32;
+                    for o in 0..fo {
+                        let j = &gn.jac[o * p..(o + 1) * p];
+                        let r = (out[o] - target(o)) as f64;
+                        for (g, ji) in gn.grad.iter_mut().zip(j) {
+                            *g += s * r * *ji as f64;
+                        }
+                        for (k, ji) in rows[o * p..(o + 1) * p].iter_mut().zip(j) {
+                            *k = root * ji;
+                        }
+                    }
+                }
+                Loss::CrossEntropy => {
+                    let max = out.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                    let sum: f64 = out.iter().map(|v| exp(v - max) as f64).sum();
+                    let pr = |o: usize| exp(out[o] - max) as f64 / sum;
+                    let mass: f64 = (0..fo).map(|o| target(o) as f64).sum();
+                    // u = sum_o p_o J_o, in `step` (free until the solve).
+                    gn.step.fill(0.0);
+                    for o in 0..fo {
+                        let (po, j) = (pr(o), &gn.jac[o * p..(o + 1) * p]);
+                        let q = (po * mass - target(o) as f64) / n as f64;
+                        for ((g, u), ji) in gn.grad.iter_mut().zip(gn.step.iter_mut()).zip(j) {
+                            *g += q * *ji as f64;
+                            *u += po * *ji as f64;
+                        }
+                    }
+                    for o in 0..fo {
+                        let w = crate::math::sqrt64(mass.max(0.0) * pr(o) / n as f64);
+                        let j = &gn.jac[o * p..(o + 1) * p];
+                        for ((k, ji), u) in rows[o * p..(o + 1) * p].iter_mut().zip(j).zip(&gn.step)
+                        {
+                            *k = (w * (*ji as f64 - u)) as f32;
+                        }
+                    }
+                }
+            }
+        }
+        self.gn = Some(gn);
     }
 
     /// Row `o` of `J` for the example in the activations (a chunk of one): the gradient of
