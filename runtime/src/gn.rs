@@ -12,9 +12,11 @@
 //! (`N F < P`) it solves the equivalent `N F x N F` system instead
 //! (`(s J Lambda^-1 J^T + I) z = r`, `dv = -s Lambda^-1 J^T z`, the push-through identity).
 //!
-//! Unlike the real-time engine, a step here is always taken (no trial and retry: the
-//! path must be one differentiable function); with the meta-learned dampings the steps
-//! the runtime takes are the same whenever they lower the support loss.
+//! Every step minimises the support loss plus the prior `1/2 |v - v_start|^2_Lambda`
+//! (centred where adaptation started), as the real-time engine's do. Unlike the real-time
+//! engine, a step here is always taken (no trial and retry: the path must be one
+//! differentiable function); the steps the runtime takes are the same whenever they lower
+//! that objective.
 
 use burn::tensor::{Tensor, TensorData, activation};
 
@@ -158,8 +160,10 @@ impl Net {
         Tensor::cat(parts, 1)
     }
 
-    /// One damped Gauss-Newton step for every task: `x` `[T, N, in]`, `y` `[T, N, out]`;
-    /// the moved layers' log-dampings are in `params`' `lr` slots.
+    /// One damped Gauss-Newton step for every task on the support loss plus the prior
+    /// `1/2 |v - anchor|^2_Lambda`: `x` `[T, N, in]`, `y` `[T, N, out]`; the moved layers'
+    /// log-dampings are in `params`' `lr` slots. From `task == anchor` it is the plain
+    /// damped step.
     pub fn gn_step(
         &self,
         params: &MetaParams,
@@ -167,6 +171,7 @@ impl Net {
         x: Tensor<3>,
         y: Tensor<3>,
         moved: &Moved,
+        anchor: &TaskParams,
     ) -> TaskParams {
         let [t, n, _] = x.dims();
         let fo = self.output_len();
@@ -174,24 +179,49 @@ impl Net {
         let (out, j) = self.jacobian(params, &task, x, moved);
         let p = j.dims()[2];
         let lam = self.dampings(params, &task, moved).reshape([1, 1, p]); // [1, 1, P]
+        let lam_col = lam.clone().reshape([1, p, 1]);
+        // The prior's gradient, Lambda (v - anchor), [T, P, 1].
+        let flat = |tp: &TaskParams| -> Tensor<2> {
+            let parts: Vec<Tensor<2>> = tp
+                .layers
+                .iter()
+                .zip(moved)
+                .filter(|(_, m)| **m)
+                .flat_map(|(l, _)| {
+                    l.iter().map(|v| {
+                        if v.dims()[0] == t {
+                            v.clone()
+                        } else {
+                            v.clone().repeat_dim(0, t)
+                        }
+                    })
+                })
+                .collect();
+            Tensor::cat(parts, 1)
+        };
+        let prior = (flat(&task) - flat(anchor)).reshape([t, p, 1]) * lam_col.clone();
         let jt = j.clone().swap_dims(1, 2); // [T, P, C]
         let step = match self.spec().loss {
             Loss::Mse if c < p => {
-                // (s J Lambda^-1 J^T + I) z = r, dv = -s Lambda^-1 J^T z.
+                // G = K^T K with K = sqrt(s) J; Woodbury:
+                // (K^T K + Lambda)^-1 g = Lambda^-1 (g - K^T z), (I + K Lambda^-1 K^T) z = K Lambda^-1 g.
                 let s = 2.0 / c as f64;
                 let r = (out - y).reshape([t, c, 1]);
-                let jl = j.clone() / lam.clone(); // J Lambda^-1
+                let g = jt.matmul(r).mul_scalar(s) + prior;
+                let k = j.mul_scalar(s.sqrt()); // [T, C, P]
                 let eye: Vec<f32> = (0..c * c)
                     .map(|i| if i / c == i % c { 1.0 } else { 0.0 })
                     .collect();
-                let k = jl.clone().matmul(jt).mul_scalar(s) + constant::<3>(eye, [1, c, c], &r);
-                let z = cholesky_solve(k, r);
-                jl.swap_dims(1, 2).matmul(z).mul_scalar(-s) // [T, P, 1]
+                let m = (k.clone() / lam.clone()).matmul(k.clone().swap_dims(1, 2))
+                    + constant::<3>(eye, [1, c, c], &g);
+                let rhs = k.clone().matmul(g.clone() / lam_col.clone());
+                let z = cholesky_solve(m, rhs);
+                (g - k.swap_dims(1, 2).matmul(z)).div(lam_col).neg() // [T, P, 1]
             }
             Loss::Mse => {
                 let s = 2.0 / c as f64;
                 let r = (out - y).reshape([t, c, 1]);
-                let g = jt.clone().matmul(r).mul_scalar(s);
+                let g = jt.clone().matmul(r).mul_scalar(s) + prior;
                 let gmat = jt.matmul(j).mul_scalar(s);
                 self.damped_solve(gmat, g, lam, p)
             }
@@ -200,7 +230,7 @@ impl Net {
                 let pr = activation::softmax(out, 2); // [T, N, F]
                 let mass = y.clone().sum_dim(2); // [T, N, 1]
                 let q = (pr.clone() * mass.clone() - y).div_scalar(n as f64);
-                let g = jt.clone().matmul(q.reshape([t, c, 1]));
+                let g = jt.clone().matmul(q.reshape([t, c, 1])) + prior;
                 let w = (pr.clone() * mass.clone())
                     .div_scalar(n as f64)
                     .reshape([t, c, 1]);
@@ -251,7 +281,8 @@ impl Net {
         cholesky_solve(gmat + d, g).neg()
     }
 
-    /// `steps` damped Gauss-Newton steps from `task` (see [`Net::gn_step`]).
+    /// `steps` damped Gauss-Newton steps from `task`, the prior centred there (see
+    /// [`Net::gn_step`]).
     pub fn adapt_gn(
         &self,
         params: &MetaParams,
@@ -261,8 +292,9 @@ impl Net {
         steps: usize,
         moved: &Moved,
     ) -> TaskParams {
+        let anchor = task.clone();
         for _ in 0..steps {
-            task = self.gn_step(params, task, x.clone(), y.clone(), moved);
+            task = self.gn_step(params, task, x.clone(), y.clone(), moved, &anchor);
         }
         task
     }

@@ -86,12 +86,14 @@ fn burn_step_equals_the_real_time_step() {
 
                 let params = host.upload(&net, &dev, false);
                 let task = net.initial(&params, 1);
+                let anchor = task.clone();
                 let stepped = net.gn_step(
                     &params,
                     task,
                     f64_tensor(x.clone(), [1, n, fi], &dev),
                     f64_tensor(y.clone(), [1, n, fo], &dev),
                     &mv,
+                    &anchor,
                 );
                 let burn: Vec<f64> = stepped.layers.iter().flatten().flat_map(to_f64).collect();
 
@@ -157,8 +159,9 @@ fn meta_gradient_through_gauss_newton_matches_finite_differences() {
     // Support sizes on both sides of the push-through switch (N F vs P = 3+3+2+2 = 10).
     for (loss, ns, steps) in [
         (Loss::Mse, 3, 1),
+        (Loss::Mse, 3, 2),
         (Loss::Mse, 7, 2),
-        (Loss::CrossEntropy, 4, 1),
+        (Loss::CrossEntropy, 4, 2),
     ] {
         let spec = small_net(loss);
         let net = Net::new(spec.clone(), &plain).unwrap();
@@ -294,12 +297,14 @@ fn frozen_body_and_dense_head_agree_on_both_engines() {
         let x = rng.normals(n * 5, 1.0);
         let y = rng.normals(n * 3, 1.0);
         let params = host.upload(&net, &dev, false);
+        let init = net.initial(&params, 1);
         let stepped = net.gn_step(
             &params,
-            net.initial(&params, 1),
+            init.clone(),
             f64_tensor(x.clone(), [1, n, 5], &dev),
             f64_tensor(y.clone(), [1, n, 3], &dev),
             &[false, true],
+            &init,
         );
         let burn: Vec<f64> = stepped.layers[1].iter().flat_map(to_f64).collect();
         let mut s = Session::new(RtModel::new(&rec).unwrap(), 4).unwrap();

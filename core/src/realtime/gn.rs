@@ -6,10 +6,14 @@
 //! cross-entropy. For a model linear in its adapted parameters one step is the exact ridge
 //! solution centred at the current parameters.
 //!
-//! A step is kept only if it lowers the support loss; otherwise it is undone and retried
-//! with ten times the damping (Levenberg-Marquardt), so the support loss never rises, and
-//! more steps or more data never make an adaptation diverge. The damping of an accepted
-//! step is divided by 3 for the next (never below the session's base damping).
+//! The steps minimise the support loss plus a prior, `1/2 |v - v_start|^2_Lambda` (the
+//! dampings, centred where the adaptation started: the meta-learned initialisation): the
+//! first step is the damped step above, later ones converge to the prior's minimiser
+//! (for a model linear in v the first step is already there), not to an interpolant of the
+//! support set. A step is kept only if it lowers that objective; otherwise it is undone
+//! and retried with more damping (Levenberg-Marquardt: `(1 + nu) Lambda`, nu = 1, 10,
+//! 100...; nu shrinks tenfold after each kept step), so more steps or more data never
+//! make an adaptation diverge.
 //!
 //! Cost per step: one forward pass and `F` backward passes per support example (the
 //! rows of `J`), `F P^2` multiply-adds to accumulate `G`, `P^3 / 3` to factorise it (in
@@ -76,6 +80,8 @@ pub(crate) struct GnBuffers {
     pub(crate) jac: Vec<f32>,
     /// The parameters before a trial step.
     pub(crate) saved: Vec<f32>,
+    /// Where the adaptation started: the centre of the prior.
+    pub(crate) anchor: Vec<f32>,
     /// Each parameter's base damping (its layer's).
     pub(crate) diag: Vec<f64>,
     /// Streaming updates ([`super::Session::observe`]): the inverse information matrix
@@ -122,6 +128,7 @@ impl GnBuffers {
             step: f64s(p)?,
             jac: super::zeros(outputs * p, "Jacobian rows")?,
             saved: super::zeros(p, "Gauss-Newton parameters")?,
+            anchor: super::zeros(p, "Gauss-Newton parameters")?,
             diag,
             cov: f64s(pp)?,
             streaming: false,
@@ -137,7 +144,7 @@ impl GnBuffers {
     pub(crate) fn bytes(p: usize, outputs: usize, primal: bool, dual_rows: usize) -> u128 {
         let (p, f, c) = (p as u128, outputs as u128, dual_rows as u128);
         let pp = if primal { p * p } else { 0 };
-        8 * (3 * pp + 3 * p + c * c + c) + 4 * (f * p + p + c * p)
+        8 * (3 * pp + 3 * p + c * c + c) + 4 * (f * p + 2 * p + c * p)
     }
 
     /// The dual form of the damped solve for `c` rows of `K` (`G = K^T K`):

@@ -429,38 +429,46 @@ impl Session {
             })
             .into());
         }
-        let mut lambda = base;
+        // The objective is the support loss plus the prior 1/2 |v - v_start|^2_Lambda that
+        // keeps the estimate near where adaptation started (the meta-learned
+        // initialisation): its minimiser, not the support set's interpolant, is what more
+        // steps converge to. `nu` is Levenberg-Marquardt's extra damping, 0 while full
+        // steps succeed.
+        self.gn_anchor();
+        let mut objective = loss as f64;
+        let mut nu = 0.0f64;
         for _ in 0..self.inner_steps {
             if dual {
                 self.gn_accumulate_dual(x, y, n);
             } else {
                 self.gn_accumulate(x, y, n);
             }
+            self.gn_prior_gradient(base);
             let mut accepted = false;
             for _ in 0..MAX_TRIALS {
                 let gn = self.gn.as_mut().expect("allocated by set_inner");
+                let lambda = base * (1.0 + nu);
                 let solved = if dual {
                     gn.solve_dual(lambda, c)
                 } else {
                     gn.solve(lambda)
                 };
-                if !solved {
-                    lambda *= 10.0;
-                    continue;
+                if solved {
+                    self.gn_apply(true);
+                    let trial = self.pass(x, y, n, false);
+                    let total = trial as f64 + self.gn_prior(base);
+                    if trial.is_finite() && total <= objective && self.params_finite() {
+                        (loss, objective) = (trial, total);
+                        nu /= 10.0;
+                        accepted = true;
+                        break;
+                    }
+                    self.gn_apply(false);
                 }
-                self.gn_apply(true);
-                let trial = self.pass(x, y, n, false);
-                if trial.is_finite() && trial <= loss && self.params_finite() {
-                    loss = trial;
-                    lambda = (lambda / 3.0).max(base);
-                    accepted = true;
-                    break;
-                }
-                self.gn_apply(false);
-                lambda *= 10.0;
+                nu = if nu == 0.0 { 1.0 } else { nu * 10.0 };
             }
             if !accepted {
-                break; // no damped step lowers the loss from here
+                break; // no damped step lowers the objective from here
             }
         }
         Ok(loss)
@@ -570,6 +578,56 @@ impl Session {
             .into());
         }
         Ok(())
+    }
+
+    /// Records the moved parameters as the prior's centre.
+    fn gn_anchor(&mut self) {
+        let gn = self.gn.as_mut().expect("allocated by set_inner");
+        let mut at = 0;
+        for (layer, on) in self.adapted.iter().zip(&self.gn_layers) {
+            if *on {
+                for v in layer {
+                    gn.anchor[at..at + v.len()].copy_from_slice(v);
+                    at += v.len();
+                }
+            }
+        }
+    }
+
+    /// Adds the prior's gradient `Lambda (v - v_start)` to the accumulated gradient.
+    fn gn_prior_gradient(&mut self, scale: f64) {
+        let gn = self.gn.as_mut().expect("allocated by set_inner");
+        let mut at = 0;
+        for (layer, on) in self.adapted.iter().zip(&self.gn_layers) {
+            if *on {
+                for v in layer {
+                    for (i, vi) in v.iter().enumerate() {
+                        let k = at + i;
+                        gn.grad[k] += scale * gn.diag[k] * (*vi - gn.anchor[k]) as f64;
+                    }
+                    at += v.len();
+                }
+            }
+        }
+    }
+
+    /// The prior `1/2 |v - v_start|^2_Lambda` at the current parameters.
+    fn gn_prior(&self, scale: f64) -> f64 {
+        let gn = self.gn.as_ref().expect("allocated by set_inner");
+        let mut at = 0;
+        let mut sum = 0.0;
+        for (layer, on) in self.adapted.iter().zip(&self.gn_layers) {
+            if *on {
+                for v in layer {
+                    for (i, vi) in v.iter().enumerate() {
+                        let d = (*vi - gn.anchor[at + i]) as f64;
+                        sum += 0.5 * scale * gn.diag[at + i] * d * d;
+                    }
+                    at += v.len();
+                }
+            }
+        }
+        sum
     }
 
     /// With `forward`, saves the moved parameters and adds the solved step to them; else
