@@ -773,10 +773,14 @@ impl Session {
             jac.fill(0.0);
             let main = match &layer.weights {
                 super::Weights::Dense { ut, rows } => {
+                    // Column j of the rows is W_j a, W_j = reshape(U e_j): one
+                    // matrix-vector product each (the vectorised kernel of predict).
                     let k = ut.len() / rows;
+                    let col_out = &mut self.db[..fo];
                     for (j, col) in ut.chunks_exact(*rows).enumerate() {
-                        for o in 0..fo {
-                            jac[o * p + j] = super::kernels::dot(&col[o * fi..(o + 1) * fi], a);
+                        super::kernels::matvec(col, a, None, col_out);
+                        for (o, v) in col_out.iter().enumerate() {
+                            jac[o * p + j] = *v;
                         }
                     }
                     Some(k)
