@@ -72,9 +72,9 @@ typedef enum msr_backend {
 typedef enum msr_inner {
   // SGD with the meta-learned per-layer learning rates (the default).
   MSR_INNER_SGD = 0,
-  // Damped Gauss-Newton (Levenberg-Marquardt) in the space of the adapted parameters:
-  // the support loss never rises, so more steps or more examples never diverge. CPU
-  // real-time engine only.
+  // Damped Gauss-Newton (Levenberg-Marquardt) in the space of the adapted parameters,
+  // with a prior at the meta-learned initialisation: the support objective never rises,
+  // so more steps or more examples never diverge. Switchable on the CPU real-time engine.
   MSR_INNER_GAUSS_NEWTON = 1,
 } msr_inner;
 
@@ -233,13 +233,17 @@ enum msr_status msr_session_predict(struct msr_session *session,
                                     float *out,
                                     size_t out_len);
 
-// Chooses how the session adapts: `inner` is an `msr_inner` (as an integer);
-// `damping` is Gauss-Newton's base damping lambda (ignored for SGD; finite and positive;
-// larger keeps the parameters closer to where they start). Switching Gauss-Newton on
-// allocates its buffers (a matrix of the adapted parameters, squared; models with more
-// than 2048 adapted parameters are refused with `MSR_ERR_INVALID_ARGUMENT`); call it at
-// set-up, not in the control loop. Later adaptations allocate nothing. The GPU and
-// burn backends adapt with SGD only: `MSR_ERR_UNSUPPORTED`.
+// Chooses how the session adapts: `inner` is an `msr_inner` (as an integer). For
+// Gauss-Newton, `damping` (finite, positive; ignored for SGD) multiplies the model's
+// per-layer dampings (meta-learned for a model trained with Gauss-Newton, 1 otherwise):
+// larger keeps the parameters closer to where they start. Switching Gauss-Newton on
+// allocates its buffers (see docs/adaptation.md: a `P x P` matrix for up to 2048 adapted
+// parameters, or the dual form's rows for a support set of at most the session's
+// capacity; a model with neither is refused with `MSR_ERR_INVALID_ARGUMENT`): call it at
+// set-up, not in the control loop; later adaptations allocate nothing. It ends any stream
+// of `msr_session_observe`. Sessions on the GPU and burn backends cannot switch
+// (`MSR_ERR_UNSUPPORTED`); they adapt as the model was meta-trained (Gauss-Newton for a
+// model with a solver record).
 //
 // # Safety
 // See the crate documentation: pointers NULL or valid for the documented lengths.
@@ -250,8 +254,12 @@ enum msr_status msr_session_set_inner(struct msr_session *session, int32_t inner
 // update of the Gauss-Newton system (exact for layers linear in v), so a robot can feed
 // every new sample as it arrives; `msr_session_predict` uses the current estimate. The
 // first call after `msr_session_adapt`, `_reset` or `_load_state` starts from the
-// current parameters. Needs Gauss-Newton on (`msr_session_set_inner`; otherwise
-// `MSR_ERR_INVALID_ARGUMENT`); CPU real-time engine only (`MSR_ERR_UNSUPPORTED`).
+// current parameters, with the prior of `msr_session_adapt` on one example (observing one
+// example from the start equals adapting on it; n examples, a batch step on them with the
+// damping divided by n). Needs Gauss-Newton on (`msr_session_set_inner`; otherwise
+// `MSR_ERR_INVALID_ARGUMENT`) and at most 2048 adapted parameters; CPU real-time engine
+// only (`MSR_ERR_UNSUPPORTED`). A numerically unusable update is undone and reported as
+// `MSR_ERR_DIVERGED` (the stream then restarts).
 // Allocation-free. Cost per example: a forward pass, one backward pass per output and
 // `O(P^2)` per output, P the adapted parameters. Regression models only.
 //

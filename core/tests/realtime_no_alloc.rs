@@ -125,6 +125,38 @@ fn model(loss: Loss) -> ModelRecord {
     }
 }
 
+/// One share-linear layer, 8 -> 3, k = 4, with a bias.
+fn linear() -> ModelRecord {
+    let net = NetSpec {
+        input: FeatureShape(vec![8]),
+        layers: vec![LayerSpec {
+            op: Op::ShareLinear {
+                inputs: 8,
+                outputs: 3,
+                k: 4,
+                bias: true,
+            },
+            activation: Activation::Identity,
+        }],
+        loss: Loss::Mse,
+    };
+    ModelRecord {
+        info: ModelInfo {
+            name: "linear".into(),
+            task_family: "test".into(),
+            inner_steps: 2,
+            trainer_version: "test".into(),
+        },
+        net,
+        layers: vec![LayerRecord {
+            shared: vec![values(24 * 4, 3)],
+            adapted0: vec![values(4, 4), values(3, 5)],
+            lr: 0.1,
+        }],
+        ext: Default::default(),
+    }
+}
+
 #[test]
 fn adapt_and_predict_do_not_allocate() {
     for loss in [Loss::Mse, Loss::CrossEntropy] {
@@ -147,6 +179,12 @@ fn adapt_and_predict_do_not_allocate() {
         gn.set_inner(msr_core::realtime::Inner::GaussNewton { damping: 0.1 })
             .unwrap();
         gn.adapt(&x, &y, n).unwrap();
+        let lin_model = RtModel::new(&linear()).unwrap();
+        let mut lin = Session::new(lin_model, 4).unwrap();
+        lin.set_inner(msr_core::realtime::Inner::GaussNewton { damping: 0.1 })
+            .unwrap();
+        lin.adapt(&x[..2 * 8], &y[..2 * 3], 2).unwrap();
+        lin.observe(&x[..8], &y[..3], 1).unwrap();
 
         let before = ALLOCATIONS.load(Ordering::SeqCst);
         for _ in 0..5 {
@@ -164,6 +202,12 @@ fn adapt_and_predict_do_not_allocate() {
                 gn.observe(&x[..2 * fi], &y[..2 * fo], 2).unwrap();
                 gn.predict(&x, n, &mut out).unwrap();
             }
+            // Two examples: fewer outputs than parameters, the dual form.
+            gn.adapt(&x[..2 * fi], &y[..2 * fo], 2).unwrap();
+            // A single dense layer: its Jacobian rows come straight from the input.
+            lin.adapt(&x[..2 * 8], &y[..2 * 3], 2).unwrap();
+            lin.observe(&x[..8], &y[..3], 1).unwrap();
+            lin.predict(&x[..8], 1, &mut out[..3]).unwrap();
         }
         let after = ALLOCATIONS.load(Ordering::SeqCst);
         assert_eq!(

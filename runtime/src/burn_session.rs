@@ -89,6 +89,7 @@ impl Engine for BurnSession {
         let params = self.model.params();
         let mut initial = f32::NAN;
         let task = if self.model.gauss_newton() {
+            crate::gn::check_rows(n, fo)?;
             if self.inner_steps > 0 {
                 let out = net.forward(params, &self.model.initial(1), xt.clone());
                 initial = net.loss(out, yt.clone()).into_scalar::<f32>();

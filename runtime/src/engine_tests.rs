@@ -635,6 +635,7 @@ mod streaming {
     #[test]
     fn observing_equals_a_batch_solve_without_forgetting() {
         let rt = RtModel::new(&linear_model(false)).unwrap();
+        let rt_one = rt.clone();
         let mut rng = Rng::new(41);
         let n = 9;
         let (x, y) = data(n, &mut rng);
@@ -651,17 +652,31 @@ mod streaming {
                 .unwrap();
             at += m;
         }
-        // The batch step minimises s/2 |r|^2 + 1/2 |dv|^2_D with s = 2 / (n F): the same
-        // problem with the damping scaled by s.
+        // The stream's prior is that of `adapt` on one example; the batch step on n
+        // examples (mean loss) with damping scale / n solves the same problem.
         let mut batch = Session::new(rt, 4).unwrap();
-        let s = 2.0 / (n * fo) as f32;
         batch
-            .set_inner(Inner::GaussNewton { damping: scale * s })
+            .set_inner(Inner::GaussNewton {
+                damping: scale / n as f32,
+            })
             .unwrap();
         batch.inner_steps = 1;
         batch.adapt(&x, &y, n).unwrap();
         let err = rel_err(&params(&stream), &params(&batch));
         assert!(err < 1e-4, "stream vs batch: rel err {err:e}");
+        // Observing one example is adapting on it.
+        let mut one = Session::new(rt_one.clone(), 4).unwrap();
+        one.set_inner(Inner::GaussNewton { damping: scale })
+            .unwrap();
+        one.observe(&x[..fi], &y[..fo], 1).unwrap();
+        let mut adapt_one = Session::new(rt_one, 4).unwrap();
+        adapt_one
+            .set_inner(Inner::GaussNewton { damping: scale })
+            .unwrap();
+        adapt_one.inner_steps = 1;
+        adapt_one.adapt(&x[..fi], &y[..fo], 1).unwrap();
+        let err = rel_err(&params(&one), &params(&adapt_one));
+        assert!(err < 1e-4, "observe 1 vs adapt 1: rel err {err:e}");
         // Predictions use the current estimate.
         let (mut a, mut b) = (vec![0.0; n * fo], vec![0.0; n * fo]);
         stream.predict(&x, n, &mut a).unwrap();
@@ -718,6 +733,18 @@ mod streaming {
         let mut s = Session::new(rt, 4).unwrap();
         let (x, y) = data(3, &mut rng);
         assert!(s.observe(&x, &y, 3).is_err(), "needs Gauss-Newton");
+        // A long stream that never excites some directions: the forgetting factor must
+        // not wind their variance up (capped at the prior's), and every call succeeds.
+        let mut w = Session::new(s.model().clone(), 4).unwrap();
+        w.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
+        w.set_forgetting(0.9).unwrap();
+        let flat: Vec<f32> = (0..5).map(|i| if i == 0 { 1.0 } else { 0.0 }).collect();
+        for _ in 0..20_000 {
+            w.observe(&flat, &[0.5, -0.25, 1.0], 1).unwrap();
+        }
+        let mut out = [0.0f32; 3];
+        w.predict(&flat, 1, &mut out).unwrap();
+        assert!((out[0] - 0.5).abs() < 1e-3, "{out:?}");
         s.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
         for bad in [0.0, -0.5, 1.5, f32::NAN] {
             assert!(s.set_forgetting(bad).is_err());

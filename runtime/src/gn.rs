@@ -23,6 +23,26 @@ use burn::tensor::{Tensor, TensorData, activation};
 use crate::net::{MetaParams, Net, TaskParams};
 use crate::spec::Loss;
 
+/// The most support outputs (examples x outputs) a burn Gauss-Newton step takes: `J` is
+/// computed by replicating the batch once per output, so its memory grows with the square
+/// of this. Larger sets are refused with an error (the real-time engine takes any number,
+/// in chunks).
+pub const MAX_BURN_GN_ROWS: usize = 2048;
+
+/// Checks a support set of `n` examples of `outputs` against [`MAX_BURN_GN_ROWS`].
+pub fn check_rows(n: usize, outputs: usize) -> Result<(), crate::error::Error> {
+    let rows = n as u128 * outputs as u128;
+    if rows > MAX_BURN_GN_ROWS as u128 {
+        return Err(crate::error::DataError::Shape(crate::error::ShapeError::OverLimit {
+            what: "support outputs (examples x outputs) for a Gauss-Newton step on burn; use the real-time engine".into(),
+            value: Some(rows),
+            limit: MAX_BURN_GN_ROWS as u64,
+        })
+        .into());
+    }
+    Ok(())
+}
+
 /// Which layers' adapted parameters Gauss-Newton moves (the others, like ANIL's frozen
 /// body, stay as they are): one flag per layer.
 pub type Moved = [bool];
@@ -146,6 +166,7 @@ impl Net {
     /// The per-parameter dampings `[1, P]` of the moved layers: each layer's
     /// `exp(params.lr)` (in Gauss-Newton mode a layer's `lr` slot holds its log-damping).
     fn dampings(&self, params: &MetaParams, task: &TaskParams, moved: &Moved) -> Tensor<2> {
+        // Log-dampings are kept within the model file's +-30 (training could drift past).
         let parts: Vec<Tensor<2>> = params
             .layers
             .iter()
@@ -154,7 +175,7 @@ impl Net {
             .filter(|(_, m)| **m)
             .map(|((p, vs), _)| {
                 let len: usize = vs.iter().map(|v| v.dims()[1]).sum();
-                p.lr.clone().exp().repeat_dim(1, len)
+                p.lr.clone().clamp(-30.0, 30.0).exp().repeat_dim(1, len)
             })
             .collect();
         Tensor::cat(parts, 1)

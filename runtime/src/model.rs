@@ -231,6 +231,9 @@ impl Model {
     /// standardises them as it was trained to).
     pub fn adapt(&self, x: Tensor<3>, y: Tensor<3>, steps: usize) -> Result<TaskParams, Error> {
         self.check_set(&x, Some(&y))?;
+        if self.gauss_newton() {
+            crate::gn::check_rows(x.dims()[1], self.net.output_len())?;
+        }
         let (x, y) = (self.standardize_inputs(x), self.standardize_targets(y));
         Ok(self.adapt_standardized(x, y, steps))
     }

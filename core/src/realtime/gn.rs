@@ -88,6 +88,8 @@ pub(crate) struct GnBuffers {
     /// `[p, p]` (the estimate's covariance, up to the noise scale), valid while `streaming`.
     pub(crate) cov: Vec<f64>,
     pub(crate) streaming: bool,
+    /// The prior's scale of the current stream.
+    pub(crate) prior_scale: f64,
     /// Whether the `P x P` buffers (`g_mat`, `chol`, `cov`) exist.
     pub(crate) primal: bool,
     /// The dual form: rows `K` (`G = K^T K`) of up to `dual_rows` outputs, `[dual_rows, p]`,
@@ -132,6 +134,7 @@ impl GnBuffers {
             diag,
             cov: f64s(pp)?,
             streaming: false,
+            prior_scale: 1.0,
             primal,
             dual_rows,
             kmat: super::zeros(dual_rows * p, "Jacobian rows")?,
@@ -209,13 +212,35 @@ impl GnBuffers {
         for i in 0..p {
             self.cov[i * p + i] = 1.0 / (scale * self.diag[i]);
         }
+        self.prior_scale = scale;
         self.streaming = true;
+    }
+
+    /// Forgetting: divides the covariance by `gamma`, then caps every parameter's variance
+    /// at the prior's (scaling its row and column, which keeps the matrix positive
+    /// definite), so directions the data never excites do not wind up without bound.
+    pub(crate) fn forget(&mut self, gamma: f64) {
+        let p = self.p;
+        self.cov.iter_mut().for_each(|c| *c /= gamma);
+        for i in 0..p {
+            let cap = 1.0 / (self.prior_scale * self.diag[i]);
+            let v = self.cov[i * p + i];
+            if v > cap {
+                let f = crate::math::sqrt64(cap / v);
+                for k in 0..p {
+                    self.cov[i * p + k] *= f;
+                    self.cov[k * p + i] *= f;
+                }
+            }
+        }
     }
 
     /// One recursive least-squares update with row `o` of `jac` and the residual `r`
     /// (target minus output) of that output: Sherman-Morrison on the covariance,
-    /// `O(p^2)`. The parameter change goes to `step` (accumulated).
-    pub(crate) fn rls_update(&mut self, o: usize, r: f64) {
+    /// `O(p^2)`. The parameter change goes to `step` (accumulated). False (nothing
+    /// changed) if the update is numerically unusable (a covariance that rounding made
+    /// indefinite, or non-finite values).
+    pub(crate) fn rls_update(&mut self, o: usize, r: f64) -> bool {
         let p = self.p;
         let j = &self.jac[o * p..(o + 1) * p];
         // u = C j^T (C symmetric), in `grad` (free while streaming).
@@ -228,6 +253,9 @@ impl GnBuffers {
                 .zip(&self.grad)
                 .map(|(jb, u)| *jb as f64 * u)
                 .sum::<f64>();
+        if !(denom.is_finite() && denom >= 1.0 - 1e-9 && r.is_finite()) {
+            return false;
+        }
         let gain = r / denom;
         for (s, u) in self.step.iter_mut().zip(&self.grad) {
             *s += gain * u;
@@ -239,6 +267,7 @@ impl GnBuffers {
                 *c -= ua * ub;
             }
         }
+        true
     }
 }
 

@@ -262,6 +262,9 @@ impl Session {
     ) -> Result<f32, Error> {
         self.check("inputs", x, n, self.model.input_len)?;
         self.check("targets", y, n, self.model.output_len)?;
+        if matches!(self.inner, Inner::GaussNewton { .. }) {
+            self.gn_form(n)?;
+        }
         for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
             for (bv, av) in b.iter_mut().zip(a) {
                 bv.copy_from_slice(av);
@@ -398,6 +401,7 @@ impl Session {
             }
         }
         self.inner = inner;
+        self.end_stream();
         Ok(())
     }
 
@@ -416,19 +420,7 @@ impl Session {
             .into());
         }
         let c = n * self.model.output_len;
-        let (dual, primal) = {
-            let gn = self.gn.as_ref().expect("allocated by set_inner");
-            (gn.dual_rows >= c && c < gn.p, gn.primal)
-        };
-        if !dual && !primal {
-            self.restore_backup();
-            return Err(DataError::Shape(ShapeError::OverLimit {
-                what: "examples for a Gauss-Newton step of this model (the session's capacity: its dual form holds that many)".into(),
-                value: Some(n as u128),
-                limit: self.capacity as u64,
-            })
-            .into());
-        }
+        let dual = self.gn_form(n)?;
         // The objective is the support loss plus the prior 1/2 |v - v_start|^2_Lambda that
         // keeps the estimate near where adaptation started (the meta-learned
         // initialisation): its minimiser, not the support set's interpolant, is what more
@@ -517,6 +509,12 @@ impl Session {
             )
             .into());
         };
+        if self.model.loss != Loss::Mse {
+            return Err(DataError::NotConfigured(
+                "observe is for regression (mean squared error) models",
+            )
+            .into());
+        }
         self.check("inputs", x, n, self.model.input_len)?;
         self.check("targets", y, n, self.model.output_len)?;
         for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
@@ -533,13 +531,15 @@ impl Session {
         }
         let mut gn = self.gn.take().expect("Gauss-Newton is on");
         if !gn.streaming {
-            gn.start_stream(damping as f64);
+            // The prior of `adapt` on one example (whose loss is the mean over its F
+            // outputs, `2/F` times the sum of squares the stream accumulates).
+            gn.start_stream(damping as f64 * fo as f64 / 2.0);
         }
         let p = gn.p;
+        let mut usable = true;
         for e in 0..n {
             if self.forgetting < 1.0 {
-                let g = self.forgetting;
-                gn.cov.iter_mut().for_each(|c| *c /= g);
+                gn.forget(self.forgetting);
             }
             self.forward_chunk(&x[e * fi..(e + 1) * fi], 1);
             self.jacobian_rows(&mut gn.jac);
@@ -559,14 +559,14 @@ impl Session {
                 // The residual at the parameters updated by this example's earlier rows.
                 let moved: f64 = row.iter().zip(&gn.step).map(|(j, s)| *j as f64 * s).sum();
                 let r = (target - out) as f64 - moved;
-                gn.rls_update(o, r);
+                usable &= gn.rls_update(o, r);
             }
             self.gn = Some(gn);
             self.gn_apply(true);
             gn = self.gn.take().expect("put back above");
         }
         self.gn = Some(gn);
-        if !self.params_finite() {
+        if !usable || !self.params_finite() {
             self.restore_backup();
             self.end_stream();
             return Err(DivergedError {
@@ -578,6 +578,23 @@ impl Session {
             .into());
         }
         Ok(())
+    }
+
+    /// Whether a Gauss-Newton step on `n` examples takes the dual form (else the primal),
+    /// or why it cannot be taken at all (checked before anything changes).
+    fn gn_form(&self, n: usize) -> Result<bool, Error> {
+        let gn = self.gn.as_ref().expect("allocated by set_inner");
+        let c = n.saturating_mul(self.model.output_len);
+        let dual = gn.dual_rows >= c && c < gn.p;
+        if !dual && !gn.primal {
+            return Err(DataError::Shape(ShapeError::OverLimit {
+                what: "examples for a Gauss-Newton step of this model (the session's capacity: its dual form holds that many)".into(),
+                value: Some(n as u128),
+                limit: self.capacity as u64,
+            })
+            .into());
+        }
+        Ok(dual)
     }
 
     /// Records the moved parameters as the prior's centre.
@@ -1133,7 +1150,6 @@ impl Session {
     /// the session is left as it was. Allocation-free.
     pub fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
         check_state(self.model.fingerprint, self.model.adapted_len(), buf)?;
-        self.end_stream();
         for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
             for (bv, av) in b.iter_mut().zip(a) {
                 bv.copy_from_slice(av);
@@ -1153,6 +1169,7 @@ impl Session {
             self.restore_backup();
             return Err(crate::error::StateError::WeightsOverflow.into());
         }
+        self.end_stream();
         Ok(())
     }
 

@@ -237,10 +237,11 @@ impl Trainer {
         let mut layers = record_from_params(&self.params);
         let solver = (self.config.inner == InnerKind::GaussNewton).then(|| {
             let moved = self.moved();
+            // Clamped to the file's +-30, as the steps use them.
             let log_damping = layers
                 .iter()
                 .zip(&moved)
-                .map(|(l, m)| if *m { l.lr } else { 0.0 })
+                .map(|(l, m)| if *m { l.lr.clamp(-30.0, 30.0) } else { 0.0 })
                 .collect();
             for (l, m) in layers.iter_mut().zip(&moved) {
                 l.lr = if *m { 1.0 } else { 0.0 };
