@@ -265,11 +265,7 @@ impl Session {
         if matches!(self.inner, Inner::GaussNewton { .. }) {
             self.gn_form(n)?;
         }
-        for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
-            for (bv, av) in b.iter_mut().zip(a) {
-                bv.copy_from_slice(av);
-            }
-        }
+        self.save_backup();
         if from_init {
             self.reset();
         }
@@ -517,11 +513,7 @@ impl Session {
         }
         self.check("inputs", x, n, self.model.input_len)?;
         self.check("targets", y, n, self.model.output_len)?;
-        for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
-            for (bv, av) in b.iter_mut().zip(a) {
-                bv.copy_from_slice(av);
-            }
-        }
+        self.save_backup();
         let (fi, fo) = (self.model.input_len, self.model.output_len);
         if !self.gn.as_ref().is_some_and(|g| g.primal) {
             return Err(DataError::NotConfigured(
@@ -925,6 +917,15 @@ impl Session {
         self.adapted.iter().flatten().all(|v| all_finite(v)) && self.w.iter().all(|w| all_finite(w))
     }
 
+    /// Saves the adapted parameters, for [`Session::restore_backup`].
+    fn save_backup(&mut self) {
+        for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
+            for (bv, av) in b.iter_mut().zip(a) {
+                bv.copy_from_slice(av);
+            }
+        }
+    }
+
     /// Back to the parameters saved at the start of the adaptation.
     fn restore_backup(&mut self) {
         for (a, b) in self.adapted.iter_mut().zip(&self.backup) {
@@ -1150,11 +1151,7 @@ impl Session {
     /// the session is left as it was. Allocation-free.
     pub fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
         check_state(self.model.fingerprint, self.model.adapted_len(), buf)?;
-        for (b, a) in self.backup.iter_mut().zip(&self.adapted) {
-            for (bv, av) in b.iter_mut().zip(a) {
-                bv.copy_from_slice(av);
-            }
-        }
+        self.save_backup();
         for (dst, v) in self
             .adapted
             .iter_mut()
