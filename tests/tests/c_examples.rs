@@ -58,6 +58,19 @@ fn run(cmd: &mut Command) -> String {
     text
 }
 
+/// The robot loop's per-task errors: before adapting, and the mean after.
+fn errors_before_after(out: &str) -> (Vec<f64>, Vec<f64>) {
+    let all = |label: &str| -> Vec<f64> {
+        out.match_indices(label)
+            .map(|(i, _)| number_after(&out[i..], label))
+            .collect()
+    };
+    (
+        all("error before adapting"),
+        all("mean error after adapting"),
+    )
+}
+
 fn work_dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("msr-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -260,14 +273,7 @@ fn c_and_cpp_examples_build_run_and_are_valgrind_clean() {
     let out = run(Command::new(&robot).arg(&model).args([
         "--ticks", "900", "--rate", "5000", "--switch", "300", "--window", "3",
     ]));
-    let befores: Vec<f64> = out
-        .match_indices("error before adapting")
-        .map(|(i, _)| number_after(&out[i..], "error before adapting"))
-        .collect();
-    let afters: Vec<f64> = out
-        .match_indices("mean error after adapting")
-        .map(|(i, _)| number_after(&out[i..], "mean error after adapting"))
-        .collect();
+    let (befores, afters) = errors_before_after(&out);
     assert_eq!((befores.len(), afters.len()), (3, 3), "{out}");
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     assert!(
@@ -280,14 +286,7 @@ fn c_and_cpp_examples_build_run_and_are_valgrind_clean() {
     let out = run(Command::new(&robot).arg(&model).args([
         "--ticks", "600", "--rate", "5000", "--switch", "200", "--stream", "1",
     ]));
-    let befores: Vec<f64> = out
-        .match_indices("error before adapting")
-        .map(|(i, _)| number_after(&out[i..], "error before adapting"))
-        .collect();
-    let afters: Vec<f64> = out
-        .match_indices("mean error after adapting")
-        .map(|(i, _)| number_after(&out[i..], "mean error after adapting"))
-        .collect();
+    let (befores, afters) = errors_before_after(&out);
     assert_eq!((befores.len(), afters.len()), (3, 3), "{out}");
     assert!(
         mean(&afters) < 0.5 * mean(&befores),

@@ -4,7 +4,6 @@
 
 use msr_runtime::format::Standardize;
 
-use crate::stats::mean_ci95;
 use crate::tasks::Family;
 use crate::train::EvalResult;
 
@@ -125,15 +124,7 @@ pub fn ridge_eval(
             losses.push(mse);
         }
     }
-    let (mse, ci95) = mean_ci95(&losses);
-    EvalResult {
-        mse,
-        ci95,
-        accuracy: None,
-        accuracy_ci95: None,
-        tasks: losses.len(),
-        inner_steps: 0,
-    }
+    EvalResult::of(&losses, &[], 0)
 }
 
 #[cfg(test)]

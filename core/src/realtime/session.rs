@@ -306,8 +306,13 @@ impl Session {
                 return Ok(loss);
             }
         }
-        // Zero inner steps: report the loss of the parameters as they are; a non-finite
-        // one is reported (and the reset undone) like any other.
+        // Zero inner steps: report the loss of the parameters as they are.
+        self.current_loss(x, y, n)
+    }
+
+    /// The support loss of the parameters as they are; a non-finite one is reported as a
+    /// divergence at step 0, and the adaptation's reset undone.
+    fn current_loss(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
         let loss = self.pass(x, y, n, false);
         if !loss.is_finite() {
             self.restore_backup();
@@ -404,17 +409,7 @@ impl Session {
     /// Damped Gauss-Newton steps from the current parameters (see [`super::gn`]); the
     /// support loss never rises. Returns it.
     fn gn_adapt(&mut self, x: &[f32], y: &[f32], n: usize, base: f64) -> Result<f32, Error> {
-        let mut loss = self.pass(x, y, n, false);
-        if !loss.is_finite() {
-            self.restore_backup();
-            return Err(DivergedError {
-                step: 0,
-                loss: loss as f64,
-                initial: loss as f64,
-                nonfinite_params: false,
-            }
-            .into());
-        }
+        let mut loss = self.current_loss(x, y, n)?;
         let c = n * self.model.output_len;
         let dual = self.gn_form(n)?;
         // The objective is the support loss plus the prior 1/2 |v - v_start|^2_Lambda that

@@ -128,14 +128,13 @@ pub struct NpzTasks {
     pub test: Vec<usize>,
 }
 
-/// An integer (or bool) array `[tasks]`, as i64.
-fn task_labels(
-    archive: &mut npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>,
+/// The archive's array `name`, its header read, or why not.
+fn array<'a>(
+    archive: &'a mut npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>,
     name: &str,
-    tasks: usize,
     path: &Path,
-) -> Result<Vec<i64>, String> {
-    let file = archive
+) -> Result<npyz::NpyFile<zip::read::ZipFile<'a>>, String> {
+    archive
         .by_name(name)
         .map_err(|e| {
             format!(
@@ -144,7 +143,17 @@ fn task_labels(
                 one_line(e)
             )
         })?
-        .ok_or_else(|| format!("{}: no array '{name}'", path.display()))?;
+        .ok_or_else(|| format!("{}: no array '{name}'", path.display()))
+}
+
+/// An integer (or bool) array `[tasks]`, as i64.
+fn task_labels(
+    archive: &mut npyz::npz::NpzArchive<std::io::BufReader<std::fs::File>>,
+    name: &str,
+    tasks: usize,
+    path: &Path,
+) -> Result<Vec<i64>, String> {
+    let file = array(archive, name, path)?;
     let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
     if shape != [tasks] {
         return Err(format!(
@@ -178,16 +187,7 @@ fn floats(
     name: &str,
     path: &Path,
 ) -> Result<(Vec<usize>, Vec<f32>), String> {
-    let file = archive
-        .by_name(name)
-        .map_err(|e| {
-            format!(
-                "{}: array '{name}': unreadable .npy header ({})",
-                path.display(),
-                one_line(e)
-            )
-        })?
-        .ok_or_else(|| format!("{}: no array '{name}'", path.display()))?;
+    let file = array(archive, name, path)?;
     let len = declared_len(file.shape(), name, path)?;
     let shape: Vec<usize> = file.shape().iter().map(|&d| d as usize).collect();
     let order = file.order();

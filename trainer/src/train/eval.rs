@@ -29,6 +29,22 @@ pub struct EvalResult {
     pub inner_steps: usize,
 }
 
+impl EvalResult {
+    /// Means and 95% CIs of per-task losses and (classification) accuracies.
+    pub fn of(losses: &[f64], accuracies: &[f64], inner_steps: usize) -> Self {
+        let (mse, ci95) = mean_ci95(losses);
+        let acc = (!accuracies.is_empty()).then(|| mean_ci95(accuracies));
+        EvalResult {
+            mse,
+            ci95,
+            accuracy: acc.map(|a| a.0),
+            accuracy_ci95: acc.map(|a| a.1),
+            tasks: losses.len(),
+            inner_steps,
+        }
+    }
+}
+
 /// Adapts `model` through the runtime, exactly as a device would (plain device; the
 /// runtime never augments: a family with query augmentation generates augmented queries),
 /// on the first `n` test tasks of `family`, and reports the query loss (and accuracy).
@@ -91,16 +107,7 @@ pub fn evaluate_on(
         let l = model.net().loss(out, b.yq);
         losses.extend(l.to_data().convert::<f64>().iter::<f64>());
     }
-    let (mse, ci95) = mean_ci95(&losses);
-    let acc = (!accuracies.is_empty()).then(|| mean_ci95(&accuracies));
-    Ok(EvalResult {
-        mse,
-        ci95,
-        accuracy: acc.map(|a| a.0),
-        accuracy_ci95: acc.map(|a| a.1),
-        tasks: losses.len(),
-        inner_steps,
-    })
+    Ok(EvalResult::of(&losses, &accuracies, inner_steps))
 }
 
 /// Prototypical networks' logits: `net` embeds support and query examples; each class's
@@ -183,14 +190,5 @@ pub fn evaluate_realtime(
             }
         }
     }
-    let (mse, ci95) = mean_ci95(&losses);
-    let acc = (!accuracies.is_empty()).then(|| mean_ci95(&accuracies));
-    Ok(EvalResult {
-        mse,
-        ci95,
-        accuracy: acc.map(|a| a.0),
-        accuracy_ci95: acc.map(|a| a.1),
-        tasks: losses.len(),
-        inner_steps,
-    })
+    Ok(EvalResult::of(&losses, &accuracies, inner_steps))
 }
