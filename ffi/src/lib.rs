@@ -198,6 +198,18 @@ fn from_error(e: Error) -> msr_status {
     fail(status_of(e.kind()), e.to_string())
 }
 
+/// The status of an [`Engine`] call that only some engines implement (`None`: this one
+/// does not, `MSR_ERR_UNSUPPORTED` with `why`).
+fn engine_only(result: Option<Result<(), Error>>, why: &str) -> msr_status {
+    match result {
+        Some(Ok(())) => msr_status::MSR_OK,
+        Some(Err(e)) => from_error(e),
+        None => fail(msr_status::MSR_ERR_UNSUPPORTED, why),
+    }
+}
+
+const NO_STREAMING: &str = "this backend has no streaming updates; use the CPU real-time engine";
+
 /// Installs, once per process, a panic hook that prints nothing for panics inside an msr
 /// call (they become `MSR_ERR_INTERNAL` with the message in `msr_last_error`) and hands
 /// every other panic to the hook that was there before.
@@ -876,13 +888,11 @@ pub unsafe extern "C" fn msr_session_set_inner(
                 );
             }
         };
-        let run = |s: &mut SessionState| match s.session.set_inner(choice) {
-            Some(Ok(())) => msr_status::MSR_OK,
-            Some(Err(e)) => from_error(e),
-            None => fail(
-                msr_status::MSR_ERR_UNSUPPORTED,
+        let run = |s: &mut SessionState| {
+            engine_only(
+                s.session.set_inner(choice),
                 "this backend adapts with SGD only; Gauss-Newton runs on the CPU real-time engine",
-            ),
+            )
         };
         // SAFETY: `session` was checked non-NULL; a live session by the C contract.
         unsafe { with_session(session, run) }
@@ -925,14 +935,7 @@ pub unsafe extern "C" fn msr_session_observe(
             }
             // SAFETY: pointers and lengths by contract.
             let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
-            match s.session.observe(xs, ys, n) {
-                Some(Ok(())) => msr_status::MSR_OK,
-                Some(Err(e)) => from_error(e),
-                None => fail(
-                    msr_status::MSR_ERR_UNSUPPORTED,
-                    "this backend has no streaming updates; use the CPU real-time engine",
-                ),
-            }
+            engine_only(s.session.observe(xs, ys, n), NO_STREAMING)
         };
         // SAFETY: `session` was checked non-NULL; a live session by the C contract.
         unsafe { with_session(session, run) }
@@ -953,14 +956,7 @@ pub unsafe extern "C" fn msr_session_set_forgetting(
 ) -> msr_status {
     guard(|| {
         non_null!(session);
-        let run = |s: &mut SessionState| match s.session.set_forgetting(gamma) {
-            Some(Ok(())) => msr_status::MSR_OK,
-            Some(Err(e)) => from_error(e),
-            None => fail(
-                msr_status::MSR_ERR_UNSUPPORTED,
-                "this backend has no streaming updates; use the CPU real-time engine",
-            ),
-        };
+        let run = |s: &mut SessionState| engine_only(s.session.set_forgetting(gamma), NO_STREAMING);
         // SAFETY: `session` was checked non-NULL; a live session by the C contract.
         unsafe { with_session(session, run) }
     })
