@@ -164,16 +164,9 @@ fn meta_gradient_matches_finite_differences() {
                     steps,
                 ))[0]
             };
-            for (p, reference) in analytic.iter().enumerate() {
-                let mut fd = vec![0.0; reference.len()];
-                for (e, slot) in fd.iter_mut().enumerate() {
-                    let mut plus = host.clone();
-                    plus.0[p].0[e] += h;
-                    let mut minus = host.clone();
-                    minus.0[p].0[e] -= h;
-                    *slot = (eval(&plus) - eval(&minus)) / (2.0 * h);
-                }
-                let err = rel_err(reference, &fd);
+            let fds = finite_differences(&host, h, eval);
+            for (p, (reference, fd)) in analytic.iter().zip(&fds).enumerate() {
+                let err = rel_err(reference, fd);
                 assert!(
                     err < 1e-6,
                     "{loss:?} {hidden:?}, {steps} steps: meta-parameter {p}: rel err {err:e}"

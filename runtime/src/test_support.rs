@@ -49,6 +49,28 @@ pub fn to_f64<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
     t.to_data().convert::<f64>().try_to_vec::<f64>().unwrap()
 }
 
+/// Central finite differences (step `h`) of `eval` with respect to every entry of
+/// every tensor of `host`, in the same layout as [`HostParams`].
+pub fn finite_differences(
+    host: &HostParams,
+    h: f64,
+    eval: impl Fn(&HostParams) -> f64,
+) -> Vec<Vec<f64>> {
+    (0..host.0.len())
+        .map(|p| {
+            (0..host.0[p].0.len())
+                .map(|e| {
+                    let mut plus = host.clone();
+                    plus.0[p].0[e] += h;
+                    let mut minus = host.clone();
+                    minus.0[p].0[e] -= h;
+                    (eval(&plus) - eval(&minus)) / (2.0 * h)
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// Host copy of meta-parameters, in [`MetaParams::tensors`] order: (values, [rows, cols]).
 #[derive(Clone, Debug)]
 pub struct HostParams(pub Vec<(Vec<f64>, [usize; 2])>);
