@@ -12,7 +12,7 @@ pub const RIDGE_LAMBDAS: [f64; 7] = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0];
 
 /// Solves `a x = b` for a symmetric positive definite `a` (`n x n`, row-major) by
 /// Cholesky, in place of `b`; `b` holds `cols` right-hand sides, `[n, cols]`.
-fn cholesky_solve(a: &mut [f64], n: usize, b: &mut [f64], cols: usize) {
+pub(crate) fn cholesky_solve(a: &mut [f64], n: usize, b: &mut [f64], cols: usize) {
     for j in 0..n {
         let mut d = a[j * n + j];
         for k in 0..j {

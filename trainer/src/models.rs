@@ -167,7 +167,7 @@ pub fn default_k(problem: Problem) -> usize {
         // filter bank size, not a free choice.
         Problem::Rot8 | Problem::Rot8Flip => 0,
         // A user's task set: a small latent size; set --k to taste.
-        Problem::Npz | Problem::Cartpole => 8,
+        Problem::Npz | Problem::Cartpole | Problem::PandaPayload | Problem::QuadrotorWind => 8,
         // The glyph nets' MSR-Conv layers have square Kronecker factors, as on rot8.
         Problem::Glyphs => 0,
     }
@@ -314,7 +314,7 @@ pub fn spec(kind: ModelKind, family: &Family, arch: &Arch) -> Result<NetSpec, St
         });
     }
     let k = arch.k_of(0, 1)?;
-    if family.file().is_some() || problem == Problem::Cartpole {
+    if problem.is_vector_regression() {
         let op = match kind {
             ModelKind::MsrFc => Op::ShareLinear {
                 inputs,

@@ -15,6 +15,7 @@ mod episodes;
 pub mod glyphs;
 pub mod npz;
 mod rank;
+pub mod robots;
 pub mod rot;
 #[cfg(test)]
 mod tests;
@@ -48,6 +49,19 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// A batch of `tasks` tasks with no examples yet.
+    pub fn empty(tasks: usize, support: usize, query: usize) -> Self {
+        Batch {
+            tasks,
+            support,
+            query,
+            xs: Vec::new(),
+            ys: Vec::new(),
+            xq: Vec::new(),
+            yq: Vec::new(),
+        }
+    }
+
     /// The first task of a classification batch as an episode file (docs/file-formats.md),
     /// the format the C example reads. Labels are the positions of the one-hot targets.
     pub fn episode_bytes(&self, ways: usize) -> Vec<u8> {
@@ -91,12 +105,31 @@ pub enum Problem {
     /// Cart-poles of random masses, pole length and friction: state and force to
     /// accelerations (see [`cartpole`]).
     Cartpole,
+    /// A Franka Panda holding an unknown payload: state to residual joint torques, by
+    /// MuJoCo (see [`robots`]; feature `mujoco`).
+    PandaPayload,
+    /// A quadrotor in an unknown wind: flight state to residual force, by MuJoCo.
+    QuadrotorWind,
 }
 
 impl Problem {
     /// Whether inputs are 1 x 32 x 32 images (else 70-long sequences).
     pub fn is_2d(self) -> bool {
         matches!(self, Problem::Rot8 | Problem::Rot8Flip)
+    }
+
+    /// Whether examples are feature vectors and targets vectors (a task file, cartpole,
+    /// the robots), not the paper's sequences, images or glyphs.
+    pub fn is_vector_regression(self) -> bool {
+        matches!(
+            self,
+            Problem::Npz | Problem::Cartpole | Problem::PandaPayload | Problem::QuadrotorWind
+        )
+    }
+
+    /// Whether a MuJoCo robot generates the tasks.
+    pub fn is_robot(self) -> bool {
+        matches!(self, Problem::PandaPayload | Problem::QuadrotorWind)
     }
 }
 
@@ -111,9 +144,11 @@ impl FromStr for Problem {
             "rot8-flip" => Ok(Problem::Rot8Flip),
             "glyphs" | "glyphs-mini" => Ok(Problem::Glyphs),
             "cartpole" => Ok(Problem::Cartpole),
+            "panda-payload" => Ok(Problem::PandaPayload),
+            "quadrotor-wind" => Ok(Problem::QuadrotorWind),
             other if other.starts_with("npz:") => Ok(Problem::Npz),
             other => Err(format!(
-                "unknown problem '{other}' (available: rank1, rank2, rank5, rot8, rot8-flip, cartpole, glyphs, glyphs-mini, npz:PATH)"
+                "unknown problem '{other}' (available: rank1, rank2, rank5, rot8, rot8-flip, cartpole, panda-payload, quadrotor-wind, glyphs, glyphs-mini, npz:PATH)"
             )),
         }
     }
@@ -130,6 +165,8 @@ impl fmt::Display for Problem {
             Problem::Npz => "npz",
             Problem::Glyphs => "glyphs",
             Problem::Cartpole => "cartpole",
+            Problem::PandaPayload => "panda-payload",
+            Problem::QuadrotorWind => "quadrotor-wind",
         })
     }
 }
@@ -236,6 +273,8 @@ pub struct Family {
     file: Option<std::sync::Arc<npz::NpzTasks>>,
     /// The glyph data set of the classification problems.
     glyphs: Option<std::sync::Arc<glyphs::Glyphs>>,
+    /// The simulated robot of the robot families.
+    robot: Option<std::sync::Arc<dyn robots::Robot>>,
     /// Classes per episode (classification only).
     ways: usize,
     /// Augment query examples (Algorithm 2; classification only).
@@ -262,8 +301,15 @@ impl Family {
                 connectivity: Vec::new(),
                 file: None,
                 glyphs: Some(std::sync::Arc::new(set.map_err(|e| e.to_string())?)),
+                robot: None,
                 ways: 5,
                 augment_query: false,
+            });
+        }
+        if problem.is_robot() {
+            return Ok(Family {
+                robot: Some(robots::open(problem)?),
+                ..Self::new(problem)
             });
         }
         let TaskSource::Npz(path) = source else {
@@ -274,12 +320,14 @@ impl Family {
             connectivity: Vec::new(),
             file: Some(std::sync::Arc::new(npz::NpzTasks::open(path)?)),
             glyphs: None,
+            robot: None,
             ways: 0,
             augment_query: false,
         })
     }
 
-    /// The family of a synthetic `problem` (for `npz:PATH`, use [`Family::open`]).
+    /// The family of a synthetic `problem` (for `npz:PATH` and the robots, use
+    /// [`Family::open`]).
     pub fn new(problem: Problem) -> Self {
         let rank = match problem {
             Problem::Rank2 => 2,
@@ -300,6 +348,7 @@ impl Family {
             connectivity,
             file: None,
             glyphs: None,
+            robot: None,
             ways: 0,
             augment_query: false,
         }
@@ -351,6 +400,9 @@ impl Family {
         if self.problem == Problem::Cartpole {
             return cartpole::EXAMPLES;
         }
+        if let Some(r) = &self.robot {
+            return r.examples_per_task();
+        }
         self.file.as_ref().map_or(EXAMPLES_PER_TASK, |f| f.examples)
     }
 
@@ -368,6 +420,9 @@ impl Family {
         if self.glyphs.is_some() {
             return glyphs::SIDE * glyphs::SIDE;
         }
+        if let Some(r) = &self.robot {
+            return r.inputs();
+        }
         match &self.file {
             Some(f) => f.input_len(),
             None if self.problem == Problem::Cartpole => cartpole::INPUTS,
@@ -382,6 +437,9 @@ impl Family {
         }
         if let Some(f) = &self.file {
             return f.output_len();
+        }
+        if let Some(r) = &self.robot {
+            return r.outputs();
         }
         if self.problem == Problem::Cartpole {
             return cartpole::OUTPUTS;
@@ -402,15 +460,13 @@ impl Family {
         if let Some(g) = &self.glyphs {
             return self.episodes(g, ids, support, query);
         }
-        let mut b = Batch {
-            tasks: ids.len(),
-            support,
-            query,
-            xs: Vec::new(),
-            ys: Vec::new(),
-            xq: Vec::new(),
-            yq: Vec::new(),
-        };
+        let mut b = Batch::empty(ids.len(), support, query);
+        if let Some(r) = &self.robot {
+            for &id in ids {
+                r.append(id, support, query, &mut b);
+            }
+            return b;
+        }
         if self.problem == Problem::Cartpole {
             for &id in ids {
                 let pole = cartpole::CartPole::of_task(id);
@@ -427,6 +483,19 @@ impl Family {
             self.examples(&filters, query, &mut rng, &mut b.xq, &mut b.yq);
         }
         b
+    }
+
+    /// The robot families' references (the nominal model's and the oracle's query
+    /// predictions) for the tasks `ids`, as [`Family::batch`] splits them; `None` for the
+    /// other families.
+    pub fn references(
+        &self,
+        ids: &[u64],
+        support: usize,
+        query: usize,
+    ) -> Option<Vec<robots::References>> {
+        let r = self.robot.as_ref()?;
+        Some(ids.iter().map(|&id| r.references(id, support, query)).collect())
     }
 
     /// `n` training tasks for outer step `step` of a run seeded with `seed`.

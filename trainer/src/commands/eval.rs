@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use clap::Args;
 use msr_runtime::Model;
 use msr_trainer::tasks::Family;
-use msr_trainer::train::{evaluate_on, evaluate_realtime, trained_config};
+use msr_trainer::train::{evaluate_on, evaluate_realtime, evaluate_references, trained_config};
 
 use crate::*;
 
@@ -94,6 +94,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     } else {
         evaluate_on(&model, &family, &ids, support, query, steps)?
     };
+    let references = evaluate_references(&family, &ids, support, query);
     let trained_support = trained.as_ref().map(|c| {
         if family.is_classification() {
             c.support / c.ways.max(1)
@@ -124,6 +125,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         v["support"] = args.support.into();
         v["trained_support"] = trained_support.into();
         v["subset"] = subset.into();
+        add_references(&mut v, references.as_ref());
         println!("{v}");
     } else if let (Some(a), Some(ci)) = (r.accuracy, r.accuracy_ci95) {
         println!(
@@ -150,6 +152,33 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             r.tasks,
             r.inner_steps
         );
+        print_references(references.as_ref());
     }
     Ok(())
+}
+
+/// Adds a robot family's references to an evaluation's JSON: `nominal_mse`, `oracle_mse`
+/// and their 95% CIs.
+pub(crate) fn add_references(
+    v: &mut serde_json::Value,
+    references: Option<&(msr_trainer::train::EvalResult, msr_trainer::train::EvalResult)>,
+) {
+    if let Some((nominal, oracle)) = references {
+        v["nominal_mse"] = nominal.mse.into();
+        v["nominal_ci95"] = nominal.ci95.into();
+        v["oracle_mse"] = oracle.mse.into();
+        v["oracle_ci95"] = oracle.ci95.into();
+    }
+}
+
+/// Prints a robot family's references under an evaluation's line.
+pub(crate) fn print_references(
+    references: Option<&(msr_trainer::train::EvalResult, msr_trainer::train::EvalResult)>,
+) {
+    if let Some((nominal, oracle)) = references {
+        println!(
+            "  on the same tasks: nominal model (no payload / no wind) MSE {:.4} ± {:.4}, physics oracle MSE {:.4} ± {:.4}",
+            nominal.mse, nominal.ci95, oracle.mse, oracle.ci95
+        );
+    }
 }

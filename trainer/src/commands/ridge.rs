@@ -5,18 +5,22 @@ use clap::Args;
 use msr_trainer::baselines::{RIDGE_LAMBDAS, ridge_eval};
 use msr_trainer::models::ModelKind;
 use msr_trainer::tasks::{Family, TaskSource};
-use msr_trainer::train::{TrainConfig, normalize};
+use msr_trainer::train::{TrainConfig, evaluate_references, normalize};
 
 use crate::*;
 
 #[derive(Args)]
 pub(crate) struct RidgeArgs {
-    /// A regression family: rank1, rank2, rank5, cartpole or npz:PATH.
+    /// A regression family: rank1, rank2, rank5, cartpole, panda-payload, quadrotor-wind or
+    /// npz:PATH.
     #[arg(long)]
     problem: TaskSource,
     /// Support examples per task (the rest are queries).
     #[arg(long, default_value_t = 10)]
     support: usize,
+    /// Query examples per task (default: the task's examples after the support ones).
+    #[arg(long)]
+    query: Option<usize>,
     /// Test tasks (see `trainer eval --tasks`).
     #[arg(long)]
     tasks: Option<usize>,
@@ -34,13 +38,14 @@ pub(crate) fn ridge(args: RidgeArgs) -> Result<()> {
     if family.is_classification() {
         return Err("ridge regression is a regression baseline".into());
     }
-    let (support, query) = split_sizes(
+    let (support, query) = split_sizes_with(
         &family,
         args.support,
         EpisodeArgs {
             ways: 0,
             queries: 0,
         },
+        args.query,
     )?;
     // Inputs standardised with the training tasks' statistics, as a model would be.
     let mut config = TrainConfig::new(args.problem.clone(), ModelKind::MsrFc);
@@ -59,11 +64,13 @@ pub(crate) fn ridge(args: RidgeArgs) -> Result<()> {
         .expect("a non-empty grid");
     let (ids, subset) = family.eval_ids(args.tasks, args.seed);
     let r = ridge_eval(&family, &ids, support, query, lambda, stats.as_ref());
+    let references = evaluate_references(&family, &ids, support, query);
     if args.json {
         let mut v = serde_json::to_value(&r)?;
         v["lambda"] = lambda.into();
         v["support"] = support.into();
         v["subset"] = subset.into();
+        super::eval::add_references(&mut v, references.as_ref());
         println!("{v}");
     } else {
         println!(
@@ -74,6 +81,7 @@ pub(crate) fn ridge(args: RidgeArgs) -> Result<()> {
             r.tasks,
             val.len()
         );
+        super::eval::print_references(references.as_ref());
     }
     Ok(())
 }

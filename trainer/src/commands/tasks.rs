@@ -12,7 +12,8 @@ use crate::*;
 
 #[derive(Args)]
 pub(crate) struct TasksArgs {
-    /// A generated regression family: rank1, rank2, rank5, cartpole.
+    /// A generated regression family: rank1, rank2, rank5, cartpole, panda-payload,
+    /// quadrotor-wind.
     #[arg(long)]
     problem: TaskSource,
     /// Training tasks (drawn from the training range with --seed).
@@ -36,7 +37,7 @@ pub(crate) fn tasks(args: TasksArgs) -> Result<()> {
     let family = Family::from_source(&args.problem)?;
     if family.is_classification() || family.file().is_some() || family.problem().is_2d() {
         return Err(format!(
-            "{} is not a generated 1-D regression family (rank1, rank2, rank5, cartpole)",
+            "{} is not a generated 1-D regression family (rank1, rank2, rank5, cartpole, panda-payload, quadrotor-wind)",
             args.problem
         )
         .into());

@@ -221,13 +221,14 @@ pub enum Normalize {
 }
 
 impl Normalize {
-    /// The default for a family: standard for data in raw units (task files, cartpole);
+    /// The default for a family: standard for data in raw units (task files, cartpole,
+    /// the robots);
     /// none for the paper's synthetic families, whose inputs are N(0, 1) by construction
     /// and whose models are convolutional in structure (per-position statistics would
     /// break the very translation symmetry they are to learn), and for classification.
     pub fn default_for(source: &TaskSource) -> Self {
         match source.problem() {
-            crate::tasks::Problem::Npz | crate::tasks::Problem::Cartpole => Normalize::Standard,
+            p if p.is_vector_regression() => Normalize::Standard,
             _ => Normalize::None,
         }
     }

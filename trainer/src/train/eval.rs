@@ -110,6 +110,36 @@ pub fn evaluate_on(
     Ok(EvalResult::of(&losses, &accuracies, inner_steps))
 }
 
+/// The robot families' two references on the tasks `ids` (see
+/// [`crate::tasks::robots::Robot::references`]): the query MSE of the nominal model and of
+/// the oracle, in the units of the targets; `None` for the other families.
+pub fn evaluate_references(
+    family: &Family,
+    ids: &[u64],
+    support: usize,
+    query: usize,
+) -> Option<(EvalResult, EvalResult)> {
+    let (mut nominal, mut oracle) = (Vec::new(), Vec::new());
+    for ids in ids.chunks(100) {
+        let refs = family.references(ids, support, query)?;
+        let batch = family.batch(ids, support, query);
+        let per = query * family.output_len();
+        for (t, r) in refs.iter().enumerate() {
+            let y = &batch.yq[t * per..(t + 1) * per];
+            let mse = |p: &[f32]| {
+                p.iter()
+                    .zip(y)
+                    .map(|(p, y)| (*p as f64 - *y as f64).powi(2))
+                    .sum::<f64>()
+                    / per as f64
+            };
+            nominal.push(mse(&r.nominal));
+            oracle.push(mse(&r.oracle));
+        }
+    }
+    Some((EvalResult::of(&nominal, &[], 0), EvalResult::of(&oracle, &[], 0)))
+}
+
 /// Prototypical networks' logits: `net` embeds support and query examples; each class's
 /// prototype is the mean of its support embeddings; a query's logit for a class is minus
 /// its squared Euclidean distance to the prototype. `[tasks, query, ways]`.
