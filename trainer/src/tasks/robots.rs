@@ -10,6 +10,8 @@
 #[cfg(feature = "mujoco")]
 pub mod panda;
 #[cfg(feature = "mujoco")]
+pub mod quadrotor;
+#[cfg(feature = "mujoco")]
 mod sim;
 
 use super::Batch;
@@ -45,6 +47,9 @@ pub fn open(problem: super::Problem) -> Result<std::sync::Arc<dyn Robot>, String
     {
         match problem {
             super::Problem::PandaPayload => Ok(std::sync::Arc::new(panda::Panda::new()?)),
+            super::Problem::QuadrotorWind => {
+                Ok(std::sync::Arc::new(quadrotor::Quadrotor::new()?))
+            }
             other => Err(format!("{other} is not a robot family")),
         }
     }
