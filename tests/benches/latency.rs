@@ -396,11 +396,129 @@ fn glyph_classify(c: &mut Criterion) {
     unsafe { msr_model_free(&mut m) };
 }
 
+/// The robot model of docs/robots.md with `hidden` units per layer: panda-payload's msr-mlp
+/// (28 -> hidden -> hidden -> 7, tanh, k = 10 per layer, adapted biases; freshly
+/// initialised, with `inner_steps` SGD steps).
+fn panda_model(hidden: usize, inner_steps: u32) -> ModelRecord {
+    use msr_trainer::models::{ModelKind, init};
+    let share = |i, o| Op::ShareLinear {
+        inputs: i,
+        outputs: o,
+        k: 10,
+        bias: true,
+    };
+    let net = NetSpec {
+        input: FeatureShape(vec![28]),
+        layers: vec![
+            LayerSpec {
+                op: share(28, hidden),
+                activation: Activation::Tanh,
+            },
+            LayerSpec {
+                op: share(hidden, hidden),
+                activation: Activation::Tanh,
+            },
+            LayerSpec {
+                op: share(hidden, 7),
+                activation: Activation::Identity,
+            },
+        ],
+        loss: Loss::Mse,
+    };
+    let layers = init(
+        &net,
+        ModelKind::MsrMlp,
+        0.01,
+        &mut msr_trainer::rng::Rng::new(4),
+    )
+    .expect("init");
+    ModelRecord {
+        info: ModelInfo {
+            name: "panda-payload-shaped".into(),
+            task_family: "panda-payload".into(),
+            inner_steps,
+            trainer_version: "bench".into(),
+        },
+        net,
+        layers,
+        ext: Default::default(),
+    }
+}
+
+/// The robot model through the C ABI: predict one sample (a control tick), adapt on K = 20
+/// samples (3 SGD steps, as trained; and one Gauss-Newton step), observe one sample.
+fn panda_payload(c: &mut Criterion) {
+    for hidden in [64, 256] {
+        let rec = panda_model(hidden, 3);
+        let (x, y) = (values(21 * 28, 1.0, 13), values(21 * 7, 1.0, 14));
+        let (xs, ys, xq) = (&x[..20 * 28], &y[..20 * 7], &x[20 * 28..]);
+        let mut out = vec![0.0f32; 7];
+        let (mut m, mut s) = c_session(&rec);
+        let (mut m_gn, mut gn) = c_session(&rec);
+        assert_eq!(
+            unsafe { msr_session_set_inner(gn, msr_inner::MSR_INNER_GAUSS_NEWTON as i32, 0.01) },
+            msr_status::MSR_OK
+        );
+        let adapt = |s: *mut msr_session| {
+            let st = unsafe {
+                msr_session_adapt(
+                    s,
+                    xs.as_ptr(),
+                    xs.len(),
+                    ys.as_ptr(),
+                    ys.len(),
+                    20,
+                    ptr::null_mut(),
+                )
+            };
+            assert_eq!(st, msr_status::MSR_OK);
+        };
+        adapt(s);
+        let mut predict = || {
+            let st = unsafe { msr_session_predict(s, xq.as_ptr(), 28, 1, out.as_mut_ptr(), 7) };
+            assert_eq!(st, msr_status::MSR_OK);
+            black_box(&out);
+        };
+        let name = format!("panda-payload msr-mlp 28-{hidden}-{hidden}-7 (k=10)");
+        let mut g = c.benchmark_group(format!("{name}: predict 1 sample"));
+        g.bench_function("C ABI, real-time engine", |b| b.iter(&mut predict));
+        g.finish();
+        tails(&format!("{name} predict 1, C ABI"), &mut predict);
+        let mut g = c.benchmark_group(format!("{name}: adapt on 20 samples"));
+        g.sample_size(30);
+        g.bench_function("C ABI, 3 SGD steps", |b| b.iter(|| adapt(s)));
+        g.bench_function("C ABI, 1 Gauss-Newton step", |b| b.iter(|| adapt(gn)));
+        g.finish();
+        let mut i = 0usize;
+        let mut tick = || {
+            let k = i % 20;
+            i += 1;
+            let so = unsafe {
+                msr_session_observe(gn, x[k * 28..].as_ptr(), 28, y[k * 7..].as_ptr(), 7, 1)
+            };
+            let sp = unsafe { msr_session_predict(gn, xq.as_ptr(), 28, 1, out.as_mut_ptr(), 7) };
+            assert_eq!((so, sp), (msr_status::MSR_OK, msr_status::MSR_OK));
+            black_box(&out);
+        };
+        let mut g = c.benchmark_group(format!(
+            "{name}: observe 1 sample + predict 1 (Gauss-Newton)"
+        ));
+        g.bench_function("C ABI", |b| b.iter(&mut tick));
+        g.finish();
+        tails(&format!("{name} observe+predict, C ABI"), &mut tick);
+        unsafe { msr_session_free(&mut s) };
+        unsafe { msr_model_free(&mut m) };
+        unsafe { msr_session_free(&mut gn) };
+        unsafe { msr_model_free(&mut m_gn) };
+    }
+}
+
 criterion_group!(
     benches,
     rank1_adapt_predict,
     rank1_gauss_newton,
     mlp_predict,
-    glyph_classify
+    glyph_classify,
+    panda_payload
 );
 criterion_main!(benches);

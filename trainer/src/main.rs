@@ -15,6 +15,7 @@ mod commands;
 
 use commands::demo::demo;
 use commands::eval::{EvalArgs, eval};
+use commands::plot::{PlotArgs, plot};
 use commands::predict::{PredictArgs, predict};
 use commands::ridge::{RidgeArgs, ridge};
 use commands::tasks::{TasksArgs, tasks};
@@ -49,6 +50,9 @@ enum Command {
     Tasks(TasksArgs),
     /// The per-task ridge regression baseline on a regression family's test tasks.
     Ridge(RidgeArgs),
+    /// Draw error against support examples, one line per method, from a results script's
+    /// JSON lines (PNG).
+    Plot(PlotArgs),
     /// Export the model of a (possibly unfinished) run's checkpoint to a .msr file.
     Export {
         /// Run directory (holds checkpoint.bin).
@@ -257,6 +261,7 @@ fn run(command: Command) -> Result<()> {
         Command::Predict(args) => predict(args),
         Command::Tasks(args) => tasks(args),
         Command::Ridge(args) => ridge(args),
+        Command::Plot(args) => plot(args),
         Command::Export { run, out } => {
             let t = Trainer::resume(&run.join("checkpoint.bin"), None)?;
             fs::write(&out, t.record().to_bytes())

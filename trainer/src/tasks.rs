@@ -495,7 +495,11 @@ impl Family {
         query: usize,
     ) -> Option<Vec<robots::References>> {
         let r = self.robot.as_ref()?;
-        Some(ids.iter().map(|&id| r.references(id, support, query)).collect())
+        Some(
+            ids.iter()
+                .map(|&id| r.references(id, support, query))
+                .collect(),
+        )
     }
 
     /// `n` training tasks for outer step `step` of a run seeded with `seed`.

@@ -161,7 +161,10 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
 /// and their 95% CIs.
 pub(crate) fn add_references(
     v: &mut serde_json::Value,
-    references: Option<&(msr_trainer::train::EvalResult, msr_trainer::train::EvalResult)>,
+    references: Option<&(
+        msr_trainer::train::EvalResult,
+        msr_trainer::train::EvalResult,
+    )>,
 ) {
     if let Some((nominal, oracle)) = references {
         v["nominal_mse"] = nominal.mse.into();
@@ -173,7 +176,10 @@ pub(crate) fn add_references(
 
 /// Prints a robot family's references under an evaluation's line.
 pub(crate) fn print_references(
-    references: Option<&(msr_trainer::train::EvalResult, msr_trainer::train::EvalResult)>,
+    references: Option<&(
+        msr_trainer::train::EvalResult,
+        msr_trainer::train::EvalResult,
+    )>,
 ) {
     if let Some((nominal, oracle)) = references {
         println!(

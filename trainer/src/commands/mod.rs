@@ -2,6 +2,7 @@
 
 pub(crate) mod demo;
 pub(crate) mod eval;
+pub(crate) mod plot;
 pub(crate) mod predict;
 pub(crate) mod ridge;
 pub(crate) mod tasks;

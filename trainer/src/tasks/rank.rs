@@ -9,7 +9,11 @@ impl Family {
     pub fn filters(&self, id: u64) -> Vec<f64> {
         let mut rng = Rng::derive(&[self.problem as u64, id, 1]);
         match self.problem {
-            Problem::Npz | Problem::Glyphs | Problem::Cartpole | Problem::PandaPayload | Problem::QuadrotorWind => Vec::new(),
+            Problem::Npz
+            | Problem::Glyphs
+            | Problem::Cartpole
+            | Problem::PandaPayload
+            | Problem::QuadrotorWind => Vec::new(),
             Problem::Rot8 | Problem::Rot8Flip => rot::filter_bank(self.problem, &mut rng),
             Problem::Rank1 => {
                 let f: Vec<f64> = (0..TAPS).map(|_| rng.normal()).collect();

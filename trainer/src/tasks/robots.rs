@@ -47,9 +47,7 @@ pub fn open(problem: super::Problem) -> Result<std::sync::Arc<dyn Robot>, String
     {
         match problem {
             super::Problem::PandaPayload => Ok(std::sync::Arc::new(panda::Panda::new()?)),
-            super::Problem::QuadrotorWind => {
-                Ok(std::sync::Arc::new(quadrotor::Quadrotor::new()?))
-            }
+            super::Problem::QuadrotorWind => Ok(std::sync::Arc::new(quadrotor::Quadrotor::new()?)),
             other => Err(format!("{other} is not a robot family")),
         }
     }

@@ -137,7 +137,10 @@ pub fn evaluate_references(
             oracle.push(mse(&r.oracle));
         }
     }
-    Some((EvalResult::of(&nominal, &[], 0), EvalResult::of(&oracle, &[], 0)))
+    Some((
+        EvalResult::of(&nominal, &[], 0),
+        EvalResult::of(&oracle, &[], 0),
+    ))
 }
 
 /// Prototypical networks' logits: `net` embeds support and query examples; each class's

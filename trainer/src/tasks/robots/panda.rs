@@ -59,9 +59,21 @@ pub struct Payload(pub(super) Inertial);
 fn rotation(q: [f64; 4]) -> [[f64; 3]; 3] {
     let [w, x, y, z] = q;
     [
-        [1.0 - 2.0 * (y * y + z * z), 2.0 * (x * y - w * z), 2.0 * (x * z + w * y)],
-        [2.0 * (x * y + w * z), 1.0 - 2.0 * (x * x + z * z), 2.0 * (y * z - w * x)],
-        [2.0 * (x * z - w * y), 2.0 * (y * z + w * x), 1.0 - 2.0 * (x * x + y * y)],
+        [
+            1.0 - 2.0 * (y * y + z * z),
+            2.0 * (x * y - w * z),
+            2.0 * (x * z + w * y),
+        ],
+        [
+            2.0 * (x * y + w * z),
+            1.0 - 2.0 * (x * x + z * z),
+            2.0 * (y * z - w * x),
+        ],
+        [
+            2.0 * (x * z - w * y),
+            2.0 * (y * z + w * x),
+            1.0 - 2.0 * (x * x + y * y),
+        ],
     ]
 }
 
@@ -170,14 +182,16 @@ impl Trajectory {
             let weights = [(); 3].map(|_| rng.range(0.2, 1.0));
             let total: f64 = weights.iter().sum();
             t.centre[j] = c;
-            for h in 0..3 {
-                t.amplitude[j][h] = room * weights[h] / total;
+            for (h, weight) in weights.iter().enumerate() {
+                t.amplitude[j][h] = room * weight / total;
                 t.frequency[j][h] = rng.range(0.2, 1.2);
                 t.phase[j][h] = rng.range(0.0, std::f64::consts::TAU);
             }
             let speed: f64 = (0..3).map(|h| t.amplitude[j][h] * t.frequency[j][h]).sum();
             if speed > MAX_SPEED {
-                t.amplitude[j].iter_mut().for_each(|a| *a *= MAX_SPEED / speed);
+                t.amplitude[j]
+                    .iter_mut()
+                    .for_each(|a| *a *= MAX_SPEED / speed);
             }
         }
         t
@@ -185,18 +199,18 @@ impl Trajectory {
 
     /// Position, velocity and acceleration at time `s`.
     fn state(&self, s: f64) -> [[f64; JOINTS]; 3] {
-        let mut out = [[0.0; JOINTS]; 3];
+        let [mut q, mut qd, mut qdd] = [[0.0; JOINTS]; 3];
         for j in 0..JOINTS {
-            out[0][j] = self.centre[j];
+            q[j] = self.centre[j];
             for h in 0..3 {
                 let (a, w) = (self.amplitude[j][h], self.frequency[j][h]);
                 let (sin, cos) = (w * s + self.phase[j][h]).sin_cos();
-                out[0][j] += a * sin;
-                out[1][j] += a * w * cos;
-                out[2][j] -= a * w * w * sin;
+                q[j] += a * sin;
+                qd[j] += a * w * cos;
+                qdd[j] -= a * w * w * sin;
             }
         }
-        out
+        [q, qd, qdd]
     }
 }
 
@@ -236,7 +250,8 @@ fn invert(mut a: Vec<f64>, n: usize) -> Option<Vec<f64>> {
         .collect();
     let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     for col in 0..n {
-        let pivot = (col..n).max_by(|&x, &y| a[x * n + col].abs().total_cmp(&a[y * n + col].abs()))?;
+        let pivot =
+            (col..n).max_by(|&x, &y| a[x * n + col].abs().total_cmp(&a[y * n + col].abs()))?;
         if a[pivot * n + col].abs() < 1e-12 * scale {
             return None;
         }
@@ -343,8 +358,9 @@ impl Panda {
         // used by runs in practice; any ids would do: the prior is the family's).
         let n = 4096;
         let base = super::super::TEST_TASK_BASE - n as u64;
-        let params: Vec<[f64; PARAMS]> =
-            (0..n as u64).map(|i| Payload::of_task(base + i).params()).collect();
+        let params: Vec<[f64; PARAMS]> = (0..n as u64)
+            .map(|i| Payload::of_task(base + i).params())
+            .collect();
         let mut mean = [0.0; PARAMS];
         for p in &params {
             for (m, v) in mean.iter_mut().zip(p) {
@@ -362,7 +378,8 @@ impl Panda {
         for a in 0..PARAMS {
             cov[a * PARAMS + a] += 1e-12;
         }
-        let precision = invert(cov, PARAMS).expect("the payload parameters' covariance is full rank");
+        let precision =
+            invert(cov, PARAMS).expect("the payload parameters' covariance is full rank");
         // Noise: what the exact payload model leaves of the targets.
         let mut noise = [0.0; JOINTS];
         let (tasks, per) = (64u64, 50usize);
@@ -412,7 +429,13 @@ impl Panda {
 
     /// Inverse-dynamics torques of `samples` (measured states if `measured`, else true)
     /// with `payload` attached, `[samples, JOINTS]`.
-    fn torques(&self, sim: &mut Sim, payload: &Inertial, samples: &[Sample], measured: bool) -> Vec<f64> {
+    fn torques(
+        &self,
+        sim: &mut Sim,
+        payload: &Inertial,
+        samples: &[Sample],
+        measured: bool,
+    ) -> Vec<f64> {
         sim.set_inertial(self.payload, payload);
         let mut out = vec![0.0; samples.len() * JOINTS];
         for (s, o) in samples.iter().zip(out.chunks_exact_mut(JOINTS)) {
@@ -505,7 +528,11 @@ impl Robot for Panda {
         // (Y^T W Y + P) phi = Y^T W t + P mean, W = diag(1 / noise).
         let mut a = p.precision.clone();
         let mut b: Vec<f64> = (0..PARAMS)
-            .map(|r| (0..PARAMS).map(|c| p.precision[r * PARAMS + c] * p.mean[c]).sum())
+            .map(|r| {
+                (0..PARAMS)
+                    .map(|c| p.precision[r * PARAMS + c] * p.mean[c])
+                    .sum()
+            })
             .collect();
         for s in 0..support {
             for j in 0..JOINTS {
@@ -582,7 +609,10 @@ mod tests {
         let want = -(torque[0] * axis[0] + torque[1] * axis[1] + torque[2] * axis[2]);
         let got = loaded[1] - bare[1];
         assert!(want.abs() > 1.0, "a lever worth testing: {want}");
-        assert!((got - want).abs() < 1e-9 * want.abs().max(1.0), "{got} vs {want}");
+        assert!(
+            (got - want).abs() < 1e-9 * want.abs().max(1.0),
+            "{got} vs {want}"
+        );
     }
 
     /// The regressor is exact: for payloads it has never seen, `Y params` reproduces what
@@ -607,7 +637,10 @@ mod tests {
                 .fold(0.0f64, f64::max);
             let scale = exact.iter().fold(0.0f64, |m, v| m.max(v.abs()));
             assert!(scale > 0.5, "payload {id} matters: {scale}");
-            assert!(worst < 1e-8 * scale.max(1.0), "payload {id}: {worst} (scale {scale})");
+            assert!(
+                worst < 1e-8 * scale.max(1.0),
+                "payload {id}: {worst} (scale {scale})"
+            );
         }
     }
 
@@ -630,7 +663,10 @@ mod tests {
         p.append(42, 5, 7, &mut a);
         p.append(42, 5, 7, &mut b);
         assert_eq!(a, b);
-        assert_eq!((a.xs.len(), a.ys.len(), a.xq.len()), (5 * INPUTS, 5 * OUTPUTS, 7 * INPUTS));
+        assert_eq!(
+            (a.xs.len(), a.ys.len(), a.xq.len()),
+            (5 * INPUTS, 5 * OUTPUTS, 7 * INPUTS)
+        );
         // A heavy payload's residual is far above the noise; a near-zero one's is not.
         let rms = |id: u64| {
             let mut b = Batch::empty(1, 50, 0);
@@ -640,7 +676,10 @@ mod tests {
         let (light, heavy) = (0..200u64)
             .map(|id| (id, Payload::of_task(id).mass()))
             .fold(((0, 9.0), (0, 0.0)), |(l, h), (id, m)| {
-                (if m < l.1 { (id, m) } else { l }, if m > h.1 { (id, m) } else { h })
+                (
+                    if m < l.1 { (id, m) } else { l },
+                    if m > h.1 { (id, m) } else { h },
+                )
             });
         assert!(light.1 < 0.05 && heavy.1 > 2.9, "{light:?} {heavy:?}");
         assert!(rms(light.0) < 0.5, "light payload: {}", rms(light.0));
@@ -653,7 +692,10 @@ mod tests {
     fn the_oracle_reaches_the_noise_floor() {
         let p = panda();
         let noise: f64 = p.prior.noise.iter().sum::<f64>() / JOINTS as f64;
-        assert!(noise > NOISE_TAU * NOISE_TAU && noise < 0.1, "noise variance {noise}");
+        assert!(
+            noise > NOISE_TAU * NOISE_TAU && noise < 0.1,
+            "noise variance {noise}"
+        );
         let mse = |support: usize| {
             let (mut o, mut n) = (0.0, 0.0);
             for id in 0..10u64 {

@@ -119,16 +119,36 @@ fn quaternion(r: &Mat3) -> [f64; 4] {
     let t = r[0][0] + r[1][1] + r[2][2];
     let q = if t > 0.0 {
         let s = (t + 1.0).sqrt() * 2.0;
-        [0.25 * s, (r[2][1] - r[1][2]) / s, (r[0][2] - r[2][0]) / s, (r[1][0] - r[0][1]) / s]
+        [
+            0.25 * s,
+            (r[2][1] - r[1][2]) / s,
+            (r[0][2] - r[2][0]) / s,
+            (r[1][0] - r[0][1]) / s,
+        ]
     } else if r[0][0] > r[1][1] && r[0][0] > r[2][2] {
         let s = (1.0 + r[0][0] - r[1][1] - r[2][2]).sqrt() * 2.0;
-        [(r[2][1] - r[1][2]) / s, 0.25 * s, (r[0][1] + r[1][0]) / s, (r[0][2] + r[2][0]) / s]
+        [
+            (r[2][1] - r[1][2]) / s,
+            0.25 * s,
+            (r[0][1] + r[1][0]) / s,
+            (r[0][2] + r[2][0]) / s,
+        ]
     } else if r[1][1] > r[2][2] {
         let s = (1.0 + r[1][1] - r[0][0] - r[2][2]).sqrt() * 2.0;
-        [(r[0][2] - r[2][0]) / s, (r[0][1] + r[1][0]) / s, 0.25 * s, (r[1][2] + r[2][1]) / s]
+        [
+            (r[0][2] - r[2][0]) / s,
+            (r[0][1] + r[1][0]) / s,
+            0.25 * s,
+            (r[1][2] + r[2][1]) / s,
+        ]
     } else {
         let s = (1.0 + r[2][2] - r[0][0] - r[1][1]).sqrt() * 2.0;
-        [(r[1][0] - r[0][1]) / s, (r[0][2] + r[2][0]) / s, (r[1][2] + r[2][1]) / s, 0.25 * s]
+        [
+            (r[1][0] - r[0][1]) / s,
+            (r[0][2] + r[2][0]) / s,
+            (r[1][2] + r[2][1]) / s,
+            0.25 * s,
+        ]
     };
     let n = q.iter().map(|v| v * v).sum::<f64>().sqrt();
     q.map(|v| v / n)
@@ -160,7 +180,7 @@ impl Flight {
             frequency: [[0.0; 2]; 3],
             phase: [[0.0; 2]; 3],
             yaw: [
-                rng.range(-3.14, 3.14),
+                rng.range(-std::f64::consts::PI, std::f64::consts::PI),
                 rng.range(0.0, 1.0),
                 rng.range(0.1, 0.5),
             ],
@@ -314,10 +334,16 @@ impl Quadrotor {
             for _ in 0..n {
                 let truth = flight.state(rng.range(0.0, DURATION), &mut rng);
                 let mut measured = truth;
-                measured.velocity.iter_mut().for_each(|v| *v += NOISE_V * rng.normal());
+                measured
+                    .velocity
+                    .iter_mut()
+                    .for_each(|v| *v += NOISE_V * rng.normal());
                 let tilt = [(); 3].map(|_| NOISE_ATTITUDE * rng.normal());
                 measured.attitude = mat_mul(&truth.attitude, &exp_map(tilt));
-                measured.rates.iter_mut().for_each(|v| *v += NOISE_RATE * rng.normal());
+                measured
+                    .rates
+                    .iter_mut()
+                    .for_each(|v| *v += NOISE_RATE * rng.normal());
                 let force_noise = [(); 3].map(|_| NOISE_FORCE * rng.normal());
                 out.push(Sample {
                     truth,
@@ -365,9 +391,28 @@ impl Quadrotor {
             .collect()
     }
 
-    /// The maximum a posteriori (wind, drag) of `targets` at `samples` by Levenberg-
-    /// Marquardt with finite-difference Jacobians through MuJoCo, from the prior mean.
+    /// The maximum a posteriori (wind, drag) of `targets` at `samples`: Levenberg-Marquardt
+    /// with finite-difference Jacobians through MuJoCo from seven starts (still air, and
+    /// 8 m/s along each axis both ways: the objective is not convex in the wind), the best.
     fn fit(&self, samples: &[Sample], targets: &[f32]) -> Air {
+        let mut starts = vec![self.prior.mean];
+        for axis in 0..3 {
+            for sign in [-8.0, 8.0] {
+                let mut s = self.prior.mean;
+                s[axis] = sign;
+                starts.push(s);
+            }
+        }
+        starts
+            .iter()
+            .map(|s| self.descend(*s, samples, targets))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(theta, _)| Air::from_params(&theta))
+            .expect("seven starts")
+    }
+
+    /// Levenberg-Marquardt on the MAP objective from `theta`: the end point and its cost.
+    fn descend(&self, theta: [f64; 4], samples: &[Sample], targets: &[f32]) -> ([f64; 4], f64) {
         let p = &self.prior;
         let cost = |theta: &[f64; 4], f: &[f64]| -> f64 {
             let data: f64 = f
@@ -376,9 +421,11 @@ impl Quadrotor {
                 .map(|(f, t)| (f - *t as f64).powi(2))
                 .sum::<f64>()
                 / p.noise;
-            data + (0..4).map(|i| (theta[i] - p.mean[i]).powi(2) / p.variance[i]).sum::<f64>()
+            data + (0..4)
+                .map(|i| (theta[i] - p.mean[i]).powi(2) / p.variance[i])
+                .sum::<f64>()
         };
-        let mut theta = p.mean;
+        let mut theta = theta;
         let mut f = self.forces(&Air::from_params(&theta), samples, true);
         let mut c = cost(&theta, &f);
         let mut lambda = 1e-3;
@@ -433,7 +480,7 @@ impl Quadrotor {
                     lambda = (lambda * 0.3).max(1e-9);
                     improved = true;
                     if done {
-                        return Air::from_params(&theta);
+                        return (theta, c);
                     }
                     break;
                 }
@@ -443,7 +490,7 @@ impl Quadrotor {
                 break;
             }
         }
-        Air::from_params(&theta)
+        (theta, c)
     }
 }
 
@@ -510,18 +557,30 @@ mod tests {
             measured: State { velocity, ..level },
             force_noise: [0.0; 3],
         };
-        let still = Air { wind: [0.0; 3], drag: 1.0 };
+        let still = Air {
+            wind: [0.0; 3],
+            drag: 1.0,
+        };
         let f = q.forces(&still, &[at([0.0; 3])], false);
         assert!(f.iter().all(|v| v.abs() < 1e-12), "{f:?}");
-        let windy = Air { wind: [8.0, 0.0, 0.0], drag: 1.0 };
+        let windy = Air {
+            wind: [8.0, 0.0, 0.0],
+            drag: 1.0,
+        };
         let f = q.forces(&windy, &[at([0.0; 3])], false);
-        assert!(f[0] > 1.0 && f[1].abs() < 1e-9 && f[2].abs() < 1e-9, "{f:?}");
+        assert!(
+            f[0] > 1.0 && f[1].abs() < 1e-9 && f[2].abs() < 1e-9,
+            "{f:?}"
+        );
         let g = q.forces(&still, &[at([-8.0, 0.0, 0.0])], false);
         for (a, b) in f.iter().zip(&g) {
             assert!((a - b).abs() < 1e-9, "{f:?} vs {g:?}");
         }
         // Twice the drag factor, more force.
-        let strong = Air { wind: [8.0, 0.0, 0.0], drag: 2.0 };
+        let strong = Air {
+            wind: [8.0, 0.0, 0.0],
+            drag: 2.0,
+        };
         assert!(q.forces(&strong, &[at([0.0; 3])], false)[0] > f[0]);
     }
 
@@ -563,13 +622,19 @@ mod tests {
             let samples = q.samples(id, 50, 0);
             let targets = q.targets(&air, &samples);
             let fit = q.fit(&samples, &targets);
-            let err: f64 = (0..3).map(|i| (fit.wind[i] - air.wind[i]).powi(2)).sum::<f64>();
+            let err: f64 = (0..3)
+                .map(|i| (fit.wind[i] - air.wind[i]).powi(2))
+                .sum::<f64>();
             assert!(err.sqrt() < 0.5, "task {id}: {air:?} fitted as {fit:?}");
             let mut b = Batch::empty(1, 50, 50);
             q.append(id, 50, 50, &mut b);
             let r = q.references(id, 50, 50);
             let mse = |p: &[f32]| {
-                p.iter().zip(&b.yq).map(|(p, y)| ((p - y) as f64).powi(2)).sum::<f64>() / 150.0
+                p.iter()
+                    .zip(&b.yq)
+                    .map(|(p, y)| ((p - y) as f64).powi(2))
+                    .sum::<f64>()
+                    / 150.0
             };
             let (oracle, nominal) = (mse(&r.oracle), mse(&r.nominal));
             assert!(

@@ -14,7 +14,11 @@ pub(super) struct Sim {
 impl std::fmt::Debug for Sim {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let m = self.data.model().ffi();
-        write!(f, "Sim {{ nq: {}, nv: {}, nbody: {} }}", m.nq, m.nv, m.nbody)
+        write!(
+            f,
+            "Sim {{ nq: {}, nv: {}, nbody: {} }}",
+            m.nq, m.nv, m.nbody
+        )
     }
 }
 
@@ -116,6 +120,7 @@ impl Sim {
         self.data.qfrc_fluid()
     }
 
+    #[cfg(test)]
     /// After [`Sim::forward`]: body `body`'s origin, joint `joint`'s anchor and axis, in
     /// world coordinates.
     pub fn frames(&self, body: usize, joint: usize) -> [[f64; 3]; 3] {
