@@ -5,7 +5,7 @@
 use msr_runtime::format::Standardize;
 
 use crate::tasks::Family;
-use crate::train::EvalResult;
+use crate::train::{EvalResult, PerOutput};
 
 /// The regularisation strengths tried on the validation tasks.
 pub const RIDGE_LAMBDAS: [f64; 7] = [1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0, 100.0];
@@ -103,6 +103,7 @@ pub fn ridge_eval(
 ) -> EvalResult {
     let (fi, fo) = (family.input_len(), family.output_len());
     let mut losses = Vec::with_capacity(ids.len());
+    let mut errors = PerOutput::default();
     for chunk in ids.chunks(100) {
         let mut b = family.batch(chunk, support, query);
         if let Some(s) = inputs {
@@ -122,9 +123,10 @@ pub fn ridge_eval(
                 .sum::<f64>()
                 / (query * fo) as f64;
             losses.push(mse);
+            errors.add(&p, yq, fo);
         }
     }
-    EvalResult::of(&losses, &[], 0)
+    EvalResult::of(&losses, &[], 0).with_per_output(errors)
 }
 
 #[cfg(test)]

@@ -171,6 +171,8 @@ pub(crate) fn add_references(
         v["nominal_ci95"] = nominal.ci95.into();
         v["oracle_mse"] = oracle.mse.into();
         v["oracle_ci95"] = oracle.ci95.into();
+        v["nominal_per_output_mse"] = nominal.per_output_mse.clone().into();
+        v["oracle_per_output_mse"] = oracle.per_output_mse.clone().into();
     }
 }
 

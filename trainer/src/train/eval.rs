@@ -27,6 +27,9 @@ pub struct EvalResult {
     pub tasks: usize,
     /// Inner steps used.
     pub inner_steps: usize,
+    /// Regression: the MSE of each output over every task's queries (e.g. per joint).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub per_output_mse: Option<Vec<f64>>,
 }
 
 impl EvalResult {
@@ -41,7 +44,41 @@ impl EvalResult {
             accuracy_ci95: acc.map(|a| a.1),
             tasks: losses.len(),
             inner_steps,
+            per_output_mse: None,
         }
+    }
+
+    /// The same result with the per-output MSE of `errors`.
+    pub fn with_per_output(mut self, errors: PerOutput) -> Self {
+        self.per_output_mse = errors.mse();
+        self
+    }
+}
+
+/// Squared errors summed per output, for [`EvalResult::per_output_mse`].
+#[derive(Clone, Debug, Default)]
+pub struct PerOutput {
+    sum: Vec<f64>,
+    rows: usize,
+}
+
+impl PerOutput {
+    /// Adds the squared errors of predictions `p` against targets `y` (rows of `outputs`).
+    pub fn add<P: Copy + Into<f64>>(&mut self, p: &[P], y: &[f32], outputs: usize) {
+        if self.sum.len() != outputs {
+            self.sum = vec![0.0; outputs];
+        }
+        for (pr, yr) in p.chunks_exact(outputs).zip(y.chunks_exact(outputs)) {
+            for ((s, p), y) in self.sum.iter_mut().zip(pr).zip(yr) {
+                *s += ((*p).into() - *y as f64).powi(2);
+            }
+            self.rows += 1;
+        }
+    }
+
+    /// The mean squared error of each output (`None` if nothing was added).
+    pub fn mse(&self) -> Option<Vec<f64>> {
+        (self.rows > 0).then(|| self.sum.iter().map(|s| s / self.rows as f64).collect())
     }
 }
 
@@ -77,6 +114,7 @@ pub fn evaluate_on(
 ) -> Result<EvalResult, msr_runtime::Error> {
     let mut losses = Vec::with_capacity(ids.len());
     let mut accuracies = Vec::new();
+    let mut errors = PerOutput::default();
     let proto = family.is_classification() && models::embeds(model.spec());
     // Chunks bound memory; tasks are independent, so chunking does not change results.
     for ids in ids.chunks(if family.is_classification() { 20 } else { 100 }) {
@@ -104,10 +142,18 @@ pub fn evaluate_on(
                 .mean_dim(1);
             accuracies.extend(hit.to_data().convert::<f64>().iter::<f64>());
         }
+        if !family.is_classification() {
+            let p = out.clone().into_data().convert::<f32>();
+            errors.add(
+                p.as_slice::<f32>().unwrap_or(&[]),
+                &batch.yq,
+                family.output_len(),
+            );
+        }
         let l = model.net().loss(out, b.yq);
         losses.extend(l.to_data().convert::<f64>().iter::<f64>());
     }
-    Ok(EvalResult::of(&losses, &accuracies, inner_steps))
+    Ok(EvalResult::of(&losses, &accuracies, inner_steps).with_per_output(errors))
 }
 
 /// The robot families' two references on the tasks `ids` (see
@@ -120,10 +166,12 @@ pub fn evaluate_references(
     query: usize,
 ) -> Option<(EvalResult, EvalResult)> {
     let (mut nominal, mut oracle) = (Vec::new(), Vec::new());
+    let (mut nominal_errors, mut oracle_errors) = (PerOutput::default(), PerOutput::default());
+    let fo = family.output_len();
     for ids in ids.chunks(100) {
         let refs = family.references(ids, support, query)?;
         let batch = family.batch(ids, support, query);
-        let per = query * family.output_len();
+        let per = query * fo;
         for (t, r) in refs.iter().enumerate() {
             let y = &batch.yq[t * per..(t + 1) * per];
             let mse = |p: &[f32]| {
@@ -135,11 +183,13 @@ pub fn evaluate_references(
             };
             nominal.push(mse(&r.nominal));
             oracle.push(mse(&r.oracle));
+            nominal_errors.add(&r.nominal, y, fo);
+            oracle_errors.add(&r.oracle, y, fo);
         }
     }
     Some((
-        EvalResult::of(&nominal, &[], 0),
-        EvalResult::of(&oracle, &[], 0),
+        EvalResult::of(&nominal, &[], 0).with_per_output(nominal_errors),
+        EvalResult::of(&oracle, &[], 0).with_per_output(oracle_errors),
     ))
 }
 
@@ -178,6 +228,7 @@ pub fn evaluate_realtime(
     s.inner_steps = inner_steps;
     let classification = family.is_classification();
     let (mut losses, mut accuracies) = (Vec::with_capacity(ids.len()), Vec::new());
+    let mut errors = PerOutput::default();
     let mut out = vec![0.0f32; query * fo];
     for chunk in ids.chunks(if classification { 20 } else { 100 }) {
         let b = family.batch(chunk, support, query);
@@ -220,8 +271,9 @@ pub fn evaluate_realtime(
                     .sum::<f64>()
                     / (query * fo) as f64;
                 losses.push(mse);
+                errors.add(&out, yq, fo);
             }
         }
     }
-    Ok(EvalResult::of(&losses, &accuracies, inner_steps))
+    Ok(EvalResult::of(&losses, &accuracies, inner_steps).with_per_output(errors))
 }

@@ -23,6 +23,7 @@ pub use bench::{BenchResult, bench_outer_step, elapsed};
 pub use config::{InnerKind, Normalize, TrainConfig};
 pub use error::TrainError;
 pub use eval::{
-    EvalResult, evaluate, evaluate_on, evaluate_realtime, evaluate_references, proto_logits,
+    EvalResult, PerOutput, evaluate, evaluate_on, evaluate_realtime, evaluate_references,
+    proto_logits,
 };
 pub use trainer::{TRAINER_CONFIG, Trainer, trained_config};
