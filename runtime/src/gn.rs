@@ -6,7 +6,8 @@
 //! A step solves `(G + Lambda) dv = -g` for every task of a batch at once, `G` the
 //! (generalised) Gauss-Newton matrix of the support loss, `g` its gradient, `Lambda` the
 //! per-layer dampings on the diagonal. `J` (d outputs / d v, `[T, N F, P]`) comes from
-//! the hand-written backward pass run once per output (the batch replicated `N F` times).
+//! the hand-written backward pass run once per (example, output) pair, each replica holding
+//! its one example.
 //! The solve is a Cholesky factorisation written as a column loop of tensor ops (P is a
 //! few hundred at most); for the mean squared error with fewer outputs than parameters
 //! (`N F < P`) it solves the equivalent `N F x N F` system instead
@@ -24,8 +25,8 @@ use crate::net::{MetaParams, Net, TaskParams};
 use crate::spec::Loss;
 
 /// The most support outputs (examples x outputs) a burn Gauss-Newton step takes: `J` is
-/// computed by replicating the batch once per output, so its memory grows with the square
-/// of this. Larger sets are refused with an error (the real-time engine takes any number,
+/// computed by one replica of the network per (example, output) pair, so its memory grows
+/// with this times the network's activations. Larger sets are refused with an error (the real-time engine takes any number,
 /// in chunks).
 pub const MAX_BURN_GN_ROWS: usize = 2048;
 
@@ -132,24 +133,26 @@ impl Net {
                 .map(|l| l.iter().map(rep).collect())
                 .collect(),
         };
+        // Replica (e, o) holds example e alone: one backward per (example, output) pair,
+        // each through one example (not the whole support set: n times less work).
         let xr = x
             .clone()
-            .reshape([t, 1, n, fi])
-            .repeat_dim(1, c)
-            .reshape([t * c, n, fi]);
+            .reshape([t, n, 1, fi])
+            .repeat_dim(2, fo)
+            .reshape([t * c, 1, fi]);
         let (out_r, caches) = self.run(params, &task_r, xr, true);
         let [_, _, ch, sp] = out_r.dims();
         let out = out_r
-            .reshape([t, c, n, fo])
-            .slice([0..t, 0..1, 0..n, 0..fo])
+            .reshape([t, n, fo, fo])
+            .slice([0..t, 0..n, 0..1, 0..fo])
             .reshape([t, n, fo]);
-        // One cotangent per (example, output): the identity, for every task.
-        let eye: Vec<f32> = (0..c * c)
-            .map(|i| if i / c == i % c { 1.0 } else { 0.0 })
+        // Replica (e, o)'s cotangent: output o of its example.
+        let eye: Vec<f32> = (0..fo * fo)
+            .map(|i| if i / fo == i % fo { 1.0 } else { 0.0 })
             .collect();
-        let dy = constant::<3>(eye, [1, c, c], &x)
-            .repeat_dim(0, t)
-            .reshape([t * c, n, ch, sp]);
+        let dy = constant::<3>(eye, [1, fo, fo], &x)
+            .repeat_dim(0, t * n)
+            .reshape([t * c, 1, ch, sp]);
         let grads = self.backward(params, &task_r, &caches, dy);
         let cols: Vec<Tensor<2>> = grads
             .layers
