@@ -139,16 +139,19 @@ enum Command {
 
 #[derive(Args)]
 struct TrainArgs {
-    /// Task family: rank1, rank2, rank5, rot8, rot8-flip, cartpole, glyphs, glyphs-mini, or
+    /// Task family: rank1, rank2, rank5, rot8, rot8-flip, cartpole, glyphs, glyphs-mini,
+    /// panda-payload, quadrotor-wind (MuJoCo robots: feature `mujoco`, docs/robots.md), or
     /// npz:PATH (your own tasks: the file layout, splits and normalisation are in
     /// docs/data.md).
     #[arg(long)]
     problem: TaskSource,
     /// Meta-learner: msr-fc, maml-fc, maml-lc, maml-conv, msr-conv, and for any regression
-    /// family msr-mlp, maml-mlp, anil-mlp; on glyphs: maml-conv, msr-conv, anil, protonet.
+    /// family msr-mlp, maml-mlp, anil-mlp, msr-head (a frozen body, an MSR head); on glyphs:
+    /// maml-conv, msr-conv, anil, protonet.
     #[arg(long)]
     model: ModelKind,
-    /// Hidden widths of msr-mlp, maml-mlp and anil-mlp, comma-separated [default: 64,64].
+    /// Hidden widths of msr-mlp, maml-mlp, anil-mlp and msr-head, comma-separated
+    /// [default: 64,64].
     #[arg(long, value_delimiter = ',')]
     hidden: Option<Vec<usize>>,
     /// Activation after each hidden layer: relu, tanh or gelu.
@@ -401,7 +404,7 @@ fn train(args: TrainArgs) -> Result<RunOutcome> {
     if let Some(h) = &args.hidden {
         if !args.model.is_mlp() {
             return Err(format!(
-                "--hidden is for msr-mlp, maml-mlp and anil-mlp, not {}",
+                "--hidden is for msr-mlp, maml-mlp, anil-mlp and msr-head, not {}",
                 args.model
             )
             .into());

@@ -39,11 +39,16 @@ pub enum ModelKind {
     /// ANIL on a plain multilayer perceptron: the body is meta-learned and frozen, the
     /// linear head adapts (a meta-learned basis with adapted linear coefficients).
     AnilMlp,
+    /// ANIL with an MSR head (regression): the multilayer perceptron's body is meta-learned
+    /// and frozen; the head's weight is `W = reshape(U v)` with U meta-learned and only its
+    /// k coefficients v (and the head's bias) adapted. For a robot whose unknown enters
+    /// linearly (a payload's 10 inertial parameters), the structure of the physics.
+    MsrHead,
 }
 
 impl ModelKind {
     /// Every kind, in the order of the command-line help.
-    pub const ALL: [ModelKind; 10] = [
+    pub const ALL: [ModelKind; 11] = [
         ModelKind::MsrFc,
         ModelKind::MamlFc,
         ModelKind::MamlLc,
@@ -52,6 +57,7 @@ impl ModelKind {
         ModelKind::MsrMlp,
         ModelKind::MamlMlp,
         ModelKind::AnilMlp,
+        ModelKind::MsrHead,
         ModelKind::Anil,
         ModelKind::ProtoNet,
     ];
@@ -60,7 +66,7 @@ impl ModelKind {
     pub fn is_mlp(self) -> bool {
         matches!(
             self,
-            ModelKind::MsrMlp | ModelKind::MamlMlp | ModelKind::AnilMlp
+            ModelKind::MsrMlp | ModelKind::MamlMlp | ModelKind::AnilMlp | ModelKind::MsrHead
         )
     }
 }
@@ -111,7 +117,7 @@ impl ModelKind {
     /// the head; ProtoNets: nothing).
     pub fn adapts(self, layer: usize, layers: usize) -> bool {
         match self {
-            ModelKind::Anil | ModelKind::AnilMlp => layer + 1 == layers,
+            ModelKind::Anil | ModelKind::AnilMlp | ModelKind::MsrHead => layer + 1 == layers,
             ModelKind::ProtoNet => false,
             _ => true,
         }
@@ -132,6 +138,7 @@ impl FromStr for ModelKind {
             "msr-mlp" => Ok(ModelKind::MsrMlp),
             "maml-mlp" => Ok(ModelKind::MamlMlp),
             "anil-mlp" => Ok(ModelKind::AnilMlp),
+            "msr-head" => Ok(ModelKind::MsrHead),
             other => Err(format!(
                 "unknown model '{other}' (available: {})",
                 ModelKind::ALL.map(|k| k.to_string()).join(", ")
@@ -153,6 +160,7 @@ impl fmt::Display for ModelKind {
             ModelKind::MsrMlp => "msr-mlp",
             ModelKind::MamlMlp => "maml-mlp",
             ModelKind::AnilMlp => "anil-mlp",
+            ModelKind::MsrHead => "msr-head",
         })
     }
 }
@@ -258,7 +266,8 @@ fn mlp(
     (0..layers)
         .map(|i| {
             let (inputs, outputs, bias) = (widths[i], widths[i + 1], arch.bias);
-            let op = if kind == ModelKind::MsrMlp {
+            let head = i + 1 == layers;
+            let op = if kind == ModelKind::MsrMlp || (kind == ModelKind::MsrHead && head) {
                 Op::ShareLinear {
                     inputs,
                     outputs,
@@ -294,7 +303,7 @@ pub fn spec(kind: ModelKind, family: &Family, arch: &Arch) -> Result<NetSpec, St
     let single = |layer: Op| -> Result<Vec<LayerSpec>, String> {
         if !arch.hidden.is_empty() {
             return Err(format!(
-                "--hidden is for msr-mlp, maml-mlp and anil-mlp, not {kind}"
+                "--hidden is for msr-mlp, maml-mlp, anil-mlp and msr-head, not {kind}"
             ));
         }
         Ok(vec![LayerSpec {
@@ -304,8 +313,8 @@ pub fn spec(kind: ModelKind, family: &Family, arch: &Arch) -> Result<NetSpec, St
     };
     let (inputs, outputs) = (family.input_len(), family.output_len());
     if kind.is_mlp() {
-        if kind == ModelKind::AnilMlp && arch.hidden.is_empty() {
-            return Err("anil-mlp needs a body: give --hidden".into());
+        if matches!(kind, ModelKind::AnilMlp | ModelKind::MsrHead) && arch.hidden.is_empty() {
+            return Err(format!("{kind} needs a body: give --hidden"));
         }
         return Ok(NetSpec {
             input: FeatureShape(vec![inputs]),
@@ -445,7 +454,9 @@ pub fn init(
                 ..
             }
         );
-        let scaled = kind == ModelKind::MsrMlp;
+        // msr-mlp's layers and msr-head's head start where a plain MLP's would.
+        let scaled = kind == ModelKind::MsrMlp
+            || (kind == ModelKind::MsrHead && matches!(layer.op, Op::ShareLinear { .. }));
         let gain = match layer.activation {
             Activation::Relu | Activation::Gelu => 2.0,
             _ => 1.0,

@@ -18,7 +18,7 @@ pub struct TrainConfig {
     pub k: usize,
     /// MSR latent size of each layer (msr-mlp; empty: `k` everywhere).
     pub k_per_layer: Vec<usize>,
-    /// Hidden widths of the multilayer perceptrons (msr-mlp, maml-mlp, anil-mlp).
+    /// Hidden widths of the multilayer perceptrons (msr-mlp, maml-mlp, anil-mlp, msr-head).
     pub hidden: Vec<usize>,
     /// Activation after each hidden layer.
     pub activation: Activation,

@@ -328,3 +328,56 @@ fn gauss_newton_runs_export_resume_and_evaluate_alike_on_both_engines() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// msr-head: a plain, frozen body (its layers' learning rates stay 0, their weights are
+/// meta-learned) under an MSR head whose U is meta-learned and whose k coefficients adapt;
+/// meta-trained through Gauss-Newton, both engines adapt it alike.
+#[test]
+fn msr_head_freezes_its_body_and_adapts_k_coefficients() {
+    use msr_runtime::Op;
+    let mut c = TrainConfig::new(Problem::Cartpole, ModelKind::MsrHead);
+    (c.support, c.query, c.tasks_per_step, c.hidden, c.k) = (10, 20, 8, vec![16, 16], 4);
+    (c.inner, c.damping) = (InnerKind::GaussNewton, 0.01);
+    let mut t = Trainer::new(c).unwrap();
+    let before = t.record();
+    for _ in 0..5 {
+        assert!(t.outer_step().is_finite());
+    }
+    let after = t.record();
+    let ops: Vec<&Op> = after.net.layers.iter().map(|l| &l.op).collect();
+    assert!(matches!(ops[0], Op::Linear { .. }) && matches!(ops[1], Op::Linear { .. }));
+    assert!(matches!(
+        ops[2],
+        Op::ShareLinear {
+            k: 4,
+            bias: true,
+            ..
+        }
+    ));
+    for l in 0..2 {
+        assert_eq!(after.layers[l].lr, 0.0, "body layer {l} does not adapt");
+        assert_ne!(
+            before.layers[l].adapted0, after.layers[l].adapted0,
+            "but is meta-learned"
+        );
+    }
+    assert_eq!(
+        after.layers[2].lr, 1.0,
+        "the head adapts (Gauss-Newton's on switch)"
+    );
+    assert_ne!(
+        before.layers[2].shared, after.layers[2].shared,
+        "U is meta-learned"
+    );
+    assert_eq!(after.layers[2].adapted0[0].len(), 4);
+    let ids = t.family().test_ids(10);
+    let model = Model::from_record(&after, &msr_runtime::device::cpu(), DType::F32).unwrap();
+    let burn = evaluate_on(&model, t.family(), &ids, 10, 20, 1).unwrap();
+    let rt = evaluate_realtime(&after, t.family(), &ids, 10, 20, 1).unwrap();
+    assert!(
+        (burn.mse - rt.mse).abs() < 1e-3 * burn.mse,
+        "burn {} vs real-time {}",
+        burn.mse,
+        rt.mse
+    );
+}
