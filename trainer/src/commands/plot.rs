@@ -151,8 +151,10 @@ pub(crate) fn plot(args: PlotArgs) -> Result<()> {
         let mut colour = 0;
         for (name, s) in &series {
             let reference = name.starts_with('(');
-            let style = if reference {
-                ShapeStyle::from(&BLACK.mix(0.6)).stroke_width(2)
+            let style = if name == "(nominal)" {
+                ShapeStyle::from(&BLACK).stroke_width(2)
+            } else if reference {
+                ShapeStyle::from(&RGBColor(0, 150, 136)).stroke_width(2)
             } else {
                 colour += 1;
                 ShapeStyle::from(&palette[(colour - 1) % palette.len()]).stroke_width(3)
