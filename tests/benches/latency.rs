@@ -396,26 +396,43 @@ fn glyph_classify(c: &mut Criterion) {
     unsafe { msr_model_free(&mut m) };
 }
 
-/// The robot model of docs/robots.md with `hidden` units per layer: panda-payload's msr-mlp
-/// (28 -> hidden -> hidden -> 7, tanh, k = 10 per layer, adapted biases; freshly
-/// initialised, with `inner_steps` SGD steps).
-fn panda_model(hidden: usize, inner_steps: u32) -> ModelRecord {
+/// The robot models of docs/robots.md with `hidden` units per layer: panda-payload's
+/// msr-mlp (28 -> hidden -> hidden -> 7, tanh, k = 10 per layer, adapted biases) or
+/// msr-head (the same body plain and frozen, an MSR head with k = 10); freshly initialised,
+/// with `inner_steps` SGD steps.
+fn panda_model(
+    kind: msr_trainer::models::ModelKind,
+    hidden: usize,
+    inner_steps: u32,
+) -> ModelRecord {
     use msr_trainer::models::{ModelKind, init};
+    let head_only = kind == ModelKind::MsrHead;
     let share = |i, o| Op::ShareLinear {
         inputs: i,
         outputs: o,
         k: 10,
         bias: true,
     };
+    let body = |i, o| {
+        if head_only {
+            Op::Linear {
+                inputs: i,
+                outputs: o,
+                bias: true,
+            }
+        } else {
+            share(i, o)
+        }
+    };
     let net = NetSpec {
         input: FeatureShape(vec![28]),
         layers: vec![
             LayerSpec {
-                op: share(28, hidden),
+                op: body(28, hidden),
                 activation: Activation::Tanh,
             },
             LayerSpec {
-                op: share(hidden, hidden),
+                op: body(hidden, hidden),
                 activation: Activation::Tanh,
             },
             LayerSpec {
@@ -446,10 +463,15 @@ fn panda_model(hidden: usize, inner_steps: u32) -> ModelRecord {
 }
 
 /// The robot model through the C ABI: predict one sample (a control tick), adapt on K = 20
-/// samples (3 SGD steps, as trained; and one Gauss-Newton step), observe one sample.
+/// samples (3 SGD steps, as trained, or 3 Gauss-Newton steps), observe one sample.
 fn panda_payload(c: &mut Criterion) {
-    for hidden in [64, 256] {
-        let rec = panda_model(hidden, 3);
+    use msr_trainer::models::ModelKind;
+    for (kind, hidden) in [
+        (ModelKind::MsrMlp, 64),
+        (ModelKind::MsrMlp, 256),
+        (ModelKind::MsrHead, 64),
+    ] {
+        let rec = panda_model(kind, hidden, 3);
         let (x, y) = (values(21 * 28, 1.0, 13), values(21 * 7, 1.0, 14));
         let (xs, ys, xq) = (&x[..20 * 28], &y[..20 * 7], &x[20 * 28..]);
         let mut out = vec![0.0f32; 7];
@@ -479,7 +501,7 @@ fn panda_payload(c: &mut Criterion) {
             assert_eq!(st, msr_status::MSR_OK);
             black_box(&out);
         };
-        let name = format!("panda-payload msr-mlp 28-{hidden}-{hidden}-7 (k=10)");
+        let name = format!("panda-payload {kind} 28-{hidden}-{hidden}-7 (k=10)");
         let mut g = c.benchmark_group(format!("{name}: predict 1 sample"));
         g.bench_function("C ABI, real-time engine", |b| b.iter(&mut predict));
         g.finish();
@@ -487,7 +509,7 @@ fn panda_payload(c: &mut Criterion) {
         let mut g = c.benchmark_group(format!("{name}: adapt on 20 samples"));
         g.sample_size(30);
         g.bench_function("C ABI, 3 SGD steps", |b| b.iter(|| adapt(s)));
-        g.bench_function("C ABI, 1 Gauss-Newton step", |b| b.iter(|| adapt(gn)));
+        g.bench_function("C ABI, 3 Gauss-Newton steps", |b| b.iter(|| adapt(gn)));
         g.finish();
         let mut i = 0usize;
         let mut tick = || {
