@@ -32,6 +32,25 @@ pub trait Robot: Send + Sync + std::fmt::Debug {
     fn references(&self, id: u64, support: usize, query: usize) -> References;
 }
 
+/// Appends a task's examples to `b`: the first `support` samples' features (which
+/// `features` appends) and targets to
+/// the support set, the rest to the queries (`targets` holds `outputs` per sample).
+#[cfg(feature = "mujoco")]
+fn append_split<S>(
+    samples: &[S],
+    features: impl Fn(&S, &mut Vec<f32>),
+    targets: &[f32],
+    support: usize,
+    outputs: usize,
+    b: &mut Batch,
+) {
+    let (s, q) = samples.split_at(support);
+    s.iter().for_each(|e| features(e, &mut b.xs));
+    q.iter().for_each(|e| features(e, &mut b.xq));
+    b.ys.extend_from_slice(&targets[..support * outputs]);
+    b.yq.extend_from_slice(&targets[support * outputs..]);
+}
+
 /// Query predictions of a robot family's two references for one task.
 #[derive(Clone, Debug, PartialEq)]
 pub struct References {

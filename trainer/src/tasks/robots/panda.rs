@@ -508,11 +508,14 @@ impl Robot for Panda {
         let payload = Payload::of_task(id);
         let samples = self.samples(id, support, query);
         let targets = self.targets(&payload, &samples);
-        let (s, q) = samples.split_at(support);
-        b.xs.extend(s.iter().flat_map(Sample::features));
-        b.xq.extend(q.iter().flat_map(Sample::features));
-        b.ys.extend_from_slice(&targets[..support * JOINTS]);
-        b.yq.extend_from_slice(&targets[support * JOINTS..]);
+        super::append_split(
+            &samples,
+            |s, v| v.extend(s.features()),
+            &targets,
+            support,
+            JOINTS,
+            b,
+        );
     }
 
     /// The nominal model predicts no residual; the oracle is the Bayes estimate of the

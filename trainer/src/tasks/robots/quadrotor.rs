@@ -509,11 +509,14 @@ impl Robot for Quadrotor {
         let air = Air::of_task(id);
         let samples = self.samples(id, support, query);
         let targets = self.targets(&air, &samples);
-        let (s, q) = samples.split_at(support);
-        b.xs.extend(s.iter().flat_map(Sample::features));
-        b.xq.extend(q.iter().flat_map(Sample::features));
-        b.ys.extend_from_slice(&targets[..support * OUTPUTS]);
-        b.yq.extend_from_slice(&targets[support * OUTPUTS..]);
+        super::append_split(
+            &samples,
+            |s, v| v.extend(s.features()),
+            &targets,
+            support,
+            OUTPUTS,
+            b,
+        );
     }
 
     /// The nominal model predicts no residual force; the oracle knows MuJoCo's fluid model
