@@ -442,13 +442,7 @@ fn panda_model(
         ],
         loss: Loss::Mse,
     };
-    let layers = init(
-        &net,
-        ModelKind::MsrMlp,
-        0.01,
-        &mut msr_trainer::rng::Rng::new(4),
-    )
-    .expect("init");
+    let layers = init(&net, kind, 0.01, &mut msr_trainer::rng::Rng::new(4)).expect("init");
     ModelRecord {
         info: ModelInfo {
             name: "panda-payload-shaped".into(),
