@@ -32,6 +32,18 @@ pub trait Robot: Send + Sync + std::fmt::Debug {
     fn references(&self, id: u64, support: usize, query: usize) -> References;
 }
 
+/// A direction uniform on the unit sphere.
+#[cfg(feature = "mujoco")]
+fn unit_vector(rng: &mut crate::rng::Rng) -> [f64; 3] {
+    loop {
+        let d = [rng.normal(), rng.normal(), rng.normal()];
+        let n = d.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if n > 1e-6 {
+            return d.map(|v| v / n);
+        }
+    }
+}
+
 /// Appends a task's examples to `b`: the first `support` samples' features (which
 /// `features` appends) and targets to
 /// the support set, the rest to the queries (`targets` holds `outputs` per sample).

@@ -92,13 +92,7 @@ impl Payload {
     /// A solid box of `mass` with random sides (`sides` m) and orientation, its centre of
     /// mass uniformly inside a ball of `radius` around the end-effector site.
     fn random(mass: f64, radius: f64, sides: [f64; 2], rng: &mut Rng) -> Self {
-        let dir = loop {
-            let d = [rng.normal(), rng.normal(), rng.normal()];
-            let n = d.iter().map(|v| v * v).sum::<f64>().sqrt();
-            if n > 1e-6 {
-                break d.map(|v| v / n);
-            }
-        };
+        let dir = super::unit_vector(rng);
         let r = radius * rng.uniform().cbrt();
         let [a, b, c] = [(); 3].map(|_| rng.range(sides[0], sides[1]));
         Payload(Inertial {
@@ -349,11 +343,11 @@ impl Panda {
                 noise: [0.0; JOINTS],
             },
         };
-        panda.prior = panda.estimate_prior();
+        panda.prior = panda.estimate_prior()?;
         Ok(panda)
     }
 
-    fn estimate_prior(&self) -> Prior {
+    fn estimate_prior(&self) -> Result<Prior, String> {
         // Payload parameters of training tasks (ids from the training range's top, not
         // used by runs in practice; any ids would do: the prior is the family's).
         let n = 4096;
@@ -378,8 +372,8 @@ impl Panda {
         for a in 0..PARAMS {
             cov[a * PARAMS + a] += 1e-12;
         }
-        let precision =
-            invert(cov, PARAMS).expect("the payload parameters' covariance is full rank");
+        let precision = invert(cov, PARAMS)
+            .ok_or("the payload parameters' covariance is singular: no prior for the oracle")?;
         // Noise: what the exact payload model leaves of the targets.
         let mut noise = [0.0; JOINTS];
         let (tasks, per) = (64u64, 50usize);
@@ -394,11 +388,11 @@ impl Panda {
                 }
             }
         }
-        Prior {
+        Ok(Prior {
             mean,
             precision,
             noise,
-        }
+        })
     }
 
     /// Task `id`'s samples: `support` from one trajectory, `query` from another.

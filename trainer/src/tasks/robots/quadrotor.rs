@@ -30,6 +30,8 @@ pub const EXAMPLES: usize = 200;
 /// Mass (kg), as in the MJCF.
 const MASS: f64 = 1.0;
 const GRAVITY: f64 = 9.81;
+/// The hull: the model's only geom (checked at load).
+const HULL: usize = 0;
 
 /// Measurement noise (standard deviations): velocity (m/s), attitude (rad, a small random
 /// rotation), body rates (rad/s), force (N: mass times accelerometer noise).
@@ -58,7 +60,7 @@ impl Air {
     pub fn of_task(id: u64) -> Self {
         let mut rng = Rng::derive(&[Problem::QuadrotorWind as u64, id, 1]);
         let speed = rng.range(0.0, 12.0);
-        let dir = unit(&mut rng);
+        let dir = super::unit_vector(&mut rng);
         Air {
             wind: dir.map(|d| d * speed),
             drag: rng.range(0.5, 1.5),
@@ -69,16 +71,6 @@ impl Air {
         Air {
             wind: [p[0], p[1], p[2]],
             drag: p[3],
-        }
-    }
-}
-
-fn unit(rng: &mut Rng) -> [f64; 3] {
-    loop {
-        let d = [rng.normal(), rng.normal(), rng.normal()];
-        let n = d.iter().map(|v| v * v).sum::<f64>().sqrt();
-        if n > 1e-6 {
-            return d.map(|v| v / n);
         }
     }
 }
@@ -285,7 +277,6 @@ struct Prior {
 #[derive(Debug)]
 pub struct Quadrotor {
     sim: Mutex<Sim>,
-    hull: usize,
     drag0: [f64; 2],
     prior: Prior,
 }
@@ -301,7 +292,6 @@ impl Quadrotor {
         let fluid = m.geom_fluid()[0];
         let mut q = Quadrotor {
             sim: Mutex::new(sim),
-            hull: 0,
             drag0: [fluid[1], fluid[2]],
             // Wind speed uniform in [0, 12] in a uniform direction: E[w_i^2] = 144 / 9.
             prior: Prior {
@@ -360,7 +350,7 @@ impl Quadrotor {
     fn forces(&self, air: &Air, samples: &[Sample], measured: bool) -> Vec<f64> {
         let mut sim = self.sim.lock().unwrap_or_else(|p| p.into_inner());
         sim.options_mut().wind = air.wind;
-        let fluid = sim.geom_fluid_mut(self.hull);
+        let fluid = sim.geom_fluid_mut(HULL);
         fluid[1] = self.drag0[0] * air.drag;
         fluid[2] = self.drag0[1] * air.drag;
         let mut out = Vec::with_capacity(samples.len() * 3);

@@ -91,7 +91,7 @@ impl Sim {
         self.data.model_opt_mut()
     }
 
-    /// Body `id`'s geom fluid coefficients, to change (`geom_fluid`, 12 per geom).
+    /// Geom `geom`'s fluid coefficients, to change (`geom_fluid`, 12 per geom).
     pub fn geom_fluid_mut(&mut self, geom: usize) -> &mut [f64; 12] {
         // SAFETY: only values change (model_mut's contract).
         let m = unsafe { self.data.model_mut() };
