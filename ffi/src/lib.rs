@@ -163,7 +163,9 @@ struct SessionState {
 }
 
 thread_local! {
-    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+    /// The thread's last error message; `None` after a call that succeeded (clearing it
+    /// frees, never allocates: the success path of every call stays allocation-free).
+    static LAST_ERROR: RefCell<Option<CString>> = const { RefCell::new(None) };
     /// How many msr calls this thread is inside (the panic hook stays quiet while > 0).
     static DEPTH: Cell<u32> = const { Cell::new(0) };
     /// Where the last caught panic happened (set by the hook).
@@ -173,7 +175,12 @@ thread_local! {
 fn set_error(message: impl Into<String>) {
     let mut m = message.into();
     m.retain(|c| c != '\0');
-    LAST_ERROR.with(|e| *e.borrow_mut() = CString::new(m).expect("NULs removed"));
+    LAST_ERROR.with(|e| *e.borrow_mut() = Some(CString::new(m).expect("NULs removed")));
+}
+
+/// After a call that succeeded: no message (frees the last one; allocates nothing).
+fn clear_error() {
+    LAST_ERROR.with(|e| e.borrow_mut().take());
 }
 
 fn fail(status: msr_status, message: impl Into<String>) -> msr_status {
@@ -256,7 +263,7 @@ fn guard(f: impl FnOnce() -> msr_status) -> msr_status {
     match result {
         Ok(status) => {
             if status == msr_status::MSR_OK {
-                set_error("");
+                clear_error();
             }
             status
         }
@@ -340,7 +347,7 @@ pub extern "C" fn msr_version() -> *const c_char {
 /// it. Never free it. Each thread has its own message.
 #[unsafe(no_mangle)]
 pub extern "C" fn msr_last_error() -> *const c_char {
-    LAST_ERROR.with(|e| e.borrow().as_ptr())
+    LAST_ERROR.with(|e| e.borrow().as_ref().map_or(c"".as_ptr(), |m| m.as_ptr()))
 }
 
 /// # Safety

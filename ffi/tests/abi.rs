@@ -4,12 +4,57 @@
 // buffers with their true lengths (or deliberately wrong ones, which libmsr must refuse).
 #![allow(clippy::undocumented_unsafe_blocks)]
 
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::ffi::CStr;
 use std::ptr;
 
 use msr::*;
 use msr_core::format::{LayerRecord, ModelInfo};
 use msr_core::{Activation, FeatureShape, LayerSpec, Loss, ModelRecord, NetSpec, Op};
+
+/// Counts the allocations of threads that ask for it (the C ABI's hot path must make none;
+/// the other tests' threads are not counted).
+struct Counting;
+
+thread_local! {
+    /// `Some(n)`: this thread counts its allocations, `n` so far.
+    static COUNTED: Cell<Option<usize>> = const { Cell::new(None) };
+}
+
+fn count() {
+    // A const-initialised Cell neither allocates nor has a destructor; during a thread's
+    // teardown `try_with` fails and nothing counts.
+    let _ = COUNTED.try_with(|c| c.set(c.get().map(|n| n + 1)));
+}
+
+// SAFETY: every method forwards to the system allocator with the same arguments.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract for `alloc`, passed on.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract for `dealloc`, passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: the caller's contract for `realloc`, passed on.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// How many allocations `f` makes on this thread.
+fn allocations(f: impl FnOnce()) -> usize {
+    COUNTED.with(|c| c.set(Some(0)));
+    f();
+    COUNTED.with(|c| c.replace(None)).unwrap()
+}
 
 fn record(loss: Loss) -> ModelRecord {
     let net = NetSpec {
@@ -836,6 +881,105 @@ fn observe_streams_examples_into_a_gauss_newton_session() {
         unsafe { msr_session_observe(sess, ptr::null(), 0, y.as_ptr(), 3, 1) },
         msr_status::MSR_ERR_NULL
     );
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
+}
+
+/// The control loop's calls through the C ABI allocate nothing once the session is set up:
+/// predict, adapt (SGD and Gauss-Newton), observe, reset, save and load the state, even
+/// right after a failed call (clearing the last error frees, never allocates). A failed
+/// call may allocate its message.
+#[test]
+fn the_hot_path_through_the_c_abi_allocates_nothing() {
+    let (mut m, mut sess) = mse_session();
+    let (x, y) = (data(8, 6, 0.3), data(8, 3, 1.1));
+    let mut out = vec![0.0f32; 24];
+    let mut info = msr_model_info::default();
+    assert_eq!(
+        unsafe { msr_model_get_info(m, &mut info) },
+        msr_status::MSR_OK
+    );
+    let mut state = vec![0u8; info.state_len];
+    let mut written = 0usize;
+    let mut loss = 0.0f32;
+    // Every call's status goes into a vector with room for them all (no allocation).
+    let mut st = Vec::with_capacity(64);
+    let mut calls = |sess: *mut msr_session, observe: bool, st: &mut Vec<msr_status>| unsafe {
+        st.clear();
+        st.push(msr_session_predict(
+            sess,
+            x.as_ptr(),
+            48,
+            8,
+            out.as_mut_ptr(),
+            24,
+        ));
+        st.push(msr_session_adapt(
+            sess,
+            x.as_ptr(),
+            48,
+            y.as_ptr(),
+            24,
+            8,
+            &mut loss,
+        ));
+        st.push(msr_session_predict(
+            sess,
+            x.as_ptr(),
+            6,
+            1,
+            out.as_mut_ptr(),
+            3,
+        ));
+        if observe {
+            for i in 0..8 {
+                st.push(msr_session_observe(
+                    sess,
+                    x[i * 6..].as_ptr(),
+                    6,
+                    y[i * 3..].as_ptr(),
+                    3,
+                    1,
+                ));
+                st.push(msr_session_predict(
+                    sess,
+                    x.as_ptr(),
+                    6,
+                    1,
+                    out.as_mut_ptr(),
+                    3,
+                ));
+            }
+        }
+        st.push(msr_session_save_state(
+            sess,
+            state.as_mut_ptr(),
+            state.len(),
+            &mut written,
+        ));
+        st.push(msr_session_load_state(sess, state.as_ptr(), written));
+        st.push(msr_session_reset(sess));
+    };
+    // Warm-up (the first calls may set up thread-locals), then counted.
+    calls(sess, false, &mut st);
+    let sgd = allocations(|| calls(sess, false, &mut st));
+    assert!(st.iter().all(|s| *s == msr_status::MSR_OK), "{st:?}");
+    assert_eq!(sgd, 0, "SGD session: {sgd} allocations");
+    assert_eq!(
+        unsafe { msr_session_set_inner(sess, msr_inner::MSR_INNER_GAUSS_NEWTON as i32, 1.0) },
+        msr_status::MSR_OK
+    );
+    calls(sess, true, &mut st);
+    // After a failed call (it writes a message), the next calls still allocate nothing.
+    assert_eq!(
+        unsafe { msr_session_predict(sess, x.as_ptr(), 5, 1, [0.0f32; 3].as_mut_ptr(), 3) },
+        msr_status::MSR_ERR_INVALID_ARGUMENT
+    );
+    let gn = allocations(|| calls(sess, true, &mut st));
+    assert_eq!(st.len(), 22);
+    assert!(st.iter().all(|s| *s == msr_status::MSR_OK), "{st:?}");
+    assert_eq!(gn, 0, "Gauss-Newton session: {gn} allocations");
+    assert_eq!(last_error(), "");
     unsafe { msr_session_free(&mut sess) };
     unsafe { msr_model_free(&mut m) };
 }
