@@ -7,56 +7,10 @@ use std::process::Command;
 use msr_runtime::format::{LayerRecord, ModelInfo};
 use msr_runtime::{Activation, FeatureShape, LayerSpec, Loss, ModelRecord, NetSpec, Op};
 use msr_runtime::{DType, Model, Tensor, TensorData};
+use msr_tests::{lib_dir, number_after, root, run, work_dir};
 use msr_trainer::models::ModelKind;
 use msr_trainer::tasks::{Family, Problem};
 use msr_trainer::train::{TrainConfig, Trainer};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// target/<profile>, from this test binary's path (target/<profile>/deps/<binary>).
-fn lib_dir() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    {
-        // `cargo test` builds msr-ffi as an rlib only, so libmsr.so may be missing or stale.
-        // Build the workspace with every target, as `cargo test --workspace --release`
-        // resolved it: the same features, so this only links libmsr.so/.a (building
-        // `-p msr-ffi` alone would resolve other features and rebuild burn). A no-op when
-        // the library is fresh.
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "--release", "--workspace", "--all-targets"])
-            .current_dir(root())
-            .status()
-            .unwrap();
-        assert!(status.success(), "building libmsr failed");
-    }
-    assert!(
-        dir.join("libmsr.so").exists(),
-        "no libmsr.so in {}",
-        dir.display()
-    );
-    dir
-}
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed ({}):\n{text}",
-        out.status
-    );
-    text
-}
 
 /// The robot loop's per-task errors: before adapting, and the mean after.
 fn errors_before_after(out: &str) -> (Vec<f64>, Vec<f64>) {
@@ -69,12 +23,6 @@ fn errors_before_after(out: &str) -> (Vec<f64>, Vec<f64>) {
         all("error before adapting"),
         all("mean error after adapting"),
     )
-}
-
-fn work_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("msr-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
 }
 
 fn trained_rank1(dir: &Path) -> PathBuf {
@@ -175,24 +123,6 @@ fn glyph_classifier(dir: &Path) -> (PathBuf, PathBuf, usize) {
             .collect();
     let correct = pred.iter().zip(&truth).filter(|(p, t)| p == t).count();
     (model_path, episode, correct)
-}
-
-fn number_after(text: &str, label: &str) -> f64 {
-    let at = text
-        .find(label)
-        .unwrap_or_else(|| panic!("no '{label}' in:\n{text}"))
-        + label.len();
-    text[at..]
-        .split_whitespace()
-        .next()
-        .and_then(|w| {
-            w.split('/')
-                .next()?
-                .trim_end_matches(|c: char| !c.is_ascii_digit())
-                .parse()
-                .ok()
-        })
-        .unwrap_or_else(|| panic!("no number after '{label}' in:\n{text}"))
 }
 
 #[test]

@@ -15,7 +15,7 @@ mod commands;
 
 use commands::demo::demo;
 use commands::eval::{EvalArgs, eval};
-use commands::plot::{PlotArgs, plot};
+use commands::plot::{PlotArgs, PlotLoopArgs, plot, plot_loop};
 use commands::predict::{PredictArgs, predict};
 use commands::ridge::{RidgeArgs, ridge};
 use commands::tasks::{TasksArgs, tasks};
@@ -53,6 +53,9 @@ enum Command {
     /// Draw error against support examples, one line per method, from a results script's
     /// JSON lines (PNG).
     Plot(PlotArgs),
+    /// Draw a closed-loop run's tracking error over time, one line per controller, from its
+    /// CSV (examples/cpp/panda_payload.cpp --csv) (PNG).
+    PlotLoop(PlotLoopArgs),
     /// Export the model of a (possibly unfinished) run's checkpoint to a .msr file.
     Export {
         /// Run directory (holds checkpoint.bin).
@@ -265,6 +268,7 @@ fn run(command: Command) -> Result<()> {
         Command::Tasks(args) => tasks(args),
         Command::Ridge(args) => ridge(args),
         Command::Plot(args) => plot(args),
+        Command::PlotLoop(args) => plot_loop(args),
         Command::Export { run, out } => {
             let t = Trainer::resume(&run.join("checkpoint.bin"), None)?;
             fs::write(&out, t.record().to_bytes())
