@@ -504,6 +504,17 @@ int main(int argc, char** argv) {
         std::printf("allocations inside the loops: %ld%s\n", allocs,
                     alloc_count::active() ? "" : " (not counted: built without alloc_count.cpp)");
 
+        // One line for scripts (scripts/results-closed-loop.sh): EE RMS errors (mm) over the
+        // run and after the change, recovery times (s, -1: never), latency p99s (us).
+        std::printf("summary seed=%u", o.seed);
+        for (std::size_t k = 0; k < runs.size(); ++k)
+            std::printf(" %s=%.5f %s_seg2=%.5f", name(kControllers[k]), 1e3 * rms(errors[k], 0, n),
+                        name(kControllers[k]), 1e3 * rms(errors[k], s, n));
+        std::printf(" msr_recover=%.3f window_recover=%.3f msr_p99_us=%.2f window_adapt_p99_us=%.2f\n",
+                    s < n ? time_to_within(errors[2], oracle, s, n, 1.2, loop.h()) : -1.0,
+                    s < n ? time_to_within(errors[3], oracle, s, n, 1.2, loop.h()) : -1.0,
+                    percentile(both, 0.99), percentile(runs[3].update_us, 0.99));
+
         if (!o.csv.empty()) {
             std::FILE* f = std::fopen(o.csv.c_str(), "w");
             if (!f) throw std::runtime_error("cannot write " + o.csv);

@@ -745,6 +745,28 @@ mod streaming {
         let mut out = [0.0f32; 3];
         w.predict(&flat, 1, &mut out).unwrap();
         assert!((out[0] - 0.5).abs() < 1e-3, "{out:?}");
+        // A robot's stream: 1 kHz samples of a slow trajectory (consecutive inputs nearly
+        // equal), noisy targets, gamma = 0.995. Rounding must not break the covariance:
+        // before it was kept exactly symmetric, this stream was refused after ~6000
+        // examples (as the closed-loop Panda's was, every ~6 s).
+        let mut r = Session::new(s.model().clone(), 4).unwrap();
+        r.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
+        r.set_forgetting(0.995).unwrap();
+        let mut noise = Rng::new(43);
+        for k in 0..30_000 {
+            let t = k as f64 * 1e-3;
+            let x: Vec<f32> = (0..5)
+                .map(|i| ((0.3 + 0.2 * i as f64) * t + i as f64).sin() as f32)
+                .collect();
+            let y: Vec<f32> = (0..3)
+                .map(|o| {
+                    let clean: f64 = (0..5).map(|i| maps[0][o * 5 + i] * x[i] as f64).sum();
+                    (clean + 0.05 * noise.normals(1, 1.0)[0]) as f32
+                })
+                .collect();
+            r.observe(&x, &y, 1)
+                .unwrap_or_else(|e| panic!("example {k} refused: {e}"));
+        }
         s.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
         for bad in [0.0, -0.5, 1.5, f32::NAN] {
             assert!(s.set_forgetting(bad).is_err());
