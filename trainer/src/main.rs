@@ -25,6 +25,7 @@ use msr_trainer::inspect;
 use msr_trainer::models::ModelKind;
 use msr_trainer::run::{RunOptions, RunOutcome};
 use msr_trainer::tasks::{Family, Problem, TaskSource};
+use msr_trainer::train::shard::Collective;
 use msr_trainer::train::{TrainConfig, Trainer};
 
 #[derive(Parser)]
@@ -230,6 +231,12 @@ struct TrainArgs {
     /// Where to compute: cpu, gpu (the first adapter) or gpu:N (needs the `wgpu` feature).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Define each step's meta-gradient as the sum of this many shards of its tasks, one
+    /// backward pass each, added in shard order: the run's result then does not depend on
+    /// how many processes share the shards (`mpirun -np N`, feature `mpi`). 1: one backward
+    /// pass over all the tasks. A resumed run keeps its checkpoint's.
+    #[arg(long)]
+    shards: Option<usize>,
 }
 
 /// Episode shape of the classification families (ignored by regression families).
@@ -437,18 +444,46 @@ fn train(args: TrainArgs) -> Result<RunOutcome> {
     config.first_order = args.first_order;
 
     let device = msr_runtime::device::by_name(&args.device)?;
+    // Under mpirun (feature `mpi`): this process's place in the job.
+    #[cfg(feature = "mpi")]
+    let (_universe, collective) = msr_trainer::train::shard::mpi_world()
+        .ok_or("MPI could not be initialised (was it initialised twice?)")?;
+    #[cfg(not(feature = "mpi"))]
+    let collective = msr_trainer::train::shard::Local;
     let (dir, mut trainer) = match (&args.resume, &args.out) {
         (Some(dir), _) => {
             let t = Trainer::resume_on(&dir.join("checkpoint.bin"), Some(&config), device)?;
-            info!("resuming {} at step {}", dir.display(), t.step);
+            if args.shards.is_some_and(|s| s != t.shards()) {
+                return Err(format!(
+                    "{} was trained with --shards {}: a resumed run keeps it",
+                    dir.display(),
+                    t.shards()
+                )
+                .into());
+            }
+            if collective.rank() == 0 {
+                info!("resuming {} at step {}", dir.display(), t.step);
+            }
             (dir.clone(), t)
         }
         (None, Some(dir)) => {
             fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            (dir.clone(), Trainer::on_device(config.clone(), device)?)
+            let mut t = Trainer::on_device(config.clone(), device)?;
+            t.set_shards(args.shards.unwrap_or(1))?;
+            (dir.clone(), t)
         }
         (None, None) => return Err("give --out DIR (or --resume DIR)".into()),
     };
+    if collective.size() > 1 && trainer.shards() < collective.size() {
+        return Err(format!(
+            "{} processes but --shards {}: every process needs a shard (use --shards >= {})",
+            collective.size(),
+            trainer.shards(),
+            collective.size()
+        )
+        .into());
+    }
+    trainer.set_collective(Box::new(collective));
     let opts = RunOptions {
         eval_every: args.eval_every,
         eval_tasks: args.eval_tasks,

@@ -13,7 +13,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use log::info;
 
 use crate::models::ModelKind;
-use crate::train::{EvalResult, TrainError, Trainer, elapsed, train_batch};
+use crate::train::{EvalResult, TrainError, Trainer, elapsed, train_batch, train_shards};
+
+/// Steps between the checks that every process holds the same parameters.
+pub const CHECK_EVERY: u64 = 50;
 
 /// What a finished run reports.
 pub struct RunOutcome {
@@ -48,13 +51,26 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TrainError + '_ {
 /// `dir` (see the module documentation).
 pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOutcome, TrainError> {
     let cfg = trainer.config.clone();
+    // In a distributed run every rank trains; rank 0 alone evaluates and writes.
+    let (rank, size) = (trainer.collective().rank(), trainer.collective().size());
+    let writer = rank == 0;
     let metrics_path = dir.join("metrics.jsonl");
-    let mut metrics = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&metrics_path)
-        .map_err(io(&metrics_path))?;
-    let bar = ProgressBar::new(cfg.steps);
+    let mut metrics = if writer {
+        Some(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(io(&metrics_path))?,
+        )
+    } else {
+        None
+    };
+    let bar = if writer {
+        ProgressBar::new(cfg.steps)
+    } else {
+        ProgressBar::hidden()
+    };
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} {per_sec} eta {eta} {msg}")
             .expect("valid template")
@@ -80,20 +96,30 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
             }
         )
     };
-    info!(
-        "training {} on {} for {} outer steps ({} tasks/step, {inner}{}) into {}",
-        cfg.model,
-        cfg.problem,
-        cfg.steps,
-        cfg.tasks_per_step,
-        if cfg.augment_query {
-            ", augmented queries"
-        } else {
-            ""
-        },
-        dir.display()
-    );
-    // Generate the next batches on another thread while this one meta-trains.
+    let shards = trainer.shards();
+    let sharded = trainer.is_sharded();
+    if writer {
+        info!(
+            "training {} on {} for {} outer steps ({} tasks/step, {inner}{}{}) into {}",
+            cfg.model,
+            cfg.problem,
+            cfg.steps,
+            cfg.tasks_per_step,
+            if cfg.augment_query {
+                ", augmented queries"
+            } else {
+                ""
+            },
+            if sharded {
+                format!(", {shards} gradient shards over {size} process(es)")
+            } else {
+                String::new()
+            },
+            dir.display()
+        );
+    }
+    // Generate the next batches (this rank's shards) on another thread while this one
+    // meta-trains.
     let (tx, rx) = std::sync::mpsc::sync_channel(4);
     let producer = {
         let family = trainer.family().clone();
@@ -101,17 +127,30 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
         let from = trainer.step;
         std::thread::spawn(move || {
             for step in from..cfg.steps {
-                if tx.send(train_batch(&family, &cfg, step)).is_err() {
+                let batches = if sharded {
+                    train_shards(&family, &cfg, step, shards, rank, size)
+                } else {
+                    vec![train_batch(&family, &cfg, step)]
+                };
+                if tx.send(batches).is_err() {
                     break; // the trainer stopped early
                 }
             }
         })
     };
     while trainer.step < cfg.steps {
-        let batch = rx
+        let batches = rx
             .recv()
             .map_err(|_| TrainError::Config("the batch generator stopped".into()))?;
-        let loss = trainer.outer_step_on(&batch);
+        let loss = if sharded {
+            trainer.outer_step_shards(&batches)?
+        } else {
+            trainer.outer_step_on(&batches[0])
+        };
+        // A cheap check that the processes still hold the same parameters.
+        if size > 1 && trainer.step.is_multiple_of(CHECK_EVERY) {
+            trainer.check_ranks_agree()?;
+        }
         if !loss.is_finite() {
             return Err(TrainError::Config(format!(
                 "training diverged at step {}: loss {loss}",
@@ -123,7 +162,7 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
         let step = trainer.step;
         let done = step == cfg.steps;
         let sps = (step - first) as f64 / elapsed(start).max(1e-9);
-        if step.is_multiple_of(10) || done {
+        if writer && (step.is_multiple_of(10) || done) {
             let mut line = serde_json::json!({
                 "step": step,
                 "train_loss": running / count as f64,
@@ -140,7 +179,9 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
                 }
                 last_eval = Some(e);
             }
-            writeln!(metrics, "{line}").map_err(io(&metrics_path))?;
+            if let Some(m) = metrics.as_mut() {
+                writeln!(m, "{line}").map_err(io(&metrics_path))?;
+            }
             bar.set_message(format!(
                 "train {:.4}{}",
                 running / count as f64,
@@ -159,7 +200,7 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
             running = 0.0;
             count = 0;
         }
-        if step.is_multiple_of(opts.checkpoint_every) || done {
+        if writer && (step.is_multiple_of(opts.checkpoint_every) || done) {
             trainer.save_checkpoint(&dir.join("checkpoint.bin"))?;
             let model = dir.join("model.msr");
             fs::write(&model, trainer.record().to_bytes()).map_err(io(&model))?;
@@ -173,6 +214,9 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
         .map_err(|_| TrainError::Config("the batch generator panicked".into()))?;
     let wall_s = elapsed(start);
     let steps_per_s = (trainer.step - first) as f64 / wall_s.max(1e-9);
+    if size > 1 {
+        trainer.check_ranks_agree()?;
+    }
     let eval = match last_eval {
         Some(e) => e,
         None => trainer.evaluate(opts.eval_tasks)?,
@@ -183,10 +227,12 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
         }
         _ => format!("validation loss {:.4} ± {:.4}", eval.mse, eval.ci95),
     };
-    info!(
-        "{} {}: {score} after {} steps ({:.1} steps/s)",
-        cfg.problem, cfg.model, trainer.step, steps_per_s
-    );
+    if writer {
+        info!(
+            "{} {}: {score} after {} steps ({:.1} steps/s)",
+            cfg.problem, cfg.model, trainer.step, steps_per_s
+        );
+    }
     Ok(RunOutcome {
         dir: dir.to_path_buf(),
         eval,

@@ -49,6 +49,7 @@ pub(crate) fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
             eval_tasks: 300,
             checkpoint_every: steps.max(1),
             device: "cpu".into(),
+            shards: None,
         };
         let outcome = train(args)?;
         // Reload the exported file through the runtime, as a robot would, and evaluate.

@@ -13,6 +13,26 @@ pub fn train_batch(family: &Family, config: &TrainConfig, step: u64) -> Batch {
     family.batch(&ids, config.support, config.query)
 }
 
+/// The tasks of the shards rank `rank` of `size` computes at outer step `step` (one batch
+/// per shard, in shard order; see [`super::shard`]): each task is generated from its id,
+/// so a shard's batch is the same whichever rank makes it.
+pub fn train_shards(
+    family: &Family,
+    config: &TrainConfig,
+    step: u64,
+    shards: usize,
+    rank: usize,
+    size: usize,
+) -> Vec<Batch> {
+    let ids = family.train_ids(config.seed, step, config.tasks_per_step);
+    super::shard::owned(shards, rank, size)
+        .map(|s| {
+            let r = super::shard::shard_range(ids.len(), shards, s);
+            family.batch(&ids[r], config.support, config.query)
+        })
+        .collect()
+}
+
 /// A host copy of one batch, uploaded as `[T, N, F]` tensors.
 pub struct DeviceBatch {
     /// Support inputs.

@@ -38,7 +38,12 @@ impl Trainer {
             adam_m: dl(&self.adam.m),
             adam_v: dl(&self.adam.v),
         };
-        let body = postcard::to_allocvec(&ck).expect("encoding into a Vec cannot fail");
+        let mut body = postcard::to_allocvec(&ck).expect("encoding into a Vec cannot fail");
+        // The shard count follows the record (only when not 1: a one-shard run's checkpoint
+        // is the bytes it always was).
+        if self.shards != 1 {
+            body.extend(postcard::to_allocvec(&(self.shards as u64)).expect("into a Vec"));
+        }
         // The CRC covers the body, not the magic: the frame starts after it.
         let mut bytes = Vec::with_capacity(body.len() + 12);
         bytes.extend_from_slice(CHECKPOINT_MAGIC);
@@ -72,8 +77,18 @@ impl Trainer {
         }
         let body = msr_runtime::frame::unseal(&bytes[8..])
             .map_err(|_| bad("checksum mismatch: the file is corrupt".into()))?;
-        let ck: Checkpoint =
-            postcard::from_bytes(body).map_err(|e| bad(format!("malformed: {e}")))?;
+        let (ck, rest): (Checkpoint, &[u8]) =
+            postcard::take_from_bytes(body).map_err(|e| bad(format!("malformed: {e}")))?;
+        let shards = if rest.is_empty() {
+            1
+        } else {
+            let (s, tail): (u64, &[u8]) = postcard::take_from_bytes(rest)
+                .map_err(|e| bad(format!("malformed shard count: {e}")))?;
+            if !tail.is_empty() || s == 0 || s > ck.config.tasks_per_step as u64 {
+                return Err(bad(format!("malformed shard count {s}")));
+            }
+            s as usize
+        };
         ck.config
             .validate()
             .map_err(|e| bad(format!("out-of-range field: {e}")))?;
@@ -102,7 +117,7 @@ impl Trainer {
             ext: Default::default(),
         };
         record.validate().map_err(|e| bad(e.to_string()))?;
-        Self::from_parts(
+        let mut t = Self::from_parts(
             config,
             family,
             spec,
@@ -110,6 +125,8 @@ impl Trainer {
             Some((ck.adam_t, ck.adam_m, ck.adam_v)),
             ck.step,
             device,
-        )
+        )?;
+        t.shards = shards;
+        Ok(t)
     }
 }

@@ -24,6 +24,9 @@ pub enum TrainError {
         /// The error.
         source: std::io::Error,
     },
+    /// The processes of a distributed run disagree or cannot exchange their gradients.
+    #[error("distributed run: {0}")]
+    Distributed(String),
     /// From the runtime.
     #[error(transparent)]
     Runtime(#[from] msr_runtime::Error),

@@ -10,6 +10,7 @@ mod config;
 mod error;
 mod eval;
 pub mod normalize;
+pub mod shard;
 #[cfg(test)]
 mod tests;
 mod trainer;
@@ -18,7 +19,7 @@ use adam::Adam;
 use checkpoint::AdamState;
 use error::io;
 
-pub use batch::{DeviceBatch, train_batch};
+pub use batch::{DeviceBatch, train_batch, train_shards};
 pub use bench::{BenchResult, bench_outer_step, elapsed};
 pub use config::{InnerKind, Normalize, TrainConfig};
 pub use error::TrainError;

@@ -11,6 +11,8 @@ use crate::models::{self, ModelKind};
 use crate::rng::Rng;
 use crate::tasks::{Batch, Family};
 
+use super::shard::{Collective, Local};
+
 use super::*;
 
 /// A training run in memory.
@@ -28,6 +30,10 @@ pub struct Trainer {
     pub(super) normalizer: Option<Normalizer>,
     /// Outer steps done.
     pub step: u64,
+    /// Shards of each step's meta-gradient (1: one backward pass over all tasks).
+    pub(super) shards: usize,
+    /// The processes sharing the work (see [`shard`](super::shard)).
+    pub(super) collective: Box<dyn Collective>,
 }
 
 impl Trainer {
@@ -118,7 +124,44 @@ impl Trainer {
             adam,
             kind,
             step,
+            shards: 1,
+            collective: Box::new(Local),
         })
+    }
+
+    /// Defines each step's meta-gradient as a sum of `shards` shards (see
+    /// [`shard`](super::shard)): part of the run's definition, stored in checkpoints. 1 (the
+    /// default) is one backward pass over all the step's tasks.
+    pub fn set_shards(&mut self, shards: usize) -> Result<(), TrainError> {
+        if shards == 0 || shards > self.config.tasks_per_step {
+            return Err(TrainError::Config(format!(
+                "--shards is {shards}; it must be in [1, tasks per step = {}]",
+                self.config.tasks_per_step
+            )));
+        }
+        self.shards = shards;
+        Ok(())
+    }
+
+    /// The shards of each step's meta-gradient.
+    pub fn shards(&self) -> usize {
+        self.shards
+    }
+
+    /// Shares the work with other processes (see [`shard`](super::shard)).
+    pub fn set_collective(&mut self, c: Box<dyn Collective>) {
+        self.collective = c;
+    }
+
+    /// The processes sharing the work.
+    pub fn collective(&self) -> &dyn Collective {
+        self.collective.as_ref()
+    }
+
+    /// Whether steps go through [`Trainer::outer_step_shards`] (several shards or
+    /// processes) rather than [`Trainer::outer_step_on`].
+    pub fn is_sharded(&self) -> bool {
+        self.shards > 1 || self.collective.size() > 1
     }
 
     /// The device it computes on (without autodiff).
@@ -163,6 +206,110 @@ impl Trainer {
 
     /// Meta-gradient and Adam update on one uploaded batch; returns the mean query loss.
     pub fn meta_step(&mut self, b: &DeviceBatch) -> f64 {
+        let (total, tasks) = self.summed_loss(b);
+        let grads = total.backward();
+        let g = self.gradients(&grads);
+        self.params = self.adam.step(&self.params, &g);
+        total.into_scalar::<f64>() / tasks
+    }
+
+    /// One outer step from this process's shards of the current step's tasks
+    /// ([`train_shards`], in shard order): one backward pass per shard, every process's
+    /// shard gradients gathered and added in shard order, the same Adam update on every
+    /// process. Returns the mean query loss of the step's tasks.
+    pub fn outer_step_shards(&mut self, shards: &[Batch]) -> Result<f64, TrainError> {
+        let (rank, size) = (self.collective.rank(), self.collective.size());
+        let mine = super::shard::owned(self.shards, rank, size).count();
+        if shards.len() != mine {
+            return Err(TrainError::Config(format!(
+                "{} shard batches for rank {rank} of {size}, which owns {mine}",
+                shards.len()
+            )));
+        }
+        let shapes: Vec<[usize; 2]> = self.params.tensors().iter().map(|p| p.dims()).collect();
+        let len: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
+        let mut local = Vec::with_capacity(shards.len() * (4 * len + 8));
+        for batch in shards {
+            let standardized;
+            let batch = match &self.normalizer {
+                Some(n) => {
+                    let mut b = batch.clone();
+                    normalize::apply(n, &mut b);
+                    standardized = b;
+                    &standardized
+                }
+                None => batch,
+            };
+            let b = DeviceBatch::new(
+                batch,
+                self.family.input_len(),
+                self.family.output_len(),
+                self.net.device(),
+            );
+            let (total, _) = self.summed_loss(&b);
+            let grads = total.backward();
+            for g in self.gradients(&grads) {
+                for v in msr_runtime::model::download(&g) {
+                    local.extend_from_slice(&v.to_le_bytes());
+                }
+            }
+            local.extend_from_slice(&total.into_scalar::<f64>().to_le_bytes());
+        }
+        let gathered = self
+            .collective
+            .all_gather(&local)
+            .map_err(TrainError::Distributed)?;
+        let (sum, loss) = super::shard::reduce_in_shard_order(&gathered, self.shards, len)
+            .map_err(TrainError::Distributed)?;
+        let mut at = 0;
+        let g: Vec<Tensor<2>> = shapes
+            .iter()
+            .map(|s| {
+                let n = s[0] * s[1];
+                at += n;
+                Tensor::from_data(
+                    TensorData::new(sum[at - n..at].to_vec(), *s),
+                    (&self.device, DType::F32),
+                )
+            })
+            .collect();
+        self.params = self.adam.step(&self.params, &g);
+        self.step += 1;
+        Ok(loss / self.config.tasks_per_step as f64)
+    }
+
+    /// A hash of the parameters, equal on every process of a healthy run.
+    pub fn params_hash(&self) -> u64 {
+        super::shard::hash_f32(
+            self.params
+                .tensors()
+                .iter()
+                .flat_map(msr_runtime::model::download),
+        )
+    }
+
+    /// Checks that every process holds the same parameters (one small gather): an error
+    /// naming the ranks that differ from rank 0 if not.
+    pub fn check_ranks_agree(&self) -> Result<(), TrainError> {
+        let h = self.params_hash();
+        let all = self
+            .collective
+            .all_gather(&h.to_le_bytes())
+            .map_err(TrainError::Distributed)?;
+        let differ: Vec<usize> = (0..all.len()).filter(|&r| all[r] != all[0]).collect();
+        if differ.is_empty() {
+            Ok(())
+        } else {
+            Err(TrainError::Distributed(format!(
+                "after step {}, ranks {differ:?} hold other parameters than rank 0: the processes diverged (different builds, libraries or inputs?)",
+                self.step
+            )))
+        }
+    }
+
+    /// The summed query loss of the tasks of `b` (with its autodiff graph), and how many
+    /// tasks there are.
+    fn summed_loss(&self, b: &DeviceBatch) -> (Tensor<1>, f64) {
         let out = if self.kind == ModelKind::ProtoNet {
             proto_logits(&self.net, &self.params, b)
         } else {
@@ -192,19 +339,19 @@ impl Trainer {
         // the difference from the mean; rank2 curves were the same within 0.001).
         let per_task = self.net.loss(out, b.yq.clone());
         let tasks = per_task.dims()[0] as f64;
-        let total = per_task.sum();
-        let grads = total.backward();
-        let g: Vec<Tensor<2>> = self
-            .params
+        (per_task.sum(), tasks)
+    }
+
+    /// Every parameter's gradient (zeros for those the loss does not reach).
+    fn gradients(&self, grads: &burn::tensor::Gradients) -> Vec<Tensor<2>> {
+        self.params
             .tensors()
             .iter()
             .map(|p| {
-                p.grad(&grads)
+                p.grad(grads)
                     .unwrap_or_else(|| p.clone().detach().zeros_like())
             })
-            .collect();
-        self.params = self.adam.step(&self.params, &g);
-        total.into_scalar::<f64>() / tasks
+            .collect()
     }
 
     /// Evaluates the current model through the runtime on `tasks` test tasks, as a device
