@@ -23,9 +23,17 @@ pub fn lib_dir() -> PathBuf {
         // `-p msr-ffi` alone would resolve other features and rebuild burn). A no-op when
         // the library is fresh.
         let mut args = vec!["build", "--release", "--workspace", "--all-targets"];
-        if cfg!(feature = "mujoco") {
-            // As the tests were built (CI's robots stage): the same features again.
-            args.extend(["--features", "msr-tests/mujoco"]);
+        // As the tests were built (CI's robots-and-MPI stage): the same features again.
+        let features: Vec<&str> = [
+            (cfg!(feature = "mujoco"), "msr-tests/mujoco"),
+            (cfg!(feature = "mpi"), "msr-tests/mpi"),
+        ]
+        .into_iter()
+        .filter_map(|(on, f)| on.then_some(f))
+        .collect();
+        let features = features.join(",");
+        if !features.is_empty() {
+            args.extend(["--features", &features]);
         }
         let status = Command::new(env!("CARGO"))
             .args(args)

@@ -24,7 +24,7 @@ use msr_runtime::ModelRecord;
 use msr_trainer::inspect;
 use msr_trainer::models::ModelKind;
 use msr_trainer::run::{RunOptions, RunOutcome};
-use msr_trainer::tasks::{Family, Problem, TaskSource};
+use msr_trainer::tasks::{Family, TaskSource};
 use msr_trainer::train::shard::Collective;
 use msr_trainer::train::{TrainConfig, Trainer};
 
@@ -123,9 +123,9 @@ enum Command {
     },
     /// Time one outer step (median over repetitions), for the speed table.
     Bench {
-        /// Task family.
+        /// Task family (as for train).
         #[arg(long, default_value = "rank1")]
-        problem: Problem,
+        problem: TaskSource,
         /// Model.
         #[arg(long, default_value = "msr-fc")]
         model: ModelKind,
@@ -138,6 +138,19 @@ enum Command {
         /// Where to compute: cpu, gpu or gpu:N.
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Training throughput of sharded steps instead: this many shards per step over the
+        /// processes of the job (run it under `mpirun -np N`, feature `mpi`); reports outer
+        /// steps per second, per-shard compute and the gathered bytes. On the CPU.
+        #[arg(long)]
+        shards: Option<usize>,
+        /// Support examples per task (shots per class on glyphs), for --shards.
+        #[arg(long, default_value_t = 1)]
+        support: usize,
+        #[command(flatten)]
+        episodes: EpisodeArgs,
+        /// Augment the training queries (glyphs), for --shards.
+        #[arg(long)]
+        augment_query: bool,
     },
 }
 
@@ -358,14 +371,51 @@ fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Bench {
+            shards: Some(shards),
+            problem,
+            model,
+            tasks,
+            reps,
+            support,
+            episodes,
+            augment_query,
+            ..
+        } => {
+            let family = Family::from_source(&problem)?;
+            let mut c = TrainConfig::new(problem.clone(), model);
+            c.tasks_per_step = tasks;
+            (c.support, c.query) = split_sizes(&family, support, episodes)?;
+            if family.is_classification() {
+                c.ways = episodes.ways;
+                c.augment_query = augment_query;
+            }
+            #[cfg(feature = "mpi")]
+            let (_universe, collective) =
+                msr_trainer::train::shard::mpi_world().ok_or("MPI could not be initialised")?;
+            #[cfg(not(feature = "mpi"))]
+            let collective = msr_trainer::train::shard::Local;
+            let rank = collective.rank();
+            let r =
+                msr_trainer::train::bench_sharded(c, shards, Box::new(collective), 5, reps as u64)?;
+            if rank == 0 {
+                println!(
+                    "{problem} {model}, {tasks} tasks per step in {shards} shards over {} process(es): {:.2} outer steps/s ({reps} steps after 5 warm-up); {:.2} ms per shard (median), gather {:.3} ms per step (median), {} bytes gathered per step",
+                    r.processes, r.steps_per_s, r.shard_ms, r.gather_ms, r.gathered_bytes
+                );
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(())
+        }
+        Command::Bench {
             problem,
             model,
             tasks,
             reps,
             device,
+            ..
         } => {
             let device = msr_runtime::device::by_name(&device)?;
-            let mut c = TrainConfig::new(problem, model);
+            let mut c = TrainConfig::new(problem.clone(), model);
             c.tasks_per_step = tasks;
             let mut fo = c.clone();
             fo.first_order = true;

@@ -20,11 +20,11 @@ use checkpoint::AdamState;
 use error::io;
 
 pub use batch::{DeviceBatch, train_batch, train_shards};
-pub use bench::{BenchResult, bench_outer_step, elapsed};
+pub use bench::{BenchResult, ShardBench, bench_outer_step, bench_sharded, elapsed};
 pub use config::{InnerKind, Normalize, TrainConfig};
 pub use error::TrainError;
 pub use eval::{
     EvalResult, PerOutput, evaluate, evaluate_on, evaluate_realtime, evaluate_references,
     proto_logits,
 };
-pub use trainer::{TRAINER_CONFIG, Trainer, trained_config};
+pub use trainer::{StepTiming, TRAINER_CONFIG, Trainer, trained_config};

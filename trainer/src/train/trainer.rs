@@ -15,6 +15,16 @@ use super::shard::{Collective, Local};
 
 use super::*;
 
+/// Where a sharded step's time went (see [`Trainer::outer_step_shards_timed`]).
+#[derive(Clone, Debug, Default)]
+pub struct StepTiming {
+    /// Milliseconds of each of this process's shards (upload, forward, inner loop, backward,
+    /// download).
+    pub shard_ms: Vec<f64>,
+    /// Milliseconds in the gather (waiting for the slowest process included).
+    pub gather_ms: f64,
+}
+
 /// A training run in memory.
 pub struct Trainer {
     /// Its configuration.
@@ -218,6 +228,15 @@ impl Trainer {
     /// shard gradients gathered and added in shard order, the same Adam update on every
     /// process. Returns the mean query loss of the step's tasks.
     pub fn outer_step_shards(&mut self, shards: &[Batch]) -> Result<f64, TrainError> {
+        self.outer_step_shards_timed(shards).map(|(loss, _)| loss)
+    }
+
+    /// [`Trainer::outer_step_shards`], with where the time went.
+    pub fn outer_step_shards_timed(
+        &mut self,
+        shards: &[Batch],
+    ) -> Result<(f64, StepTiming), TrainError> {
+        let mut timing = StepTiming::default();
         let (rank, size) = (self.collective.rank(), self.collective.size());
         let mine = super::shard::owned(self.shards, rank, size).count();
         if shards.len() != mine {
@@ -230,6 +249,7 @@ impl Trainer {
         let len: usize = shapes.iter().map(|s| s[0] * s[1]).sum();
         let mut local = Vec::with_capacity(shards.len() * (4 * len + 8));
         for batch in shards {
+            let started = std::time::Instant::now();
             let standardized;
             let batch = match &self.normalizer {
                 Some(n) => {
@@ -254,11 +274,14 @@ impl Trainer {
                 }
             }
             local.extend_from_slice(&total.into_scalar::<f64>().to_le_bytes());
+            timing.shard_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
+        let started = std::time::Instant::now();
         let gathered = self
             .collective
             .all_gather(&local)
             .map_err(TrainError::Distributed)?;
+        timing.gather_ms = started.elapsed().as_secs_f64() * 1e3;
         let (sum, loss) = super::shard::reduce_in_shard_order(&gathered, self.shards, len)
             .map_err(TrainError::Distributed)?;
         let mut at = 0;
@@ -275,7 +298,7 @@ impl Trainer {
             .collect();
         self.params = self.adam.step(&self.params, &g);
         self.step += 1;
-        Ok(loss / self.config.tasks_per_step as f64)
+        Ok((loss / self.config.tasks_per_step as f64, timing))
     }
 
     /// A hash of the parameters, equal on every process of a healthy run.
