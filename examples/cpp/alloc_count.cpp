@@ -2,7 +2,14 @@
 // defined here take precedence over libc's for the whole process (glibc documents replacing
 // malloc this way) and forward to glibc's own implementation (__libc_*), so the heap is
 // unchanged; only calls made while this thread is counting are counted. free does not count.
+// pthread_mutex_lock is counted the same way (forwarded to the next definition, libc's):
+// the locks C and C++ code takes (MuJoCo, the C++ runtime). Rust's own locks are futexes,
+// not pthread mutexes: libmsr's hot path takes none by construction (a session is claimed
+// with one atomic flag; see ffi/src/lib.rs).
 #include "alloc_count.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
 
 #include <cerrno>
 #include <cstddef>
@@ -18,24 +25,34 @@ void __libc_free(void* p);
 namespace {
 thread_local bool counting = false;
 thread_local long count = 0;
+thread_local long lock_count = 0;
 inline void note() noexcept {
     if (counting) ++count;
 }
+using LockFn = int (*)(pthread_mutex_t*);
+// libc's pthread_mutex_lock, found before main (dlsym may allocate: not counted then).
+LockFn real_lock = reinterpret_cast<LockFn>(dlsym(RTLD_NEXT, "pthread_mutex_lock"));
 }  // namespace
 
 namespace alloc_count {
 void start() noexcept {
     count = 0;
+    lock_count = 0;
     counting = true;
 }
+long locks() noexcept { return lock_count; }
 long stop() noexcept {
     counting = false;
     return count;
 }
-bool active() noexcept { return true; }
 }  // namespace alloc_count
 
 extern "C" {
+int pthread_mutex_lock(pthread_mutex_t* m) {
+    if (counting) ++lock_count;
+    if (!real_lock) real_lock = reinterpret_cast<LockFn>(dlsym(RTLD_NEXT, "pthread_mutex_lock"));
+    return real_lock(m);
+}
 void* malloc(std::size_t size) {
     note();
     return __libc_malloc(size);

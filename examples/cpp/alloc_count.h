@@ -8,6 +8,6 @@ namespace alloc_count {
 void start() noexcept;
 /// Stops counting; returns how many allocations this thread made since start().
 long stop() noexcept;
-/// Whether the counting allocator is linked in (true when alloc_count.cpp is).
-bool active() noexcept;
+/// How many pthread mutexes this thread locked between the last start() and stop().
+long locks() noexcept;
 }  // namespace alloc_count

@@ -25,9 +25,9 @@
 //                 [--count-allocs]
 //
 // Real-time discipline: everything is allocated before the loop; the loop runs
-// msr_session_predict / _observe / _adapt and MuJoCo's mj_inverse / mj_step only. Built with
-// alloc_count.cpp, the program counts every malloc made inside the loops (libmsr's, MuJoCo's
-// and its own) and, with --count-allocs, fails if there was one.
+// msr_session_predict / _observe / _adapt and MuJoCo's mj_inverse / mj_step only. With
+// alloc_count.cpp the program counts every malloc and pthread mutex lock made inside the
+// loops (libmsr's, MuJoCo's and its own) and, with --count-allocs, fails if there was one.
 #include <mujoco/mujoco.h>
 
 #include <algorithm>
@@ -182,6 +182,7 @@ struct Run {
     std::size_t saturated = 0;        // ticks with a clamped torque
     std::size_t update_errors = 0;    // updates libmsr refused (diverged): kept going
     long allocations = 0;             // mallocs inside the loop
+    long locks = 0;                   // pthread mutexes locked inside the loop
 };
 
 class Loop {
@@ -338,6 +339,7 @@ public:
             }
         }
         out.allocations = alloc_count::stop();
+        out.locks = alloc_count::locks();
         return out;
     }
 
@@ -493,16 +495,16 @@ int main(int argc, char** argv) {
         std::printf("msr     predict+observe %8.2f %8.2f %8.2f\n", percentile(both, 0.5), percentile(both, 0.99),
                     percentile(both, 1.0));
 
-        long allocs = 0;
+        long allocs = 0, locks = 0;
         for (std::size_t k = 0; k < runs.size(); ++k) {
             allocs += runs[k].allocations;
+            locks += runs[k].locks;
             if (runs[k].allocations) std::printf("%s: %ld allocations\n", name(kControllers[k]), runs[k].allocations);
             if (runs[k].saturated || runs[k].update_errors)
                 std::printf("%s: %zu ticks with a torque at its limit, %zu updates refused\n", name(kControllers[k]),
                             runs[k].saturated, runs[k].update_errors);
         }
-        std::printf("allocations inside the loops: %ld%s\n", allocs,
-                    alloc_count::active() ? "" : " (not counted: built without alloc_count.cpp)");
+        std::printf("allocations inside the loops: %ld\nmutex locks inside the loops: %ld\n", allocs, locks);
 
         // One line for scripts (scripts/results-closed-loop.sh): EE RMS errors (mm) over the
         // run and after the change, recovery times (s, -1: never), latency p99s (us).
@@ -528,8 +530,8 @@ int main(int argc, char** argv) {
             }
             std::fclose(f);
         }
-        if (o.count_allocs && (allocs != 0 || !alloc_count::active())) {
-            std::fprintf(stderr, "the control loops allocated (or allocations were not counted)\n");
+        if (o.count_allocs && (allocs != 0 || locks != 0)) {
+            std::fprintf(stderr, "the control loops allocated or locked\n");
             return 1;
         }
     } catch (const msr::Error& e) {
