@@ -167,7 +167,9 @@ struct Options {
     double kp = 400.0, kd = 40.0;
     std::size_t window = 20, every = 50, stride = 10;
     // Scale the model's Gauss-Newton damping (the prior's weight) for observe and the window.
-    double damping = 1.0, window_damping = 0.1;
+    // These defaults (with forget 0.995, stride 10) were chosen on seeds 1-5 of a grid
+    // (docs/robots.md#closed-loop); the results are reported on seeds 11-20.
+    double damping = 0.1, window_damping = 0.01;
     unsigned seed = 1;
     std::string csv;
     bool count_allocs = false;
