@@ -4,7 +4,8 @@
 #  1. `mpirun -np 1` and `mpirun -np 2` write byte-identical model files and checkpoints,
 #     and so does a plain single-process run with the same --shards;
 #  2. a rank killed mid-run ends the job with MPI's message and an intact checkpoint, and
-#     resuming from it (with another process count) gives the uninterrupted run's model.
+#     resuming from it (with another process count) gives the uninterrupted run's model;
+#  3. the demo (two training runs in one process) works with the MPI build.
 # Usage: scripts/mpi-check.sh [TRAINER] [OUT]
 set -euo pipefail
 trainer=${1:-target/release/trainer}
@@ -54,3 +55,7 @@ grep -q "resuming $out/killed at step [1-9]" "$out/resumed.log"
 cmp "$out/whole/model.msr" "$out/killed/model.msr"
 cmp "$out/whole/checkpoint.bin" "$out/killed/checkpoint.bin"
 echo "resumed after a killed rank: identical to the uninterrupted run"
+
+echo "== the demo with the MPI build (two runs in one process: MPI initialised once)"
+"$trainer" demo --steps 20 --out "$out/demo" >"$out/demo.log" 2>&1 || { cat "$out/demo.log"; exit 1; }
+echo "demo ran"

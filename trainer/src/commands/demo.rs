@@ -6,8 +6,9 @@ use std::path::Path;
 use msr_runtime::{Model, ModelRecord};
 use msr_trainer::inspect;
 use msr_trainer::models::ModelKind;
-use msr_trainer::tasks::{Family, Problem, TaskSource};
-use msr_trainer::train::{evaluate, evaluate_on};
+use msr_trainer::run::RunOptions;
+use msr_trainer::tasks::{Family, Problem};
+use msr_trainer::train::{TrainConfig, Trainer, evaluate, evaluate_on};
 
 use crate::*;
 
@@ -19,39 +20,19 @@ pub(crate) fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
             fs::remove_file(dir.join("checkpoint.bin"))?;
             let _ = fs::remove_file(dir.join("metrics.jsonl"));
         }
-        let args = TrainArgs {
-            problem: TaskSource::Synthetic(Problem::Rank1),
-            model: kind,
-            steps,
-            seed,
-            out: Some(dir),
-            resume: None,
-            k: None,
-            hidden: None,
-            activation: msr_runtime::Activation::Relu,
-            no_bias: false,
-            normalize: None,
-            inner_steps: 1,
-            inner: msr_trainer::train::InnerKind::Sgd,
-            damping: 1.0,
-            inner_lr: 0.1,
-            outer_lr: 1e-3,
-            tasks_per_step: 32,
-            support: 1,
-            episodes: EpisodeArgs {
-                ways: 5,
-                queries: 5,
-            },
-            augment_query: false,
-            channels: 32,
-            first_order: false,
+        // The library's run loop, as `trainer train --problem rank1 --model KIND --steps N
+        // --seed S` runs it (that command's defaults are TrainConfig's).
+        let mut config = TrainConfig::new(Problem::Rank1, kind);
+        config.steps = steps;
+        config.seed = seed;
+        fs::create_dir_all(&dir)?;
+        let mut trainer = Trainer::new(config)?;
+        let opts = RunOptions {
             eval_every: steps.max(1),
             eval_tasks: 300,
             checkpoint_every: steps.max(1),
-            device: "cpu".into(),
-            shards: None,
         };
-        let outcome = train(args)?;
+        let outcome = msr_trainer::run::run(&mut trainer, &dir, &opts)?;
         // Reload the exported file through the runtime, as a robot would, and evaluate.
         let path = outcome.dir.join("model.msr");
         let size = fs::metadata(&path)?.len();

@@ -12,6 +12,8 @@ mod eval;
 pub mod normalize;
 pub mod shard;
 #[cfg(test)]
+mod shard_tests;
+#[cfg(test)]
 mod tests;
 mod trainer;
 

@@ -6,7 +6,8 @@
 //! 2, 4... processes take bit-identical steps and write byte-identical files.
 //!
 //! The processes talk through a [`Collective`]: [`Local`] (one process) or, with the
-//! `mpi` feature, MPI ([`mpi_world`]: launched by mpirun, srun or an MPIJob).
+//! `mpi` feature, MPI ([`process_collective`] after `mpi_init`: launched by mpirun, srun or
+//! an MPIJob).
 
 use std::hash::Hasher;
 
@@ -93,7 +94,17 @@ pub fn hash_f32(values: impl Iterator<Item = f32>) -> u64 {
 }
 
 #[cfg(feature = "mpi")]
-pub use self::mpi_impl::{Mpi, mpi_world};
+pub use self::mpi_impl::{Mpi, mpi_init};
+
+/// This process's place in its job: MPI's world when MPI is initialised (feature `mpi`:
+/// [`mpi_init`], once per process, before), else [`Local`].
+pub fn process_collective() -> Box<dyn Collective> {
+    #[cfg(feature = "mpi")]
+    if let Some(world) = Mpi::world() {
+        return Box::new(world);
+    }
+    Box::new(Local)
+}
 
 #[cfg(feature = "mpi")]
 mod mpi_impl {
@@ -103,17 +114,24 @@ mod mpi_impl {
 
     use super::Collective;
 
-    /// MPI's world communicator. Keep the returned universe alive for the whole run.
+    /// MPI's world communicator.
     pub struct Mpi {
         world: SimpleCommunicator,
     }
 
-    /// Initialises MPI (once per process) and returns the universe (finalises MPI when
-    /// dropped) with the world as a [`Collective`]; `None` if MPI was already initialised.
-    pub fn mpi_world() -> Option<(mpi::environment::Universe, Mpi)> {
-        let universe = mpi::initialize()?;
-        let world = universe.world();
-        Some((universe, Mpi { world }))
+    /// Initialises MPI, once per process (`None` if it already was): keep the universe
+    /// until the process is done with MPI; dropping it finalises MPI.
+    pub fn mpi_init() -> Option<mpi::environment::Universe> {
+        mpi::initialize()
+    }
+
+    impl Mpi {
+        /// The world, if MPI is initialised (and not yet finalised).
+        pub fn world() -> Option<Self> {
+            (mpi::environment::is_initialized() && !mpi::environment::is_finalized()).then(|| Mpi {
+                world: SimpleCommunicator::world(),
+            })
+        }
     }
 
     impl Collective for Mpi {
