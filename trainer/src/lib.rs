@@ -3,6 +3,7 @@
 
 pub mod baselines;
 pub mod inspect;
+pub mod learner;
 pub mod models;
 pub mod predict;
 pub mod rng;

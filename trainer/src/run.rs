@@ -12,7 +12,6 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use log::info;
 
-use crate::models::ModelKind;
 use crate::train::{EvalResult, TrainError, Trainer, elapsed, train_batch, train_shards};
 
 /// Steps between the checks that every process holds the same parameters.
@@ -83,19 +82,7 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
     let mut last_eval: Option<EvalResult> = None;
     let mut running = 0.0;
     let mut count = 0;
-    let inner = if cfg.model == ModelKind::ProtoNet {
-        "no inner loop".to_string()
-    } else {
-        format!(
-            "{} inner step(s), {}",
-            cfg.inner_steps,
-            if cfg.first_order {
-                "first order"
-            } else {
-                "exact second order"
-            }
-        )
-    };
+    let inner = trainer.learner().describe();
     let shards = trainer.shards();
     let sharded = trainer.is_sharded();
     if writer {

@@ -7,6 +7,8 @@ use msr_runtime::Model;
 use msr_trainer::tasks::Family;
 use msr_trainer::train::{evaluate_on, evaluate_realtime, evaluate_references, trained_config};
 
+use msr_trainer::learner::Learner;
+
 use crate::*;
 
 #[derive(Args)]
@@ -62,7 +64,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     let family = Family::open(&problem)?;
     let family = if family.is_classification() {
         let outputs = model.net().output_len();
-        if !msr_trainer::models::embeds(model.spec()) && outputs != args.episodes.ways {
+        if Learner::of_spec(model.spec(), 0).adapts() && outputs != args.episodes.ways {
             return Err(format!(
                 "{} is a {outputs}-way classifier; pass --ways {outputs}",
                 args.model.display()
@@ -87,7 +89,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         }
     };
     let r = if realtime {
-        if msr_trainer::models::embeds(model.spec()) {
+        if !Learner::of_spec(model.spec(), steps).adapts() {
             return Err("prototypical networks evaluate on the burn engine".into());
         }
         evaluate_realtime(&model.to_record(), &family, &ids, support, query, steps)?

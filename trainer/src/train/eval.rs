@@ -1,10 +1,9 @@
 //! Evaluation through the runtime, exactly as a device adapts.
 
-use burn::tensor::Tensor;
-use msr_runtime::{MetaParams, Model, Net};
+use msr_runtime::Model;
 use serde::Serialize;
 
-use crate::models::{self};
+use crate::learner::Learner;
 use crate::stats::mean_ci95;
 use crate::tasks::Family;
 
@@ -115,7 +114,7 @@ pub fn evaluate_on(
     let mut losses = Vec::with_capacity(ids.len());
     let mut accuracies = Vec::new();
     let mut errors = PerOutput::default();
-    let proto = family.is_classification() && models::embeds(model.spec());
+    let learner = Learner::of_spec(model.spec(), inner_steps);
     // Chunks bound memory; tasks are independent, so chunking does not change results.
     for ids in ids.chunks(if family.is_classification() { 20 } else { 100 }) {
         let batch = family.batch(ids, support, query);
@@ -125,14 +124,7 @@ pub fn evaluate_on(
             family.output_len(),
             model.net().device(),
         );
-        let out = if proto {
-            model.check_set(&b.xs, None)?;
-            model.check_set(&b.xq, None)?;
-            proto_logits(model.net(), model.params(), &b)
-        } else {
-            let task = model.adapt(b.xs, b.ys, inner_steps)?;
-            model.predict(&task, b.xq)?
-        };
+        let out = learner.eval_outputs(model, &b)?;
         if family.is_classification() {
             let hit = out
                 .clone()
@@ -191,21 +183,6 @@ pub fn evaluate_references(
         EvalResult::of(&nominal, &[], 0).with_per_output(nominal_errors),
         EvalResult::of(&oracle, &[], 0).with_per_output(oracle_errors),
     ))
-}
-
-/// Prototypical networks' logits: `net` embeds support and query examples; each class's
-/// prototype is the mean of its support embeddings; a query's logit for a class is minus
-/// its squared Euclidean distance to the prototype. `[tasks, query, ways]`.
-pub fn proto_logits(net: &Net, params: &MetaParams, b: &DeviceBatch) -> Tensor<3> {
-    let task = net.initial(params, b.xs.dims()[0]);
-    let es = net.forward(params, &task, b.xs.clone()); // [T, S, D]
-    let eq = net.forward(params, &task, b.xq.clone()); // [T, Q, D]
-    let counts = b.ys.clone().sum_dim(1).swap_dims(1, 2); // [T, N, 1]
-    let protos = b.ys.clone().swap_dims(1, 2).matmul(es) / counts; // [T, N, D]
-    let qq = eq.clone().square().sum_dim(2); // [T, Q, 1]
-    let pp = protos.clone().square().sum_dim(2).swap_dims(1, 2); // [T, 1, N]
-    let cross = eq.matmul(protos.swap_dims(1, 2)); // [T, Q, N]
-    cross.mul_scalar(2.0) - qq - pp
 }
 
 /// [`evaluate_on`] through the real-time engine (`msr_core::realtime`, what libmsr runs):

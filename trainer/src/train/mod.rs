@@ -27,6 +27,5 @@ pub use config::{InnerKind, Normalize, TrainConfig};
 pub use error::TrainError;
 pub use eval::{
     EvalResult, PerOutput, evaluate, evaluate_on, evaluate_realtime, evaluate_references,
-    proto_logits,
 };
 pub use trainer::{StepTiming, TRAINER_CONFIG, Trainer, trained_config};

@@ -3,6 +3,7 @@
 use burn::tensor::{DType, Tensor};
 use msr_runtime::Model;
 
+use crate::learner::proto_logits;
 use crate::models::ModelKind;
 use crate::tasks::Problem;
 

@@ -7,6 +7,7 @@ use msr_runtime::format::{
 use msr_runtime::model::{params_from_record, record_from_params};
 use msr_runtime::{MetaParams, Model, Net, NetSpec};
 
+use crate::learner::Learner;
 use crate::models::{self, ModelKind};
 use crate::rng::Rng;
 use crate::tasks::{Batch, Family};
@@ -44,6 +45,8 @@ pub struct Trainer {
     pub(super) shards: usize,
     /// The processes sharing the work (see [`shard`](super::shard)).
     pub(super) collective: Box<dyn Collective>,
+    /// How the meta-learner goes from a support set to query outputs.
+    pub(super) learner: Learner,
 }
 
 impl Trainer {
@@ -124,6 +127,7 @@ impl Trainer {
             adam.t = t;
         }
         let normalizer = normalize::statistics(&family, &config);
+        let learner = Learner::of_config(&config);
         Ok(Trainer {
             normalizer,
             family,
@@ -136,6 +140,7 @@ impl Trainer {
             step,
             shards: 1,
             collective: Box::new(Local),
+            learner,
         })
     }
 
@@ -151,6 +156,11 @@ impl Trainer {
         }
         self.shards = shards;
         Ok(())
+    }
+
+    /// How the meta-learner goes from a support set to query outputs.
+    pub fn learner(&self) -> &Learner {
+        &self.learner
     }
 
     /// The shards of each step's meta-gradient.
@@ -333,30 +343,9 @@ impl Trainer {
     /// The summed query loss of the tasks of `b` (with its autodiff graph), and how many
     /// tasks there are.
     fn summed_loss(&self, b: &DeviceBatch) -> (Tensor<1>, f64) {
-        let out = if self.kind == ModelKind::ProtoNet {
-            proto_logits(&self.net, &self.params, b)
-        } else {
-            let task = self.net.initial(&self.params, b.xs.dims()[0]);
-            let task = match self.config.inner {
-                InnerKind::Sgd => self.net.adapt_from(
-                    &self.params,
-                    task,
-                    b.xs.clone(),
-                    b.ys.clone(),
-                    self.config.inner_steps,
-                    self.config.first_order,
-                ),
-                InnerKind::GaussNewton => self.net.adapt_gn(
-                    &self.params,
-                    task,
-                    b.xs.clone(),
-                    b.ys.clone(),
-                    self.config.inner_steps,
-                    &self.moved(),
-                ),
-            };
-            self.net.forward(&self.params, &task, b.xq.clone())
-        };
+        let out = self
+            .learner
+            .train_outputs(&self.net, &self.params, b, &self.moved());
         // The meta-gradient is the SUM of the per-task gradients, as the reference code's
         // per-task backward() accumulates (Adam is nearly scale-free: only its epsilon sees
         // the difference from the mean; rank2 curves were the same within 0.001).
