@@ -105,18 +105,26 @@ const FAMILY_SEED: u64 = 0x0005_EED0_F0A1_1EE5;
 #[derive(Clone, Debug)]
 pub struct Family {
     problem: Problem,
-    /// rank-r families: softmax(randn(68, r)), row-major `[68, r]`.
-    connectivity: Vec<f64>,
-    /// The task set of `npz:PATH` problems.
-    file: Option<std::sync::Arc<npz::NpzTasks>>,
-    /// The glyph data set of the classification problems.
-    glyphs: Option<std::sync::Arc<glyphs::Glyphs>>,
-    /// The simulated robot of the robot families.
-    robot: Option<std::sync::Arc<dyn robots::Robot>>,
+    /// Where its tasks come from.
+    source: Source,
     /// Classes per episode (classification only).
     ways: usize,
     /// Augment query examples (Algorithm 2; classification only).
     augment_query: bool,
+}
+
+/// Where a family's tasks come from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// Generated from a seed (the 1-D and 2-D problems, cartpole); `connectivity` is the
+    /// rank-r families' softmax(randn(68, r)), row-major `[68, r]` (empty for the others).
+    Generated { connectivity: Vec<f64> },
+    /// A user's task set (`npz:PATH`).
+    File(std::sync::Arc<npz::NpzTasks>),
+    /// Episodes of a glyph data set (the classification problems).
+    Glyphs(std::sync::Arc<glyphs::Glyphs>),
+    /// A simulated robot (the robot families).
+    Robot(std::sync::Arc<dyn robots::Robot>),
 }
 
 impl Family {
@@ -128,38 +136,29 @@ impl Family {
     /// The family of `source` (a task file is read and checked now).
     pub fn from_source(source: &TaskSource) -> Result<Self, String> {
         let problem = source.problem();
-        if let TaskSource::Glyphs { mini } = source {
-            let set = if *mini {
-                glyphs::Glyphs::mini()
-            } else {
-                glyphs::Glyphs::system()
-            };
-            return Ok(Family {
-                problem,
-                connectivity: Vec::new(),
-                file: None,
-                glyphs: Some(std::sync::Arc::new(set.map_err(|e| e.to_string())?)),
-                robot: None,
-                ways: 5,
-                augment_query: false,
-            });
-        }
-        if problem.is_robot() {
-            return Ok(Family {
-                robot: Some(robots::open(problem)?),
-                ..Self::new(problem)
-            });
-        }
-        let TaskSource::Npz(path) = source else {
-            return Ok(Self::new(problem));
+        let (source, ways) = match source {
+            TaskSource::Glyphs { mini } => {
+                let set = if *mini {
+                    glyphs::Glyphs::mini()
+                } else {
+                    glyphs::Glyphs::system()
+                };
+                let set = set.map_err(|e| e.to_string())?;
+                (Source::Glyphs(std::sync::Arc::new(set)), 5)
+            }
+            TaskSource::Npz(path) => (
+                Source::File(std::sync::Arc::new(npz::NpzTasks::open(path)?)),
+                0,
+            ),
+            TaskSource::Synthetic(_) if problem.is_robot() => {
+                (Source::Robot(robots::open(problem)?), 0)
+            }
+            TaskSource::Synthetic(_) => return Ok(Self::new(problem)),
         };
         Ok(Family {
             problem,
-            connectivity: Vec::new(),
-            file: Some(std::sync::Arc::new(npz::NpzTasks::open(path)?)),
-            glyphs: None,
-            robot: None,
-            ways: 0,
+            source,
+            ways,
             augment_query: false,
         })
     }
@@ -183,18 +182,31 @@ impl Family {
         }
         Family {
             problem,
-            connectivity,
-            file: None,
-            glyphs: None,
-            robot: None,
+            source: Source::Generated { connectivity },
             ways: 0,
             augment_query: false,
         }
     }
 
+    /// The rank-r families' connectivity (empty for the other families).
+    fn connectivity(&self) -> &[f64] {
+        match &self.source {
+            Source::Generated { connectivity } => connectivity,
+            _ => &[],
+        }
+    }
+
+    /// The robot, for the robot families.
+    fn robot(&self) -> Option<&dyn robots::Robot> {
+        match &self.source {
+            Source::Robot(r) => Some(r.as_ref()),
+            _ => None,
+        }
+    }
+
     /// Whether tasks are classification episodes (one-hot targets over [`Family::ways`]).
     pub fn is_classification(&self) -> bool {
-        self.glyphs.is_some()
+        matches!(self.source, Source::Glyphs(_))
     }
 
     /// Classes per episode (0 for regression).
@@ -205,7 +217,7 @@ impl Family {
     /// The same family with `ways`-way episodes and, if `augment_query`, augmented queries.
     /// Regression families ignore both.
     pub fn with_episodes(mut self, ways: usize, augment_query: bool) -> Result<Self, String> {
-        if let Some(g) = &self.glyphs {
+        if let Source::Glyphs(g) = &self.source {
             if ways < 2 {
                 return Err(format!("--ways must be at least 2 (got {ways})"));
             }
@@ -227,26 +239,29 @@ impl Family {
 
     /// The glyph data set, for the classification families.
     pub fn glyphs(&self) -> Option<&glyphs::Glyphs> {
-        self.glyphs.as_deref()
+        match &self.source {
+            Source::Glyphs(g) => Some(g),
+            _ => None,
+        }
     }
 
     /// Examples available per task (support + query).
     pub fn examples_per_task(&self) -> usize {
-        if self.glyphs.is_some() {
-            return self.ways * glyphs::INSTANCES;
+        match &self.source {
+            Source::Glyphs(_) => self.ways * glyphs::INSTANCES,
+            Source::Robot(r) => r.examples_per_task(),
+            Source::File(f) => f.examples,
+            Source::Generated { .. } if self.problem == Problem::Cartpole => cartpole::EXAMPLES,
+            Source::Generated { .. } => EXAMPLES_PER_TASK,
         }
-        if self.problem == Problem::Cartpole {
-            return cartpole::EXAMPLES;
-        }
-        if let Some(r) = &self.robot {
-            return r.examples_per_task();
-        }
-        self.file.as_ref().map_or(EXAMPLES_PER_TASK, |f| f.examples)
     }
 
     /// The task file, for `npz:PATH` families.
     pub fn file(&self) -> Option<&npz::NpzTasks> {
-        self.file.as_deref()
+        match &self.source {
+            Source::File(f) => Some(f),
+            _ => None,
+        }
     }
 
     /// The problem.
@@ -255,55 +270,43 @@ impl Family {
     }
     /// Scalars per input example.
     pub fn input_len(&self) -> usize {
-        if self.glyphs.is_some() {
-            return glyphs::SIDE * glyphs::SIDE;
-        }
-        if let Some(r) = &self.robot {
-            return r.inputs();
-        }
-        match &self.file {
-            Some(f) => f.input_len(),
-            None if self.problem == Problem::Cartpole => cartpole::INPUTS,
-            None if self.problem.is_2d() => IMG * IMG,
-            None => SEQ_IN,
+        match &self.source {
+            Source::Glyphs(_) => glyphs::SIDE * glyphs::SIDE,
+            Source::Robot(r) => r.inputs(),
+            Source::File(f) => f.input_len(),
+            Source::Generated { .. } if self.problem == Problem::Cartpole => cartpole::INPUTS,
+            Source::Generated { .. } if self.problem.is_2d() => IMG * IMG,
+            Source::Generated { .. } => SEQ_IN,
         }
     }
     /// Scalars per output example.
     pub fn output_len(&self) -> usize {
-        if self.glyphs.is_some() {
-            return self.ways;
-        }
-        if let Some(f) = &self.file {
-            return f.output_len();
-        }
-        if let Some(r) = &self.robot {
-            return r.outputs();
-        }
-        if self.problem == Problem::Cartpole {
-            return cartpole::OUTPUTS;
-        }
-        if self.problem.is_2d() {
-            rot::channels(self.problem) * IMG_OUT * IMG_OUT
-        } else {
-            SEQ_OUT
+        match &self.source {
+            Source::Glyphs(_) => self.ways,
+            Source::File(f) => f.output_len(),
+            Source::Robot(r) => r.outputs(),
+            Source::Generated { .. } if self.problem == Problem::Cartpole => cartpole::OUTPUTS,
+            Source::Generated { .. } if self.problem.is_2d() => {
+                rot::channels(self.problem) * IMG_OUT * IMG_OUT
+            }
+            Source::Generated { .. } => SEQ_OUT,
         }
     }
 
     /// The tasks with the given ids, each split into `support` + `query` examples (from a
     /// file: the first `support` examples of the task, then the next `query`).
     pub fn batch(&self, ids: &[u64], support: usize, query: usize) -> Batch {
-        if let Some(f) = &self.file {
-            return file_batch(f, ids, support, query);
-        }
-        if let Some(g) = &self.glyphs {
-            return self.episodes(g, ids, support, query);
-        }
         let mut b = Batch::empty(ids.len(), support, query);
-        if let Some(r) = &self.robot {
-            for &id in ids {
-                r.append(id, support, query, &mut b);
+        match &self.source {
+            Source::File(f) => return file_batch(f, ids, support, query),
+            Source::Glyphs(g) => return self.episodes(g, ids, support, query),
+            Source::Robot(r) => {
+                for &id in ids {
+                    r.append(id, support, query, &mut b);
+                }
+                return b;
             }
-            return b;
+            Source::Generated { .. } => {}
         }
         if self.problem == Problem::Cartpole {
             for &id in ids {
@@ -332,7 +335,7 @@ impl Family {
         support: usize,
         query: usize,
     ) -> Option<Vec<robots::References>> {
-        let r = self.robot.as_ref()?;
+        let r = self.robot()?;
         Some(
             ids.iter()
                 .map(|&id| r.references(id, support, query))
@@ -343,7 +346,7 @@ impl Family {
     /// `n` training tasks for outer step `step` of a run seeded with `seed`.
     pub fn train_ids(&self, seed: u64, step: u64, n: usize) -> Vec<u64> {
         let mut rng = Rng::derive(&[seed, step, 3]);
-        match &self.file {
+        match self.file() {
             Some(f) => (0..n)
                 .map(|_| f.train[rng.below(f.train.len())] as u64)
                 .collect(),
@@ -355,7 +358,7 @@ impl Family {
     /// glyph families' meta-validation alphabets, the generated families' validation seeds.
     /// Never a test task.
     pub fn val_ids(&self, n: usize) -> Vec<u64> {
-        match &self.file {
+        match self.file() {
             Some(f) => f.val.iter().take(n).map(|&t| t as u64).collect(),
             None => (0..n as u64).map(|i| VAL_TASK_BASE + i).collect(),
         }
@@ -364,7 +367,7 @@ impl Family {
     /// The first `n` test tasks (the same for every run and model; from a file, at most
     /// its test tasks, in file order).
     pub fn test_ids(&self, n: usize) -> Vec<u64> {
-        match &self.file {
+        match self.file() {
             Some(f) => f.test.iter().take(n).map(|&t| t as u64).collect(),
             None => (0..n as u64).map(|i| TEST_TASK_BASE + i).collect(),
         }
@@ -374,7 +377,7 @@ impl Family {
     /// drawn with `seed` (sorted; the second value says whether it is a subset); a generated
     /// family has unlimited test tasks: the first `n` (300 by default).
     pub fn eval_ids(&self, n: Option<usize>, seed: u64) -> (Vec<u64>, bool) {
-        match (&self.file, n) {
+        match (self.file(), n) {
             (Some(f), None) => (f.test.iter().map(|&t| t as u64).collect(), false),
             (Some(f), Some(n)) if n >= f.test.len() => {
                 (f.test.iter().map(|&t| t as u64).collect(), false)

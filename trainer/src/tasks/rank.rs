@@ -20,12 +20,12 @@ impl Family {
                 (0..SEQ_OUT).flat_map(|_| f.iter().cloned()).collect()
             }
             Problem::Rank2 | Problem::Rank5 => {
-                let rank = self.connectivity.len() / SEQ_OUT;
+                let rank = self.connectivity().len() / SEQ_OUT;
                 let basis: Vec<f64> = (0..rank * TAPS).map(|_| rng.normal()).collect();
                 let mut out = vec![0.0; SEQ_OUT * TAPS];
                 for p in 0..SEQ_OUT {
                     for r in 0..rank {
-                        let c = self.connectivity[p * rank + r];
+                        let c = self.connectivity()[p * rank + r];
                         for q in 0..TAPS {
                             out[p * TAPS + q] += c * basis[r * TAPS + q];
                         }

@@ -25,7 +25,10 @@ fn low_rank_filters_span_rank_dims_and_train_test_ids_are_disjoint() {
         // 68 x 3 filter matrix has rank min(rank, 3), and positions differ.
         let f = fam.filters(9);
         assert_ne!(&f[0..3], &f[3..6]);
-        let row_sums = fam.connectivity.chunks(rank).map(|r| r.iter().sum::<f64>());
+        let row_sums = fam
+            .connectivity()
+            .chunks(rank)
+            .map(|r| r.iter().sum::<f64>());
         assert!(row_sums.into_iter().all(|s| (s - 1.0).abs() < 1e-12));
     }
     let fam = Family::new(Problem::Rank1);
