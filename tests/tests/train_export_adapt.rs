@@ -25,10 +25,10 @@ fn a_trained_msr_model_adapts_after_a_round_trip_through_a_file() {
     let adapted = evaluate(&model, &family, 100, 1, 19, 1).unwrap();
     let unadapted = evaluate(&model, &family, 100, 1, 19, 0).unwrap();
     assert!(
-        adapted.mse < 0.5 * unadapted.mse,
+        adapted.loss < 0.5 * unadapted.loss,
         "adapting must help: {} vs {} without adapting",
-        adapted.mse,
-        unadapted.mse
+        adapted.loss,
+        unadapted.loss
     );
 
     // One task by hand: adapt on 1 example, predict 19, compare with the true convolution.

@@ -158,7 +158,7 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
             });
             if step.is_multiple_of(opts.eval_every) || done || step == 1 {
                 let e = trainer.evaluate(opts.eval_tasks)?;
-                line["val_loss"] = e.mse.into();
+                line["val_loss"] = e.loss.into();
                 line["val_ci95"] = e.ci95.into();
                 if let Some(a) = e.accuracy {
                     line["val_accuracy"] = a.into();
@@ -180,7 +180,7 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
                             100.0 * a,
                             100.0 * e.accuracy_ci95.unwrap_or(0.0)
                         ),
-                        None => format!(" val {:.4}±{:.4}", e.mse, e.ci95),
+                        None => format!(" val {:.4}±{:.4}", e.loss, e.ci95),
                     })
                     .unwrap_or_default()
             ));
@@ -212,7 +212,7 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
         (Some(a), Some(ci)) => {
             format!("validation accuracy {:.2}% ± {:.2}%", 100.0 * a, 100.0 * ci)
         }
-        _ => format!("validation loss {:.4} ± {:.4}", eval.mse, eval.ci95),
+        _ => format!("validation loss {:.4} ± {:.4}", eval.loss, eval.ci95),
     };
     if writer {
         info!(

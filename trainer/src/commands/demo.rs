@@ -41,10 +41,10 @@ pub(crate) fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
         // The file holds exactly what was trained: reloaded, it must score what the run's
         // last (validation) evaluation scored.
         let v = evaluate_on(&model, &family, &family.val_ids(300), 1, 19, 1)?;
-        if (v.mse - outcome.eval.mse).abs() > 1e-9 * outcome.eval.mse.abs().max(1.0) {
+        if (v.loss - outcome.eval.loss).abs() > 1e-9 * outcome.eval.loss.abs().max(1.0) {
             return Err(format!(
                 "reloaded {kind} scores {} but the trained one scored {}",
-                v.mse, outcome.eval.mse
+                v.loss, outcome.eval.loss
             )
             .into());
         }
@@ -62,7 +62,7 @@ pub(crate) fn demo(steps: u64, out: &Path, seed: u64) -> Result<()> {
         println!(
             "| {:<7} | {:.4} ± {:.4}    | {:>13.1} | {:>12.1} | {:>7} B  |",
             kind.to_string(),
-            e.mse,
+            e.loss,
             e.ci95,
             sps,
             wall,

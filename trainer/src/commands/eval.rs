@@ -149,7 +149,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         println!(
             "{} on {problem}: test MSE {:.4} ± {:.4} (95% CI, {} tasks, {} inner step(s); {setting})",
             model.info().name,
-            r.mse,
+            r.loss,
             r.ci95,
             r.tasks,
             r.inner_steps
@@ -169,9 +169,9 @@ pub(crate) fn add_references(
     )>,
 ) {
     if let Some((nominal, oracle)) = references {
-        v["nominal_mse"] = nominal.mse.into();
+        v["nominal_mse"] = nominal.loss.into();
         v["nominal_ci95"] = nominal.ci95.into();
-        v["oracle_mse"] = oracle.mse.into();
+        v["oracle_mse"] = oracle.loss.into();
         v["oracle_ci95"] = oracle.ci95.into();
         v["nominal_per_output_mse"] = nominal.per_output_mse.clone().into();
         v["oracle_per_output_mse"] = oracle.per_output_mse.clone().into();
@@ -188,7 +188,7 @@ pub(crate) fn print_references(
     if let Some((nominal, oracle)) = references {
         println!(
             "  on the same tasks: nominal model (no payload / no wind) MSE {:.4} ± {:.4}, physics oracle MSE {:.4} ± {:.4}",
-            nominal.mse, nominal.ci95, oracle.mse, oracle.ci95
+            nominal.loss, nominal.ci95, oracle.loss, oracle.ci95
         );
     }
 }

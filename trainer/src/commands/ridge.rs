@@ -57,7 +57,7 @@ pub(crate) fn ridge(args: RidgeArgs) -> Result<()> {
         .map(|&l| {
             (
                 l,
-                ridge_eval(&family, &val, support, query, l, stats.as_ref()).mse,
+                ridge_eval(&family, &val, support, query, l, stats.as_ref()).loss,
             )
         })
         .min_by(|a, b| a.1.total_cmp(&b.1))
@@ -76,7 +76,7 @@ pub(crate) fn ridge(args: RidgeArgs) -> Result<()> {
         println!(
             "per-task ridge on {}: test MSE {:.4} ± {:.4} (95% CI, {} tasks; support {support}; lambda {lambda:e}, chosen on {} validation tasks: {val_mse:.4})",
             args.problem,
-            r.mse,
+            r.loss,
             r.ci95,
             r.tasks,
             val.len()

@@ -12,8 +12,13 @@ use super::*;
 /// Result of evaluating a model on test tasks.
 #[derive(Clone, Debug, Serialize)]
 pub struct EvalResult {
-    /// Mean query loss over tasks (MSE for regression, cross-entropy for classification).
-    pub mse: f64,
+    /// Mean query loss over tasks: the MSE for regression, the cross-entropy for
+    /// classification.
+    pub loss: f64,
+    /// The same number, named for what it is, for regression only (`None` for
+    /// classification): the JSON says `mse` only where the loss is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mse: Option<f64>,
     /// 95% confidence half-width of the mean.
     pub ci95: f64,
     /// Mean query accuracy over tasks (classification only).
@@ -34,10 +39,11 @@ pub struct EvalResult {
 impl EvalResult {
     /// Means and 95% CIs of per-task losses and (classification) accuracies.
     pub fn of(losses: &[f64], accuracies: &[f64], inner_steps: usize) -> Self {
-        let (mse, ci95) = mean_ci95(losses);
+        let (loss, ci95) = mean_ci95(losses);
         let acc = (!accuracies.is_empty()).then(|| mean_ci95(accuracies));
         EvalResult {
-            mse,
+            loss,
+            mse: acc.is_none().then_some(loss),
             ci95,
             accuracy: acc.map(|a| a.0),
             accuracy_ci95: acc.map(|a| a.1),

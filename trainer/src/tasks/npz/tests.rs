@@ -287,7 +287,7 @@ fn msr_meta_trains_on_a_task_file() {
         .expect("standardised by default");
     assert_eq!(n.input.as_ref().unwrap().mean.len(), 4);
     assert_eq!(crate::train::trained_config(&rec), Some(config.clone()));
-    assert!(e.mse.is_finite());
+    assert!(e.loss.is_finite());
     config.query = 5;
     assert!(
         crate::train::Trainer::new(config).is_err(),
