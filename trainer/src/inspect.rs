@@ -1,6 +1,7 @@
 //! Human-readable views of a model: a layer table, the band-energy figure, and a picture
 //! of each learned sharing pattern.
 
+use crate::train::TrainError;
 use std::fmt::Write as _;
 use std::path::Path;
 
@@ -99,7 +100,7 @@ pub fn random_band_fraction(record: &ModelRecord) -> Option<f64> {
 
 /// Draws W_j = reshape(U e_j) for every basis vector e_j of every dense-U layer, side by
 /// side (one row of tiles per layer); red positive, blue negative, white zero.
-pub fn write_png(record: &ModelRecord, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
+pub fn write_png(record: &ModelRecord, path: &Path) -> Result<(), TrainError> {
     let mut tiles: Vec<Vec<(usize, usize, Vec<f32>)>> = Vec::new();
     for (layer, rec) in record.net.layers.iter().zip(&record.layers) {
         let (rows, cols, k) = match &layer.op {
@@ -120,7 +121,9 @@ pub fn write_png(record: &ModelRecord, path: &Path) -> Result<(), Box<dyn std::e
         tiles.push(row);
     }
     if tiles.is_empty() {
-        return Err("the model has no dense symmetry matrix to draw".into());
+        return Err(TrainError::Config(
+            "the model has no dense symmetry matrix to draw".into(),
+        ));
     }
     let scale = 4usize;
     let gap = 6usize;
@@ -170,7 +173,7 @@ pub fn write_glyph_sheet(
     rows: usize,
     cols: usize,
     path: &Path,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<(), TrainError> {
     use crate::tasks::glyphs::{Augment, SIDE, Split};
     let gap = 4;
     let width = 2 * cols * SIDE + gap;
@@ -180,7 +183,7 @@ pub fn write_glyph_sheet(
                 .alphabets
                 .iter()
                 .position(|a| a.name == name)
-                .ok_or_else(|| format!("no alphabet named '{name}'"))?,
+                .ok_or_else(|| TrainError::Config(format!("no alphabet named '{name}'")))?,
         ),
         None => None,
     };
@@ -234,11 +237,18 @@ fn save_png(
     height: usize,
     color: png::ColorType,
     pixels: &[u8],
-) -> Result<(), Box<dyn std::error::Error>> {
-    let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+) -> Result<(), TrainError> {
+    let file = std::fs::File::create(path).map_err(|source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
     enc.set_color(color);
     enc.set_depth(png::BitDepth::Eight);
-    enc.write_header()?.write_image_data(pixels)?;
-    Ok(())
+    enc.write_header()
+        .and_then(|mut w| w.write_image_data(pixels))
+        .map_err(|e| TrainError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(e),
+        })
 }

@@ -31,7 +31,16 @@ pub fn default_k(problem: Problem) -> usize {
 /// replaces each convolution by a Kronecker-factored share-conv (square factors, identity
 /// initialised: training starts from the plain net). ProtoNets has no head: its output is
 /// the embedding. No batch norm (see docs/results.md).
-pub fn glyph_spec(kind: ModelKind, ways: usize, channels: usize) -> Result<NetSpec, String> {
+pub fn glyph_spec(
+    kind: ModelKind,
+    ways: usize,
+    channels: usize,
+) -> Result<NetSpec, crate::train::TrainError> {
+    build_glyph_spec(kind, ways, channels).map_err(crate::train::TrainError::Config)
+}
+
+/// [`glyph_spec`]'s work, its errors as messages.
+fn build_glyph_spec(kind: ModelKind, ways: usize, channels: usize) -> Result<NetSpec, String> {
     if !matches!(
         kind,
         ModelKind::MamlConv | ModelKind::MsrConv | ModelKind::Anil | ModelKind::ProtoNet
@@ -137,7 +146,16 @@ fn mlp(
 }
 
 /// Architecture of `kind` for a regression `family`.
-pub fn spec(kind: ModelKind, family: &Family, arch: &Arch) -> Result<NetSpec, String> {
+pub fn spec(
+    kind: ModelKind,
+    family: &Family,
+    arch: &Arch,
+) -> Result<NetSpec, crate::train::TrainError> {
+    build_spec(kind, family, arch).map_err(crate::train::TrainError::Config)
+}
+
+/// [`spec`]'s work, its errors as messages.
+fn build_spec(kind: ModelKind, family: &Family, arch: &Arch) -> Result<NetSpec, String> {
     let problem = family.problem();
     if matches!(kind, ModelKind::Anil | ModelKind::ProtoNet) {
         return Err(format!(

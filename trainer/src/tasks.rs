@@ -6,6 +6,7 @@
 //! the task, so every model is evaluated on the very same test tasks.
 
 use crate::rng::Rng;
+use crate::train::TrainError;
 
 pub mod cartpole;
 mod episodes;
@@ -129,12 +130,12 @@ enum Source {
 
 impl Family {
     /// The family named `name`: a synthetic problem, or `npz:PATH` (read and checked now).
-    pub fn open(name: &str) -> Result<Self, String> {
-        Self::from_source(&name.parse()?)
+    pub fn open(name: &str) -> Result<Self, TrainError> {
+        Self::from_source(&name.parse().map_err(TrainError::Config)?)
     }
 
     /// The family of `source` (a task file is read and checked now).
-    pub fn from_source(source: &TaskSource) -> Result<Self, String> {
+    pub fn from_source(source: &TaskSource) -> Result<Self, TrainError> {
         let problem = source.problem();
         let (source, ways) = match source {
             TaskSource::Glyphs { mini } => {
@@ -143,7 +144,7 @@ impl Family {
                 } else {
                     glyphs::Glyphs::system()
                 };
-                let set = set.map_err(|e| e.to_string())?;
+                let set = set.map_err(|e| TrainError::Tasks(e.to_string()))?;
                 (Source::Glyphs(std::sync::Arc::new(set)), 5)
             }
             TaskSource::Npz(path) => (
@@ -216,10 +217,12 @@ impl Family {
 
     /// The same family with `ways`-way episodes and, if `augment_query`, augmented queries.
     /// Regression families ignore both.
-    pub fn with_episodes(mut self, ways: usize, augment_query: bool) -> Result<Self, String> {
+    pub fn with_episodes(mut self, ways: usize, augment_query: bool) -> Result<Self, TrainError> {
         if let Source::Glyphs(g) = &self.source {
             if ways < 2 {
-                return Err(format!("--ways must be at least 2 (got {ways})"));
+                return Err(TrainError::Config(format!(
+                    "--ways must be at least 2 (got {ways})"
+                )));
             }
             for split in [
                 glyphs::Split::Train,
@@ -228,7 +231,9 @@ impl Family {
             ] {
                 let have = g.classes(split).len();
                 if have < ways {
-                    return Err(glyphs::GlyphError::TooFewClasses { split, have, ways }.to_string());
+                    return Err(TrainError::Tasks(
+                        glyphs::GlyphError::TooFewClasses { split, have, ways }.to_string(),
+                    ));
                 }
             }
             self.ways = ways;

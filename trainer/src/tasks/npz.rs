@@ -218,7 +218,12 @@ fn floats(
 
 impl NpzTasks {
     /// Reads and checks a task file. Every problem is reported by name.
-    pub fn open(path: &Path) -> Result<Self, String> {
+    pub fn open(path: &Path) -> Result<Self, crate::train::TrainError> {
+        Self::read(path).map_err(crate::train::TrainError::Tasks)
+    }
+
+    /// [`open`]'s work, its errors as messages.
+    fn read(path: &Path) -> Result<Self, String> {
         let mut archive = npyz::npz::NpzArchive::open(path).map_err(|e| {
             format!(
                 "{}: not a readable .npz file ({})",
@@ -338,7 +343,12 @@ pub type Shaped = (Vec<usize>, Vec<f32>);
 
 /// The float array `name` of an `.npz` file (shape and row-major values, checked finite),
 /// or `None` if the file has no such array.
-pub fn read_array(path: &Path, name: &str) -> Result<Option<Shaped>, String> {
+pub fn read_array(path: &Path, name: &str) -> Result<Option<Shaped>, crate::train::TrainError> {
+    read_named(path, name).map_err(crate::train::TrainError::Tasks)
+}
+
+/// [`read_array`]'s work, its errors as messages.
+fn read_named(path: &Path, name: &str) -> Result<Option<Shaped>, String> {
     let mut archive = npyz::npz::NpzArchive::open(path).map_err(|e| {
         format!(
             "{}: not a readable .npz file ({})",
@@ -361,7 +371,15 @@ pub enum Array<'a> {
 }
 
 /// Writes named arrays (row-major, with their shapes) to an `.npz` file numpy reads.
-pub fn write_npz(path: &Path, arrays: &[(&str, &[usize], Array)]) -> Result<(), String> {
+pub fn write_npz(
+    path: &Path,
+    arrays: &[(&str, &[usize], Array)],
+) -> Result<(), crate::train::TrainError> {
+    write(path, arrays).map_err(crate::train::TrainError::Tasks)
+}
+
+/// [`write_npz`]'s work, its errors as messages.
+fn write(path: &Path, arrays: &[(&str, &[usize], Array)]) -> Result<(), String> {
     use npyz::WriterBuilder;
     let err = |e: std::io::Error| format!("{}: {e}", path.display());
     let mut npz = npyz::npz::NpzWriter::create(path).map_err(err)?;

@@ -73,12 +73,21 @@ pub struct References {
 }
 
 /// The robot of `problem` (`panda-payload` or `quadrotor-wind`), or why it is unavailable.
-pub fn open(problem: super::Problem) -> Result<std::sync::Arc<dyn Robot>, String> {
+pub fn open(
+    problem: super::Problem,
+) -> Result<std::sync::Arc<dyn Robot>, crate::train::TrainError> {
+    open_robot(problem).map_err(crate::train::TrainError::Tasks)
+}
+
+/// [`open`]'s work, its errors as messages.
+fn open_robot(problem: super::Problem) -> Result<std::sync::Arc<dyn Robot>, String> {
     #[cfg(feature = "mujoco")]
     {
         match problem {
-            super::Problem::PandaPayload => Ok(std::sync::Arc::new(panda::Panda::new()?)),
-            super::Problem::QuadrotorWind => Ok(std::sync::Arc::new(quadrotor::Quadrotor::new()?)),
+            super::Problem::PandaPayload => Ok(std::sync::Arc::new(panda::Panda::build()?)),
+            super::Problem::QuadrotorWind => {
+                Ok(std::sync::Arc::new(quadrotor::Quadrotor::build()?))
+            }
             other => Err(format!("{other} is not a robot family")),
         }
     }

@@ -104,7 +104,7 @@ impl Trainer {
             }
             config.steps = exp.steps;
         }
-        let (family, spec, _) = config.family_and_spec().map_err(&bad)?;
+        let (family, spec, _) = config.family_and_spec().map_err(|e| bad(e.to_string()))?;
         let record = ModelRecord {
             info: ModelInfo {
                 name: String::new(),

@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use crate::models::{self, Arch, ModelKind};
 use crate::tasks::{Family, TaskSource};
 
+use super::TrainError;
+
 /// Everything that defines a training run. Stored in checkpoints: a resumed run must
 /// use the same configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,7 +96,12 @@ impl TrainConfig {
 
     /// Checks every numeric field against its range (a configuration from the command line
     /// or from a checkpoint file): one line naming the field, its value and the range.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), TrainError> {
+        self.check_ranges().map_err(TrainError::Config)
+    }
+
+    /// [`validate`]'s work, its errors as messages.
+    fn check_ranges(&self) -> Result<(), String> {
         let limit = |name: &str, value: u128, lo: u128, hi: u128| {
             if value < lo || value > hi {
                 Err(format!("{name} is {value}; it must be in [{lo}, {hi}]"))
@@ -161,7 +168,7 @@ impl TrainConfig {
     }
 
     /// The family (with its episode shape) and the network this configuration trains.
-    pub fn family_and_spec(&self) -> Result<(Family, NetSpec, ModelKind), String> {
+    pub fn family_and_spec(&self) -> Result<(Family, NetSpec, ModelKind), TrainError> {
         let kind = self.model;
         let family =
             Family::from_source(&self.problem)?.with_episodes(self.ways, self.augment_query)?;

@@ -5,9 +5,13 @@ use std::path::{Path, PathBuf};
 /// Errors of the training loop's files.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
-    /// Bad configuration.
+    /// Bad configuration: a field out of range, a model that does not fit the family.
     #[error("{0}")]
     Config(String),
+    /// The tasks cannot be had: a task file that is missing or malformed, fonts or a
+    /// simulator that are not installed, episodes larger than the data.
+    #[error("{0}")]
+    Tasks(String),
     /// A checkpoint could not be used.
     #[error("checkpoint {path}: {reason}")]
     Checkpoint {

@@ -57,8 +57,8 @@ impl Trainer {
 
     /// A fresh run on `device` (see `msr_runtime::device`).
     pub fn on_device(config: TrainConfig, device: Device) -> Result<Self, TrainError> {
-        config.validate().map_err(TrainError::Config)?;
-        let (family, spec, kind) = config.family_and_spec().map_err(TrainError::Config)?;
+        config.validate()?;
+        let (family, spec, kind) = config.family_and_spec()?;
         if config.tasks_per_step == 0 || config.support == 0 || config.query == 0 {
             return Err(TrainError::Config(
                 "tasks per step, support and query sizes must be positive".into(),

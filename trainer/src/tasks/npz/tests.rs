@@ -174,7 +174,7 @@ fn malformed_files_are_refused_by_name() {
     let case = |name: &str, arrays: &[(&str, Vec<u64>, Vec<f64>, &str)], expect: &str| {
         let p = d.join(name);
         write(&p, arrays);
-        let e = NpzTasks::open(&p).unwrap_err();
+        let e = NpzTasks::open(&p).unwrap_err().to_string();
         assert!(e.contains(expect), "{name}: '{e}' lacks '{expect}'");
     };
     case(
@@ -238,6 +238,7 @@ fn malformed_files_are_refused_by_name() {
     assert!(
         NpzTasks::open(&d.join("junk.npz"))
             .unwrap_err()
+            .to_string()
             .contains("not a readable .npz")
     );
     assert!(NpzTasks::open(&d.join("missing.npz")).is_err());
@@ -345,7 +346,7 @@ fn hostile_files_are_refused_before_decompressing() {
         ],
     );
     assert!(std::fs::metadata(&p).unwrap().len() < 1_000_000);
-    let e = NpzTasks::open(&p).unwrap_err();
+    let e = NpzTasks::open(&p).unwrap_err().to_string();
     assert!(
         e.contains("array 'x'") && e.contains("over the limit"),
         "{e}"
@@ -359,7 +360,7 @@ fn hostile_files_are_refused_before_decompressing() {
         &p,
         &[("x", dict.into(), vec![]), ("y", dict.into(), vec![])],
     );
-    let e = NpzTasks::open(&p).unwrap_err();
+    let e = NpzTasks::open(&p).unwrap_err().to_string();
     assert!(e.contains("over the limit"), "{e}");
 
     // A garbled header: one line naming the file and the array.
@@ -375,7 +376,7 @@ fn hostile_files_are_refused_before_decompressing() {
             ("y", "{}".into(), vec![]),
         ],
     );
-    let e = NpzTasks::open(&p).unwrap_err();
+    let e = NpzTasks::open(&p).unwrap_err().to_string();
     assert!(e.contains("garbled.npz") && e.contains("array 'x'"), "{e}");
     assert!(!e.contains('\n'), "multi-line: {e}");
 
@@ -389,7 +390,7 @@ fn hostile_files_are_refused_before_decompressing() {
             ("y", dict.into(), f4_bytes(&[1.0; 12])),
         ],
     );
-    let e = NpzTasks::open(&p).unwrap_err();
+    let e = NpzTasks::open(&p).unwrap_err().to_string();
     assert!(e.contains("array 'x'"), "{e}");
     assert!(!e.contains('\n'), "{e}");
     std::fs::remove_dir_all(&d).unwrap();

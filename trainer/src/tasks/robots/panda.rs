@@ -223,7 +223,12 @@ pub struct Panda {
 
 impl Panda {
     /// Compiles the model and estimates the oracle's prior.
-    pub fn new() -> Result<Self, String> {
+    pub fn new() -> Result<Self, crate::train::TrainError> {
+        Self::build().map_err(crate::train::TrainError::Tasks)
+    }
+
+    /// [`Self::new`]'s work, its errors as messages.
+    pub(super) fn build() -> Result<Self, String> {
         let sim = Sim::new("robots/panda/panda.xml", MJCF)?;
         let payload = sim.body("payload")?;
         let m = sim.model();

@@ -215,7 +215,12 @@ pub struct Quadrotor {
 
 impl Quadrotor {
     /// Compiles the model and estimates the oracle's noise level.
-    pub fn new() -> Result<Self, String> {
+    pub fn new() -> Result<Self, crate::train::TrainError> {
+        Self::build().map_err(crate::train::TrainError::Tasks)
+    }
+
+    /// [`Self::new`]'s work, its errors as messages.
+    pub(super) fn build() -> Result<Self, String> {
         let sim = Sim::new("robots/quadrotor/quadrotor.xml", MJCF)?;
         let m = sim.model();
         if (m.ffi().nq, m.ffi().nv, m.ffi().ngeom) != (7, 6, 1) {
