@@ -29,6 +29,18 @@ done
 grep -q "4 gradient shards over 2 process(es)" "$out/np2.log"
 echo "identical: $(sha256sum "$out/np1/model.msr" | cut -c1-16)"
 
+echo "== a rank that fails alone ends the whole job (no hang)"
+# Rank 0 cannot open its metrics file (a directory stands in its way); the other rank is
+# already waiting in the step's gather: rank 0 must abort the job, not finalise and wait.
+mkdir -p "$out/fails/metrics.jsonl"
+set +e
+timeout 120 "${mpi[@]}" -np 2 "$trainer" train "${common[@]}" --out "$out/fails" 2>"$out/fails.log"
+rc=$?
+set -e
+[ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] || { echo "expected the job to fail fast, rc $rc"; cat "$out/fails.log"; exit 1; }
+grep -q "error on rank 0 of 2" "$out/fails.log"
+echo "failed fast (rc $rc): $(grep -m1 'error on rank' "$out/fails.log")"
+
 echo "== a rank killed mid-run; resumed with 1 process; equal to the uninterrupted run"
 glyphs=(--problem glyphs-mini --model msr-conv --ways 5 --support 1 --queries 5
   --tasks-per-step 8 --augment-query --channels 8 --shards 8 --steps 300 --eval-every 1000
@@ -42,14 +54,17 @@ for _ in $(seq 3000); do
   [ "${step:-0}" -ge 120 ] && break
   sleep 0.05
 done
+trap 'kill "$job" 2>/dev/null || true' EXIT
 [ "${step:-0}" -ge 120 ] && [ "${step:-0}" -lt 300 ] || { echo "the run was not mid-way: step ${step:-none}"; exit 1; }
-victim=$(pgrep -f "^$trainer train .*$out/killed" | tail -n 1)
+# Either rank will do: the job must end and the checkpoint survive.
+victim=$(pgrep -f "^$trainer train .*$out/killed" | tail -n 1 || true)
+[ -n "$victim" ] || { echo "no rank to kill (did the job end already?)"; kill "$job" 2>/dev/null; exit 1; }
 kill -9 "$victim"
 if wait "$job"; then
   echo "the job survived a killed rank"
   exit 1
 fi
-grep "signal 9" "$out/killed.log"
+grep -E "signal 9|SIGNAL: 9" "$out/killed.log"
 "$trainer" train "${glyphs[@]}" --resume "$out/killed" 2>"$out/resumed.log"
 grep -q "resuming $out/killed at step [1-9]" "$out/resumed.log"
 cmp "$out/whole/model.msr" "$out/killed/model.msr"

@@ -136,6 +136,13 @@ fn main() -> ExitCode {
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            let world = msr_trainer::train::shard::process_collective();
+            if world.size() > 1 {
+                // The other processes would wait for this one in their next collective
+                // (and MPI_Finalize would wait for them): end the whole job.
+                eprintln!("error on rank {} of {}: {e}", world.rank(), world.size());
+                world.abort(1);
+            }
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

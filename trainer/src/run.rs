@@ -21,7 +21,8 @@ pub const CHECK_EVERY: u64 = 50;
 pub struct RunOutcome {
     /// Where it wrote its files.
     pub dir: PathBuf,
-    /// The last evaluation.
+    /// The last evaluation (rank 0's; on the other ranks of a distributed run, an empty
+    /// one: 0 tasks).
     pub eval: EvalResult,
     /// Outer steps per second over this invocation.
     pub steps_per_s: f64,
@@ -206,7 +207,9 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
     }
     let eval = match last_eval {
         Some(e) => e,
-        None => trainer.evaluate(opts.eval_tasks)?,
+        None if writer => trainer.evaluate(opts.eval_tasks)?,
+        // The other ranks of a distributed run leave evaluation to rank 0.
+        None => EvalResult::of(&[], &[], cfg.inner_steps),
     };
     let score = match (eval.accuracy, eval.accuracy_ci95) {
         (Some(a), Some(ci)) => {

@@ -25,6 +25,10 @@ struct Checkpoint {
 pub(super) type AdamState = (u64, Vec<Vec<f32>>, Vec<Vec<f32>>);
 
 const CHECKPOINT_MAGIC: &[u8; 8] = b"MSRCKPT2";
+/// A sharded run's checkpoint: the same record followed by the shard count. Another magic,
+/// so that a trainer that does not know shards refuses it instead of resuming it as a
+/// one-shard run.
+const SHARDED_MAGIC: &[u8; 8] = b"MSRCKPT3";
 
 impl Trainer {
     /// Writes a checkpoint atomically (temporary file, then rename).
@@ -46,7 +50,11 @@ impl Trainer {
         }
         // The CRC covers the body, not the magic: the frame starts after it.
         let mut bytes = Vec::with_capacity(body.len() + 12);
-        bytes.extend_from_slice(CHECKPOINT_MAGIC);
+        bytes.extend_from_slice(if self.shards == 1 {
+            CHECKPOINT_MAGIC
+        } else {
+            SHARDED_MAGIC
+        });
         bytes.extend_from_slice(&body);
         bytes.extend_from_slice(&[0; 4]);
         msr_runtime::frame::seal(&mut bytes[8..]);
@@ -72,14 +80,18 @@ impl Trainer {
             reason,
         };
         let bytes = std::fs::read(path).map_err(io(path))?;
-        if bytes.len() < 12 || &bytes[..8] != CHECKPOINT_MAGIC {
+        let sharded = bytes.len() >= 8 && &bytes[..8] == SHARDED_MAGIC;
+        if bytes.len() < 12 || (&bytes[..8] != CHECKPOINT_MAGIC && !sharded) {
             return Err(bad("not an msr checkpoint (bad magic or too short)".into()));
         }
         let body = msr_runtime::frame::unseal(&bytes[8..])
             .map_err(|_| bad("checksum mismatch: the file is corrupt".into()))?;
         let (ck, rest): (Checkpoint, &[u8]) =
             postcard::take_from_bytes(body).map_err(|e| bad(format!("malformed: {e}")))?;
-        let shards = if rest.is_empty() {
+        let shards = if !sharded {
+            if !rest.is_empty() {
+                return Err(bad("malformed: bytes after the record".into()));
+            }
             1
         } else {
             let (s, tail): (u64, &[u8]) = postcard::take_from_bytes(rest)

@@ -9,8 +9,6 @@
 //! `mpi` feature, MPI ([`process_collective`] after `mpi_init`: launched by mpirun, srun or
 //! an MPIJob).
 
-use std::hash::Hasher;
-
 /// How the processes of a run exchange bytes. Calls are collective: every rank makes the
 /// same calls in the same order.
 pub trait Collective {
@@ -20,6 +18,12 @@ pub trait Collective {
     fn size(&self) -> usize;
     /// Every rank's `mine`, in rank order, on every rank.
     fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, String>;
+    /// Ends the whole job (every process) with `code`: what a process that fails alone
+    /// must do, or the others would wait for it in their next collective forever. One
+    /// process: exits.
+    fn abort(&self, code: i32) -> ! {
+        std::process::exit(code)
+    }
 }
 
 /// One process: gathering is the identity.
@@ -83,14 +87,16 @@ pub fn reduce_in_shard_order(
     Ok((sum, loss))
 }
 
-/// A 64-bit hash of f32 values' bits (the same on every machine and process).
+/// A 64-bit hash (FNV-1a) of f32 values' bits: the same on every machine, process and
+/// build (std's hasher may change between Rust releases).
 pub fn hash_f32(values: impl Iterator<Item = f32>) -> u64 {
-    // DefaultHasher::new() is SipHash with fixed keys: stable within one build.
-    let mut h = std::hash::DefaultHasher::new();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for v in values {
-        h.write_u32(v.to_bits());
+        for b in v.to_bits().to_le_bytes() {
+            h = (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+        }
     }
-    h.finish()
+    h
 }
 
 #[cfg(feature = "mpi")]
@@ -120,9 +126,11 @@ mod mpi_impl {
     }
 
     /// Initialises MPI, once per process (`None` if it already was): keep the universe
-    /// until the process is done with MPI; dropping it finalises MPI.
+    /// until the process is done with MPI; dropping it finalises MPI. Threading level
+    /// "funneled": the batch generator runs on its own thread, MPI is called from the main
+    /// thread only.
     pub fn mpi_init() -> Option<mpi::environment::Universe> {
-        mpi::initialize()
+        mpi::initialize_with_threading(mpi::Threading::Funneled).map(|(u, _)| u)
     }
 
     impl Mpi {
@@ -140,6 +148,9 @@ mod mpi_impl {
         }
         fn size(&self) -> usize {
             self.world.size() as usize
+        }
+        fn abort(&self, code: i32) -> ! {
+            self.world.abort(code)
         }
         fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, String> {
             let size = self.size();

@@ -112,8 +112,23 @@ fn sharded_steps_are_bit_identical_for_any_number_of_processes() {
     std::fs::create_dir_all(&dir).unwrap();
     let ck = dir.join("checkpoint.bin");
     std::fs::write(&ck, &one[0].1).unwrap();
+    assert_eq!(
+        &one[0].1[..8],
+        b"MSRCKPT3",
+        "a sharded checkpoint has its own magic"
+    );
     let resumed = Trainer::resume(&ck, None).unwrap();
     assert_eq!(resumed.shards(), 3);
+    // The shard count without the sharded magic is not read as a one-shard run.
+    let mut forged = one[0].1.clone();
+    forged[..8].copy_from_slice(b"MSRCKPT2");
+    msr_runtime::frame::seal(&mut forged[8..]);
+    std::fs::write(&ck, &forged).unwrap();
+    let err = match Trainer::resume(&ck, None) {
+        Ok(_) => panic!("a shard count under the one-shard magic was accepted"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("bytes after the record"), "{err}");
     std::fs::remove_dir_all(&dir).unwrap();
     let mut t = Trainer::new(config.clone()).unwrap();
     assert!(t.set_shards(0).is_err() && t.set_shards(8).is_err());
