@@ -19,6 +19,8 @@ void* __libc_malloc(std::size_t size);
 void* __libc_calloc(std::size_t n, std::size_t size);
 void* __libc_realloc(void* p, std::size_t size);
 void* __libc_memalign(std::size_t align, std::size_t size);
+void* __libc_valloc(std::size_t size);
+void* __libc_pvalloc(std::size_t size);
 void __libc_free(void* p);
 }
 
@@ -30,8 +32,9 @@ inline void note() noexcept {
     if (counting) ++count;
 }
 using LockFn = int (*)(pthread_mutex_t*);
-// libc's pthread_mutex_lock, found before main (dlsym may allocate: not counted then).
-LockFn real_lock = reinterpret_cast<LockFn>(dlsym(RTLD_NEXT, "pthread_mutex_lock"));
+// libc's pthread_mutex_lock, found during static initialisation, before main and before any
+// thread (dlsym may allocate: not counted then); never written again.
+const LockFn real_lock = reinterpret_cast<LockFn>(dlsym(RTLD_NEXT, "pthread_mutex_lock"));
 }  // namespace
 
 namespace alloc_count {
@@ -50,8 +53,9 @@ long stop() noexcept {
 extern "C" {
 int pthread_mutex_lock(pthread_mutex_t* m) {
     if (counting) ++lock_count;
-    if (!real_lock) real_lock = reinterpret_cast<LockFn>(dlsym(RTLD_NEXT, "pthread_mutex_lock"));
-    return real_lock(m);
+    // A lock taken by another static initialiser before ours ran: look it up (not stored).
+    const LockFn lock = real_lock ? real_lock : reinterpret_cast<LockFn>(dlsym(RTLD_NEXT, "pthread_mutex_lock"));
+    return lock(m);
 }
 void* malloc(std::size_t size) {
     note();
@@ -69,6 +73,23 @@ void free(void* p) { __libc_free(p); }
 void* memalign(std::size_t align, std::size_t size) {
     note();
     return __libc_memalign(align, size);
+}
+void* valloc(std::size_t size) {
+    note();
+    return __libc_valloc(size);
+}
+void* pvalloc(std::size_t size) {
+    note();
+    return __libc_pvalloc(size);
+}
+void* reallocarray(void* p, std::size_t n, std::size_t size) {
+    note();
+    std::size_t bytes = 0;
+    if (__builtin_mul_overflow(n, size, &bytes)) {
+        errno = ENOMEM;
+        return nullptr;
+    }
+    return __libc_realloc(p, bytes);
 }
 void* aligned_alloc(std::size_t align, std::size_t size) {
     note();

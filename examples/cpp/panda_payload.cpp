@@ -13,8 +13,10 @@
 //
 // The control law is tau = f(q, qd, qdd_ref + Kp e + Kd ed) on measured (noisy) states, with
 // the sensor noise of the panda-payload family the model was meta-trained on. The "measured"
-// acceleration of an observation is the finite difference of the joint velocities over the
-// tick plus that noise; the "measured" torque is the applied torque plus torque-sensor noise.
+// acceleration of an observation is, by default, the family's sensor model (the acceleration
+// over the tick plus 0.05 rad/s^2 of noise: a good estimator); with --accel measured, what a
+// robot differentiating its own noisy velocities through a low-pass filter gets. The
+// "measured" torque is the applied torque plus torque-sensor noise.
 //
 // Prints tracking errors per controller (whole run and per payload segment), the time after
 // each payload change until the msr controller's rolling error is within 1.2x the oracle's,
@@ -22,7 +24,7 @@
 //
 //   panda_payload MODEL.msr PANDA.xml [--seconds S] [--seed N] [--switch S] [--forget G]
 //                 [--kp KP] [--kd KD] [--window K] [--stride N] [--every N] [--csv FILE]
-//                 [--count-allocs]
+//                 [--accel family|measured] [--accel-cutoff HZ] [--count-allocs]
 //
 // Real-time discipline: everything is allocated before the loop; the loop runs
 // msr_session_predict / _observe / _adapt and MuJoCo's mj_inverse / mj_step only. With
@@ -170,6 +172,10 @@ struct Options {
     // These defaults (with forget 0.995, stride 10) were chosen on seeds 1-5 of a grid
     // (docs/robots.md#closed-loop); the results are reported on seeds 11-20.
     double damping = 0.1, window_damping = 0.01;
+    // The acceleration of an observation: the family's sensor model (false) or differenced
+    // measured velocities through a first-order low-pass filter at accel_cutoff Hz (true).
+    bool measured_accel = false;
+    double accel_cutoff = 20.0;
     unsigned seed = 1;
     std::string csv;
     bool count_allocs = false;
@@ -257,6 +263,11 @@ public:
         first_.attach(plant_, payload_);
         mj_resetData(plant_, sim_);
         Vec7 q_r, qd_r, qdd_r, q_m, qd_m, qdd_m, a, tau, tau_nom, qd_before;
+        // --accel measured: the next tick's velocity noise, drawn a tick early (the
+        // acceleration estimate differences two measured velocities), and the filter state.
+        Vec7 qd_noise_next{}, qdd_filtered{};
+        bool have_next = false;
+        const double alpha = h_ / (h_ + 1.0 / (2.0 * M_PI * o_.accel_cutoff));
         ref_.at(0.0, q_r, qd_r, qdd_r);
         std::copy(q_r.begin(), q_r.end(), sim_->qpos);
         std::copy(qd_r.begin(), qd_r.end(), sim_->qvel);
@@ -267,7 +278,7 @@ public:
             ref_.at(static_cast<double>(i) * h_, q_r, qd_r, qdd_r);
             for (int j = 0; j < kJoints; ++j) {
                 q_m[j] = sim_->qpos[j] + kNoiseQ * normal(noise);
-                qd_m[j] = sim_->qvel[j] + kNoiseQd * normal(noise);
+                qd_m[j] = sim_->qvel[j] + (have_next ? qd_noise_next[j] : kNoiseQd * normal(noise));
                 a[j] = qdd_r[j] + o_.kp * (q_r[j] - q_m[j]) + o_.kd * (qd_r[j] - qd_m[j]);
             }
             switch (c) {
@@ -307,8 +318,21 @@ public:
             if (c != Ctl::Msr && c != Ctl::Window) continue;
 
             // The tick's observation: measured state, acceleration and torque -> residual.
-            for (int j = 0; j < kJoints; ++j)
-                qdd_m[j] = (sim_->qvel[j] - qd_before[j]) / h_ + kNoiseQdd * normal(noise);
+            if (o_.measured_accel) {
+                // What a robot has: the difference of two noisy velocity measurements,
+                // low-pass filtered (first order, --accel-cutoff Hz).
+                for (int j = 0; j < kJoints; ++j) {
+                    qd_noise_next[j] = kNoiseQd * normal(noise);
+                    const double raw = (sim_->qvel[j] + qd_noise_next[j] - qd_m[j]) / h_;
+                    qdd_filtered[j] += alpha * (raw - qdd_filtered[j]);
+                    qdd_m[j] = qdd_filtered[j];
+                }
+                have_next = true;
+            } else {
+                // The family's sensor model: the acceleration over the tick plus 0.05 rad/s^2.
+                for (int j = 0; j < kJoints; ++j)
+                    qdd_m[j] = (sim_->qvel[j] - qd_before[j]) / h_ + kNoiseQdd * normal(noise);
+            }
             inverse(nominal_, nom_, q_m, qd_m, qdd_m, tau_nom);
             features(q_m, qd_m, qdd_m, x);
             for (int j = 0; j < kJoints; ++j)
@@ -416,6 +440,16 @@ int main(int argc, char** argv) {
         const std::string a = argv[i];
         const char* v = i + 1 < argc ? argv[i + 1] : "";
         if (a == "--count-allocs") { o.count_allocs = true; continue; }
+        if (a == "--accel") {
+            const std::string v2 = v;
+            if (v2 != "family" && v2 != "measured") {
+                std::fprintf(stderr, "--accel is family or measured\n");
+                return 2;
+            }
+            o.measured_accel = v2 == "measured";
+            ++i;
+            continue;
+        }
         if (a == "--seconds") o.seconds = std::atof(v);
         else if (a == "--seed") o.seed = static_cast<unsigned>(std::atoi(v));
         else if (a == "--switch") o.switch_at = std::atof(v);
@@ -427,11 +461,12 @@ int main(int argc, char** argv) {
         else if (a == "--stride") o.stride = static_cast<std::size_t>(std::atoi(v));
         else if (a == "--window-damping") o.window_damping = std::atof(v);
         else if (a == "--damping") o.damping = std::atof(v);
+        else if (a == "--accel-cutoff") o.accel_cutoff = std::atof(v);
         else if (a == "--csv") o.csv = v;
         else { std::fprintf(stderr, "unknown option %s\n", a.c_str()); return 2; }
         ++i;
     }
-    if (!(o.seconds > 0.0) || o.window == 0 || o.every == 0 || o.stride == 0) {
+    if (!(o.seconds > 0.0) || o.window == 0 || o.every == 0 || o.stride == 0 || !(o.accel_cutoff > 0.0)) {
         std::fprintf(stderr, "--seconds, --window, --every and --stride must be positive\n");
         return 2;
     }

@@ -16,8 +16,9 @@ pub trait Collective {
     fn rank(&self) -> usize;
     /// How many processes run the job.
     fn size(&self) -> usize;
-    /// Every rank's `mine`, in rank order, on every rank.
-    fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, String>;
+    /// Every rank's `mine`, in rank order, on every rank. `lens[r]` is rank r's length,
+    /// which every rank knows (the shards are fixed): no lengths are exchanged.
+    fn all_gather(&self, mine: &[u8], lens: &[usize]) -> Result<Vec<Vec<u8>>, String>;
     /// Ends the whole job (every process) with `code`: what a process that fails alone
     /// must do, or the others would wait for it in their next collective forever. One
     /// process: exits.
@@ -37,7 +38,10 @@ impl Collective for Local {
     fn size(&self) -> usize {
         1
     }
-    fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    fn all_gather(&self, mine: &[u8], lens: &[usize]) -> Result<Vec<Vec<u8>>, String> {
+        if lens != [mine.len()] {
+            return Err(format!("{} bytes to gather, {lens:?} expected", mine.len()));
+        }
         Ok(vec![mine.to_vec()])
     }
 }
@@ -152,18 +156,22 @@ mod mpi_impl {
         fn abort(&self, code: i32) -> ! {
             self.world.abort(code)
         }
-        fn all_gather(&self, mine: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-            let size = self.size();
-            let len = mine.len() as u64;
-            let mut lens = vec![0u64; size];
-            self.world.all_gather_into(&len, &mut lens[..]);
+        fn all_gather(&self, mine: &[u8], lens: &[usize]) -> Result<Vec<Vec<u8>>, String> {
+            if lens.len() != self.size() || lens[self.rank()] != mine.len() {
+                // Every rank computes the same lengths; a mismatch is a bug, not data.
+                return Err(format!(
+                    "rank {} has {} bytes to gather, the lengths say {lens:?}",
+                    self.rank(),
+                    mine.len()
+                ));
+            }
             let counts: Vec<i32> = lens
                 .iter()
                 .map(|&l| {
                     i32::try_from(l).map_err(|_| format!("{l} bytes: over MPI's count limit"))
                 })
                 .collect::<Result<_, _>>()?;
-            let mut displs = Vec::with_capacity(size);
+            let mut displs = Vec::with_capacity(lens.len());
             let mut at = 0i32;
             for &c in &counts {
                 displs.push(at);
@@ -256,7 +264,11 @@ mod tests {
 
     #[test]
     fn local_gathers_itself() {
-        assert_eq!(Local.all_gather(b"abc").unwrap(), vec![b"abc".to_vec()]);
+        assert_eq!(
+            Local.all_gather(b"abc", &[3]).unwrap(),
+            vec![b"abc".to_vec()]
+        );
+        assert!(Local.all_gather(b"abc", &[4]).is_err());
         assert_eq!((Local.rank(), Local.size()), (0, 1));
         assert_ne!(
             hash_f32([1.0f32].into_iter()),

@@ -287,9 +287,12 @@ impl Trainer {
             timing.shard_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
         let started = std::time::Instant::now();
+        let lens: Vec<usize> = (0..size)
+            .map(|r| super::shard::owned(self.shards, r, size).count() * (4 * len + 8))
+            .collect();
         let gathered = self
             .collective
-            .all_gather(&local)
+            .all_gather(&local, &lens)
             .map_err(TrainError::Distributed)?;
         timing.gather_ms = started.elapsed().as_secs_f64() * 1e3;
         let (sum, loss) = super::shard::reduce_in_shard_order(&gathered, self.shards, len)
@@ -327,7 +330,7 @@ impl Trainer {
         let h = self.params_hash();
         let all = self
             .collective
-            .all_gather(&h.to_le_bytes())
+            .all_gather(&h.to_le_bytes(), &vec![8; self.collective.size()])
             .map_err(TrainError::Distributed)?;
         let differ: Vec<usize> = (0..all.len()).filter(|&r| all[r] != all[0]).collect();
         if differ.is_empty() {
