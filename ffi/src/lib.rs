@@ -602,7 +602,7 @@ pub unsafe extern "C" fn msr_session_new(
             );
         }
         #[cfg(feature = "burn")]
-        let burn = |device: msr_runtime::Device| -> Result<Box<dyn Engine>, msr_status> {
+        let burn = |device: msr_runtime::tensor::Device| -> Result<Box<dyn Engine>, msr_status> {
             let mut b = msr_runtime::burn_session::BurnSession::new(
                 &m.record,
                 &device,

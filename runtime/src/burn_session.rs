@@ -4,9 +4,8 @@
 
 use msr_core::realtime::{Engine, check_len, check_state, encode_state, exploded, state_values};
 
-use crate::{
-    DType, Device, DivergedError, Error, Model, ModelRecord, TaskParams, Tensor, TensorData,
-};
+use crate::tensor::{DType, Device, Tensor, TensorData};
+use crate::{DivergedError, Error, Model, ModelRecord, TaskParams};
 
 /// One task's adapted parameters on a burn device.
 pub struct BurnSession {

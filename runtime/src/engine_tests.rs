@@ -2,13 +2,14 @@
 //! guarantees.
 
 mod tests {
+    use crate::Model;
     use crate::error::{DataError, Error};
     use crate::format::{ModelInfo, ModelRecord};
     use crate::net::Net;
     use crate::realtime::{RtModel, Session};
     use crate::spec::{Activation, Loss, Op};
+    use crate::tensor::{DType, Tensor, TensorData};
     use crate::test_support::{HostParams, Rng, layer_records, nets, rel_err, targets};
-    use crate::{DType, Model, Tensor, TensorData};
 
     fn record(spec: crate::NetSpec, seed: u64) -> ModelRecord {
         let dev = crate::device::cpu();

@@ -29,7 +29,13 @@ mod test_support;
 // no_std); they are re-exported here so that `msr_runtime::spec::...` keeps working.
 pub use msr_core::{error, format, frame, realtime, spec};
 
-pub use burn::tensor::{DType, Device, Tensor, TensorData};
+/// The burn types this crate's [`Model`] API takes and returns (tensors, devices, element
+/// types): under a module of their own, not at the crate's root, so that what msr itself
+/// defines stays apart from what a burn upgrade may change; use them from here to stay on
+/// the burn msr was built with.
+pub mod tensor {
+    pub use burn::tensor::{DType, Device, Tensor, TensorData};
+}
 pub use error::{DataError, DivergedError, Error, FormatError, ShapeError, StateError};
 pub use format::{ModelInfo, ModelRecord};
 pub use model::Model;

@@ -19,10 +19,8 @@ use std::time::Instant;
 use criterion::{Criterion, criterion_group, criterion_main};
 use msr::*;
 use msr_runtime::format::{LayerRecord, ModelInfo};
-use msr_runtime::{
-    Activation, DType, FeatureShape, LayerSpec, Loss, Model, ModelRecord, NetSpec, Op, Tensor,
-    TensorData,
-};
+use msr_runtime::tensor::{DType, Tensor, TensorData};
+use msr_runtime::{Activation, FeatureShape, LayerSpec, Loss, Model, ModelRecord, NetSpec, Op};
 
 fn values(n: usize, scale: f32, seed: u64) -> Vec<f32> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
@@ -114,7 +112,7 @@ fn mlp() -> ModelRecord {
 }
 
 /// One task's `[1, n, f]` tensor on `device`.
-fn tensor(device: &msr_runtime::Device, v: &[f32], n: usize, f: usize) -> Tensor<3> {
+fn tensor(device: &msr_runtime::tensor::Device, v: &[f32], n: usize, f: usize) -> Tensor<3> {
     Tensor::from_data(TensorData::new(v.to_vec(), [1, n, f]), (device, DType::F32))
 }
 

@@ -4,9 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use msr_runtime::Model;
 use msr_runtime::format::{LayerRecord, ModelInfo};
+use msr_runtime::tensor::{DType, Tensor, TensorData};
 use msr_runtime::{Activation, FeatureShape, LayerSpec, Loss, ModelRecord, NetSpec, Op};
-use msr_runtime::{DType, Model, Tensor, TensorData};
 use msr_tests::{lib_dir, number_after, root, run, work_dir};
 use msr_trainer::models::ModelKind;
 use msr_trainer::tasks::{Family, Problem};

@@ -1,6 +1,7 @@
 //! Train -> export -> load from disk through the runtime -> adapt -> predict.
 
-use msr_runtime::{DType, Model, Tensor, TensorData};
+use msr_runtime::Model;
+use msr_runtime::tensor::{DType, Tensor, TensorData};
 use msr_trainer::models::ModelKind;
 use msr_trainer::tasks::{Family, Problem};
 use msr_trainer::train::{TrainConfig, Trainer, evaluate};
