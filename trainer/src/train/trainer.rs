@@ -203,22 +203,7 @@ impl Trainer {
     /// One outer step on `batch`, which must be [`train_batch`] of the current step (the
     /// caller may have generated it ahead, on another thread).
     pub fn outer_step_on(&mut self, batch: &Batch) -> f64 {
-        let standardized;
-        let batch = match &self.normalizer {
-            Some(n) => {
-                let mut b = batch.clone();
-                normalize::apply(n, &mut b);
-                standardized = b;
-                &standardized
-            }
-            None => batch,
-        };
-        let b = DeviceBatch::new(
-            batch,
-            self.family.input_len(),
-            self.family.output_len(),
-            self.net.device(),
-        );
+        let b = self.upload(batch);
         let loss = self.meta_step(&b);
         self.step += 1;
         loss
@@ -260,22 +245,7 @@ impl Trainer {
         let mut local = Vec::with_capacity(shards.len() * (4 * len + 8));
         for batch in shards {
             let started = std::time::Instant::now();
-            let standardized;
-            let batch = match &self.normalizer {
-                Some(n) => {
-                    let mut b = batch.clone();
-                    normalize::apply(n, &mut b);
-                    standardized = b;
-                    &standardized
-                }
-                None => batch,
-            };
-            let b = DeviceBatch::new(
-                batch,
-                self.family.input_len(),
-                self.family.output_len(),
-                self.net.device(),
-            );
+            let b = self.upload(batch);
             let (total, _) = self.summed_loss(&b);
             let grads = total.backward();
             for g in self.gradients(&grads) {
@@ -341,6 +311,26 @@ impl Trainer {
                 self.step
             )))
         }
+    }
+
+    /// `batch` standardised (if the run standardises) and uploaded to the run's device.
+    fn upload(&self, batch: &Batch) -> DeviceBatch {
+        let standardized;
+        let batch = match &self.normalizer {
+            Some(n) => {
+                let mut b = batch.clone();
+                normalize::apply(n, &mut b);
+                standardized = b;
+                &standardized
+            }
+            None => batch,
+        };
+        DeviceBatch::new(
+            batch,
+            self.family.input_len(),
+            self.family.output_len(),
+            self.net.device(),
+        )
     }
 
     /// The summed query loss of the tasks of `b` (with its autodiff graph), and how many
