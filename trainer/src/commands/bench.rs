@@ -60,6 +60,8 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
             if family.is_classification() {
                 c.ways = episodes.ways;
                 c.augment_query = augment_query;
+            } else if augment_query {
+                return Err("--augment-query is for the classification families (glyphs)".into());
             }
             let collective = msr_trainer::train::shard::process_collective();
             let rank = collective.rank();
