@@ -1,7 +1,8 @@
-//! The training run loop as a library function: the CLI, `demo`, benches and a future
-//! distributed driver all call [`run`]. It meta-trains a [`Trainer`] to its configured
-//! number of steps with a progress bar, batches generated on another thread, metrics
-//! (`DIR/metrics.jsonl`), periodic evaluation, and checkpoints plus the model file
+//! The training run loop as a library function: the CLI and `demo` call [`run`], on one
+//! process or on every process of an MPI job (the trainer's collective says which; rank 0
+//! alone evaluates and writes). It meta-trains a [`Trainer`] to its configured number of
+//! steps with a progress bar, batches (this process's shards) generated on another thread,
+//! metrics (`DIR/metrics.jsonl`), periodic evaluation, and checkpoints plus the model file
 //! (`DIR/checkpoint.bin`, `DIR/model.msr`) that survive a kill.
 
 use std::fs;
