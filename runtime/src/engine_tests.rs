@@ -625,28 +625,54 @@ mod streaming {
     }
 
     fn data(n: usize, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
+        data_out(n, 3, rng)
+    }
+
+    fn data_out(n: usize, fo: usize, rng: &mut Rng) -> (Vec<f32>, Vec<f32>) {
         let f = |v: Vec<f64>| v.into_iter().map(|x| x as f32).collect::<Vec<f32>>();
-        (f(rng.normals(n * 5, 1.0)), f(rng.normals(n * 3, 1.0)))
+        (f(rng.normals(n * 5, 1.0)), f(rng.normals(n * fo, 1.0)))
+    }
+
+    /// Share-linear 5 -> 8 with k = 3 and no bias: more than twice as many outputs as
+    /// parameters, so `observe` folds an example's rows in at once (the information form).
+    fn wide_model() -> ModelRecord {
+        let mut rec = linear_model(false);
+        rec.net.layers[0].op = Op::ShareLinear {
+            inputs: 5,
+            outputs: 8,
+            k: 3,
+            bias: false,
+        };
+        let net = crate::net::Net::new(rec.net.clone(), &crate::device::cpu()).unwrap();
+        rec.layers = layer_records(&HostParams::random(&net, &mut Rng::new(45)), &net);
+        rec
     }
 
     fn params(s: &Session) -> Vec<f64> {
         s.adapted(0).iter().flatten().map(|&v| v as f64).collect()
     }
 
+    /// Row at a time (3 outputs, P = 7) and the information form (8 outputs, P = 3).
     #[test]
     fn observing_equals_a_batch_solve_without_forgetting() {
-        let rt = RtModel::new(&linear_model(false)).unwrap();
+        for (rec, fo) in [(linear_model(false), 3), (wide_model(), 8)] {
+            observing_equals_a_batch_solve(&rec, fo);
+        }
+    }
+
+    fn observing_equals_a_batch_solve(rec: &ModelRecord, fo: usize) {
+        let rt = RtModel::new(rec).unwrap();
         let rt_one = rt.clone();
         let mut rng = Rng::new(41);
         let n = 9;
-        let (x, y) = data(n, &mut rng);
+        let (x, y) = data_out(n, fo, &mut rng);
         let scale = 0.7f32;
         let mut stream = Session::new(rt.clone(), 4).unwrap();
         stream
             .set_inner(Inner::GaussNewton { damping: scale })
             .unwrap();
         // In three calls of 2, 3 and 4 examples.
-        let (mut at, fi, fo) = (0, 5, 3);
+        let (mut at, fi) = (0, 5);
         for m in [2, 3, 4] {
             stream
                 .observe(&x[at * fi..(at + m) * fi], &y[at * fo..(at + m) * fo], m)
@@ -688,6 +714,101 @@ mod streaming {
         stream.reset();
         stream.observe(&x, &y, n).unwrap();
         assert!(rel_err(&params(&stream), &params(&batch)) < 1e-4);
+    }
+
+    /// The information form under forgetting, on a robot-like stream (1 kHz samples of a
+    /// slow trajectory, noisy targets from a map the model can represent): every call
+    /// succeeds and the estimate converges to the map.
+    #[test]
+    fn the_information_form_streams_with_forgetting() {
+        let rec = wide_model();
+        let rt = RtModel::new(&rec).unwrap();
+        let mut noise = Rng::new(46);
+        // The map: the model adapted to random data (another v).
+        let mut truth = Session::new(rt.clone(), 20).unwrap();
+        truth
+            .set_inner(Inner::GaussNewton { damping: 1.0 })
+            .unwrap();
+        let (xr, yr) = data_out(20, 8, &mut noise);
+        truth.adapt(&xr, &yr, 20).unwrap();
+        let mut probe = Session::new(rt.clone(), 1).unwrap();
+        probe
+            .set_inner(Inner::GaussNewton { damping: 1.0 })
+            .unwrap();
+        probe.set_forgetting(0.995).unwrap();
+        let mut y = [0.0f32; 8];
+        for k in 0..30_000 {
+            let t = k as f64 * 1e-3;
+            let x: Vec<f32> = (0..5)
+                .map(|i| ((0.3 + 0.2 * i as f64) * t + i as f64).sin() as f32)
+                .collect();
+            truth.predict(&x, 1, &mut y).unwrap();
+            for v in y.iter_mut() {
+                *v += 0.01 * noise.normal() as f32;
+            }
+            probe
+                .observe(&x, &y, 1)
+                .unwrap_or_else(|e| panic!("example {k}: {e}"));
+        }
+        let got: Vec<f64> = probe.adapted(0)[0].iter().map(|&v| v as f64).collect();
+        let want: Vec<f64> = truth.adapted(0)[0].iter().map(|&v| v as f64).collect();
+        let err = rel_err(&got, &want);
+        assert!(
+            err < 0.02,
+            "v {got:?} vs the map's {want:?}: rel err {err:e}"
+        );
+    }
+
+    /// `observe` on a share-linear head moves v without re-materialising W (a stream needs
+    /// only U); whatever reads W next must see the current v, and a v whose W overflows f32
+    /// must still be refused although W was not computed.
+    #[test]
+    fn a_stream_defers_the_weights_and_still_catches_their_overflow() {
+        let rt = RtModel::new(&linear_model(false)).unwrap();
+        let mut rng = Rng::new(44);
+        let (x, y) = data(6, &mut rng);
+        let mut s = Session::new(rt.clone(), 6).unwrap();
+        s.set_inner(Inner::GaussNewton { damping: 0.5 }).unwrap();
+        s.observe(&x, &y, 6).unwrap();
+        // A session given the same parameters through a saved state (which materialises W).
+        let mut buf = vec![0u8; 4096];
+        let len = s.save_state(&mut buf).unwrap();
+        let mut fresh = Session::new(rt, 6).unwrap();
+        fresh.load_state(&buf[..len]).unwrap();
+        let (mut a, mut b) = (vec![0.0; 18], vec![0.0; 18]);
+        s.predict(&x, 6, &mut a).unwrap();
+        fresh.predict(&x, 6, &mut b).unwrap();
+        assert_eq!(a, b, "predict after observe uses the current v");
+        // Adapting (SGD) after a stream also starts from it.
+        let (mut s2, mut f2) = (vec![0.0; 18], vec![0.0; 18]);
+        s.set_inner(Inner::Sgd).unwrap();
+        fresh.set_inner(Inner::Sgd).unwrap();
+        s.refine(&x, &y, 6).unwrap();
+        fresh.refine(&x, &y, 6).unwrap();
+        s.predict(&x, 6, &mut s2).unwrap();
+        fresh.predict(&x, 6, &mut f2).unwrap();
+        assert_eq!(s2, f2, "refine after observe starts from the current v");
+
+        // U scaled to 1e30, inputs of 1e-10, targets of 1e30: fitting them needs v near
+        // 1e10, finite, but W = U v near 1e40 overflows f32.
+        let mut rec = linear_model(false);
+        for u in rec.layers[0].shared[0].iter_mut() {
+            *u *= 1e30;
+        }
+        let rt = RtModel::new(&rec).unwrap();
+        let mut s = Session::new(rt, 2).unwrap();
+        s.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
+        let before = params(&s);
+        let tiny = [1e-10f32; 5];
+        let err = s.observe(&tiny, &[1e30, -1e30, 1e30], 1).unwrap_err();
+        assert!(
+            matches!(err, crate::error::Error::Diverged(_)),
+            "an overflowing W is refused: {err}"
+        );
+        assert_eq!(params(&s), before, "a refused observe changes nothing");
+        let mut out = [0.0f32; 3];
+        s.predict(&[1.0; 5], 1, &mut out).unwrap();
+        assert!(out.iter().all(|v| v.is_finite()), "{out:?}");
     }
 
     #[test]

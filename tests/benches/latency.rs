@@ -256,6 +256,27 @@ fn rank1_gauss_newton(c: &mut Criterion) {
     g.bench_function("C ABI", |b| b.iter(&mut tick));
     g.finish();
     tails("rank1 observe+predict, C ABI", &mut tick);
+
+    // The update alone: one example per call, and 19 per call (the per-example cost is the
+    // median divided by 19). A stream of observes never materialises W.
+    let mut j = 0usize;
+    let mut observe_one = || {
+        let k = j % 19;
+        j += 1;
+        let so = unsafe {
+            msr_session_observe(gn, x[k * 70..].as_ptr(), 70, y[k * 68..].as_ptr(), 68, 1)
+        };
+        assert_eq!(so, msr_status::MSR_OK);
+    };
+    let observe_19 = || {
+        let so = unsafe { msr_session_observe(gn, x.as_ptr(), 19 * 70, y.as_ptr(), 19 * 68, 19) };
+        assert_eq!(so, msr_status::MSR_OK);
+    };
+    let mut g = c.benchmark_group("rank1 msr-fc: observe alone (Gauss-Newton)");
+    g.bench_function("C ABI, 1 example per call", |b| b.iter(&mut observe_one));
+    g.bench_function("C ABI, 19 examples per call", |b| b.iter(observe_19));
+    g.finish();
+    tails("rank1 observe 1, C ABI", &mut observe_one);
     unsafe { msr_session_free(&mut sgd) };
     unsafe { msr_model_free(&mut m_sgd) };
     unsafe { msr_session_free(&mut gn) };

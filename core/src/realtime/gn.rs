@@ -276,6 +276,102 @@ impl GnBuffers {
     }
 }
 
+impl GnBuffers {
+    /// Whether [`super::Session::observe`] folds one example's `outputs` rows in at once
+    /// ([`GnBuffers::rls_block`], `O(F P^2 / 2 + 2 P^3)`) rather than one row at a time
+    /// (`O(F P^2)`, with a constant three times larger): with at least twice as many outputs
+    /// as parameters (rank1: 68 outputs, P = 3).
+    pub(crate) fn block_update(&self, outputs: usize) -> bool {
+        self.primal && outputs >= 2 * self.p
+    }
+
+    /// Starts accumulating one example's rows for [`GnBuffers::rls_block`]: `A = J^T J`
+    /// (lower triangle, in `g_mat`, free while streaming) and `b = J^T r` (in `grad`).
+    pub(crate) fn block_begin(&mut self) {
+        self.g_mat.fill(0.0);
+        self.grad.fill(0.0);
+    }
+
+    /// Adds row `o` of `jac`, whose residual (target minus output) is `r`.
+    pub(crate) fn block_add(&mut self, o: usize, r: f64) {
+        let p = self.p;
+        let j = &self.jac[o * p..(o + 1) * p];
+        for a in 0..p {
+            let ja = j[a] as f64;
+            self.grad[a] += r * ja;
+            for (g, jb) in self.g_mat[a * p..=a * p + a].iter_mut().zip(j) {
+                *g += ja * *jb as f64;
+            }
+        }
+    }
+
+    /// Folds the accumulated rows into the covariance at once, the information form of
+    /// the row-at-a-time updates (which share one linearisation point, so the two agree
+    /// up to rounding): with `C = L L^T`, `C' = (C^-1 + A)^-1 = L (I + L^T A L)^-1 L^T`,
+    /// computed as `Z Z^T` with `Z = L R^-T`, `R R^T = I + L^T A L`; the step is `C' b`.
+    /// Symmetric by construction. False if a factorisation fails or a value is not
+    /// finite: the caller then ends the stream (the covariance is not kept).
+    pub(crate) fn rls_block(&mut self) -> bool {
+        let p = self.p;
+        // L (lower triangle of `chol`).
+        self.chol.copy_from_slice(&self.cov);
+        if !cholesky(&mut self.chol, p) {
+            return false;
+        }
+        let (a_mat, l, t) = (&self.g_mat, &self.chol, &mut self.cov);
+        // T = A L into `cov` (C = L L^T is kept as L from here on).
+        for r in 0..p {
+            for c in 0..p {
+                let mut sum = 0.0;
+                for k in c..p {
+                    let ark = if r >= k {
+                        a_mat[r * p + k]
+                    } else {
+                        a_mat[k * p + r]
+                    };
+                    sum += ark * l[k * p + c];
+                }
+                t[r * p + c] = sum;
+            }
+        }
+        // S = I + L^T T (lower triangle) into `g_mat`, then R.
+        for i in 0..p {
+            for j in 0..=i {
+                let sum: f64 = (i..p).map(|k| l[k * p + i] * t[k * p + j]).sum();
+                self.g_mat[i * p + j] = sum + if i == j { 1.0 } else { 0.0 };
+            }
+        }
+        if !cholesky(&mut self.g_mat, p) {
+            return false;
+        }
+        // Z = L R^-T into `cov`: row i solves R z^T = (row i of L)^T.
+        let (r_mat, l, z) = (&self.g_mat, &self.chol, &mut self.cov);
+        for i in 0..p {
+            for j in 0..p {
+                let lij = if j <= i { l[i * p + j] } else { 0.0 };
+                let s: f64 = (0..j).map(|k| z[i * p + k] * r_mat[j * p + k]).sum();
+                z[i * p + j] = (lij - s) / r_mat[j * p + j];
+            }
+        }
+        // C' = Z Z^T into `chol`, then swapped into `cov`.
+        for i in 0..p {
+            for j in 0..=i {
+                let c: f64 = (0..p)
+                    .map(|k| self.cov[i * p + k] * self.cov[j * p + k])
+                    .sum();
+                self.chol[i * p + j] = c;
+                self.chol[j * p + i] = c;
+            }
+        }
+        core::mem::swap(&mut self.cov, &mut self.chol);
+        for a in 0..p {
+            let row = &self.cov[a * p..(a + 1) * p];
+            self.step[a] = row.iter().zip(&self.grad).map(|(c, b)| c * b).sum();
+        }
+        self.step.iter().all(|s| s.is_finite()) && self.cov.iter().all(|c| c.is_finite())
+    }
+}
+
 /// In-place Cholesky factorisation `A = L L^T` of a symmetric `n x n` row-major matrix
 /// (the lower triangle is read and overwritten with `L`). False if `A` is not positive
 /// definite.

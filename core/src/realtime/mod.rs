@@ -128,7 +128,13 @@ pub(crate) enum Weights {
     /// W = U v, stored transposed: `ut` row-major `[k, rows]`, so that materialising
     /// (sum of k scaled columns) and its backward (k dot products) run over long,
     /// contiguous, vectorisable rows even when k is tiny.
-    Dense { ut: Vec<f32>, rows: usize },
+    /// `umax` is the largest `|U_ij|`: it bounds `|W|` by `umax * sum |v_j|` without
+    /// materialising W.
+    Dense {
+        ut: Vec<f32>,
+        rows: usize,
+        umax: f32,
+    },
     /// W = (A ⊗ B ⊗ C) v.
     Kron {
         a: Vec<f32>,
@@ -233,7 +239,8 @@ impl RtModel {
                             ut[j * rows + r] = u[r * k + j];
                         }
                     }
-                    Weights::Dense { ut, rows }
+                    let umax = u.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+                    Weights::Dense { ut, rows, umax }
                 }
                 Op::ShareConv {
                     geom,

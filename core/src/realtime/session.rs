@@ -31,6 +31,10 @@ pub struct Session {
     grads: Vec<Vec<Vec<f32>>>,
     /// Per layer: the materialised weight, and the gradient with respect to it.
     w: Vec<Vec<f32>>,
+    /// The last layer's `w` lags its adapted vector: [`Session::observe`] moved v and left
+    /// re-materialising `W = reshape(U v)` to the next pass that reads W (a stream of
+    /// observes needs only U).
+    stale_last: bool,
     dw: Vec<Vec<f32>>,
     /// Activations at every layer boundary, `[capacity, len]` each.
     acts: Vec<Vec<f32>>,
@@ -150,6 +154,7 @@ impl Session {
                 zeros(max_kron, "Kronecker scratch")?,
                 zeros(max_kron, "Kronecker scratch")?,
             ],
+            stale_last: false,
             inner: Inner::Sgd,
             gn: None,
             gn_layers: Vec::new(),
@@ -183,6 +188,7 @@ impl Session {
     }
 
     fn materialize_all(&mut self) {
+        self.stale_last = false;
         for i in 0..self.model.layers.len() {
             let layer = &self.model.layers[i];
             let Some(v) = self.adapted[i].first() else {
@@ -490,9 +496,12 @@ impl Session {
     /// for a model linear in v exactly). `predict` uses the current estimate.
     ///
     /// Needs Gauss-Newton switched on ([`Session::set_inner`]). Cost per example: one
-    /// forward pass, one backward pass per output (or the direct rows of a linear last
-    /// layer), `O(P^2)` per output for the update. Allocation-free. If a parameter turns
-    /// non-finite the call is undone and the stream restarts.
+    /// forward pass, one backward pass per output (or, for a linear last layer, its rows
+    /// straight from U and the layer's input, and W left to be re-materialised by the next
+    /// call that reads it), `O(P^2)` per output for the update (or, with at least twice as
+    /// many outputs as parameters, all outputs at once in the information form,
+    /// `O(F P^2 / 2 + 2 P^3)`). Allocation-free. If a parameter turns non-finite the call
+    /// is undone and the stream restarts.
     pub fn observe(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<(), Error> {
         let Inner::GaussNewton { damping } = self.inner else {
             return Err(DataError::NotConfigured(
@@ -523,36 +532,74 @@ impl Session {
             gn.start_stream(damping as f64 * fo as f64 / 2.0);
         }
         let p = gn.p;
+        let head = self.linear_head();
+        let block = gn.block_update(fo);
+        let last = self.model.layers.len() - 1;
         let mut usable = true;
         for e in 0..n {
             if self.forgetting < 1.0 {
                 gn.forget(self.forgetting);
             }
-            self.forward_chunk(&x[e * fi..(e + 1) * fi], 1);
+            let xe = &x[e * fi..(e + 1) * fi];
+            self.jacobian_input(xe, head.is_some());
             self.jacobian_rows(&mut gn.jac);
+            if let Some(k) = head {
+                // The output is linear in the moved parameters: J (v, b), from the rows
+                // just computed, without W.
+                let bias = self.adapted[last].get(1).map(Vec::as_slice);
+                let v = &self.adapted[last][0];
+                let out = &mut self.acts[last + 1][..fo];
+                for (o, out) in out.iter_mut().enumerate() {
+                    let row = &gn.jac[o * p..o * p + k];
+                    let dot = if k <= 16 {
+                        row.iter().zip(v).map(|(a, b)| a * b).sum() // no dispatch for a few
+                    } else {
+                        super::kernels::dot(row, v)
+                    };
+                    *out = dot + bias.map_or(0.0, |b| b[o]);
+                }
+            }
             gn.step.fill(0.0);
+            if block {
+                gn.block_begin();
+            }
+            let norm = self
+                .model
+                .normalizer
+                .as_ref()
+                .and_then(|s| s.output.as_ref());
             for o in 0..fo {
                 let mut target = y[e * fo + o];
-                if let Some(s) = self
-                    .model
-                    .normalizer
-                    .as_ref()
-                    .and_then(|s| s.output.as_ref())
-                {
+                if let Some(s) = norm {
                     target = (target - s.mean[o]) / s.scale[o];
                 }
                 let out = self.acts.last().expect("non-empty")[o];
+                if block {
+                    gn.block_add(o, (target - out) as f64);
+                    continue;
+                }
                 let row = &gn.jac[o * p..(o + 1) * p];
                 // The residual at the parameters updated by this example's earlier rows.
                 let moved: f64 = row.iter().zip(&gn.step).map(|(j, s)| *j as f64 * s).sum();
                 let r = (target - out) as f64 - moved;
                 usable &= gn.rls_update(o, r);
             }
+            if block {
+                usable &= gn.rls_block();
+            }
             self.gn = Some(gn);
-            self.gn_apply(true);
+            if head.is_some() {
+                self.gn_move(true);
+                self.stale_last = true;
+            } else {
+                self.gn_apply(true);
+            }
             gn = self.gn.take().expect("put back above");
         }
         self.gn = Some(gn);
+        if self.stale_last && !self.head_bounded() {
+            self.materialize_all(); // W may overflow: look at it
+        }
         if !usable || !self.params_finite() {
             self.restore_backup();
             self.end_stream();
@@ -565,6 +612,38 @@ impl Session {
             .into());
         }
         Ok(())
+    }
+
+    /// `Some(k)` when Gauss-Newton moves only the last layer, a dense identity layer with
+    /// `W = reshape(U v)` (`k = len(v)`): its outputs are `J (v, b)` from Jacobian rows
+    /// that need U and the layer's input, not W.
+    fn linear_head(&self) -> Option<usize> {
+        let last = self.model.layers.len() - 1;
+        let layer = &self.model.layers[last];
+        let only_last = self
+            .gn_layers
+            .iter()
+            .enumerate()
+            .all(|(i, on)| *on == (i == last));
+        match (only_last, layer.activation, &layer.kind, &layer.weights) {
+            (
+                true,
+                Activation::Identity,
+                super::Kind::Dense { .. },
+                super::Weights::Dense { .. },
+            ) => Some(self.adapted[last][0].len()),
+            _ => None,
+        }
+    }
+
+    /// The forward pass that the Jacobian rows need for one example: up to the last
+    /// layer's input for a [`Session::linear_head`] (`head`), else all of it.
+    fn jacobian_input(&mut self, x: &[f32], head: bool) {
+        if head {
+            self.forward_layers(x, 1, self.model.layers.len() - 1);
+        } else {
+            self.forward_chunk(x, 1);
+        }
     }
 
     /// Whether a Gauss-Newton step on `n` examples takes the dual form (else the primal),
@@ -637,6 +716,12 @@ impl Session {
     /// With `forward`, saves the moved parameters and adds the solved step to them; else
     /// restores the saved ones. Re-materialises the weights.
     fn gn_apply(&mut self, forward: bool) {
+        self.gn_move(forward);
+        self.materialize_all();
+    }
+
+    /// [`Session::gn_apply`] without re-materialising the weights.
+    fn gn_move(&mut self, forward: bool) {
         let gn = self.gn.as_mut().expect("allocated by set_inner");
         let mut at = 0;
         for (layer, on) in self.adapted.iter_mut().zip(&self.gn_layers) {
@@ -656,7 +741,6 @@ impl Session {
                 at += len;
             }
         }
-        self.materialize_all();
     }
 
     /// Accumulates the gradient and the Gauss-Newton matrix (lower triangle) of the
@@ -776,7 +860,7 @@ impl Session {
             let a = &self.acts[last][..fi];
             jac.fill(0.0);
             let main = match &layer.weights {
-                super::Weights::Dense { ut, rows } => {
+                super::Weights::Dense { ut, rows, .. } => {
                     // Column j of the rows is W_j a, W_j = reshape(U e_j): one
                     // matrix-vector product each (the vectorised kernel of predict).
                     let k = ut.len() / rows;
@@ -908,8 +992,28 @@ impl Session {
 
     /// Whether every adapted parameter and every materialised weight `W = reshape(U v)` is
     /// finite (finite v can overflow f32 in U v).
+    /// (A stale last layer is covered by [`Session::head_bounded`], checked by
+    /// `observe`.)
     fn params_finite(&self) -> bool {
-        self.adapted.iter().flatten().all(|v| all_finite(v)) && self.w.iter().all(|w| all_finite(w))
+        let last = self.w.len() - 1;
+        self.adapted.iter().flatten().all(|v| all_finite(v))
+            && self
+                .w
+                .iter()
+                .enumerate()
+                .all(|(i, w)| (self.stale_last && i == last) || all_finite(w))
+    }
+
+    /// Whether the last layer's `W = reshape(U v)` is certainly finite without
+    /// materialising it: `|W_i| <= max|U| * sum_j |v_j|`, with room for rounding.
+    fn head_bounded(&self) -> bool {
+        let last = self.model.layers.len() - 1;
+        let super::Weights::Dense { umax, .. } = &self.model.layers[last].weights else {
+            return false;
+        };
+        let v = &self.adapted[last][0];
+        let bound = *umax as f64 * v.iter().map(|x| x.abs() as f64).sum::<f64>();
+        bound < f32::MAX as f64 / 2.0
     }
 
     /// Saves the adapted parameters, for [`Session::restore_backup`].
@@ -1039,6 +1143,14 @@ impl Session {
     }
 
     fn forward_chunk(&mut self, x: &[f32], m: usize) {
+        if self.stale_last {
+            self.materialize_all();
+        }
+        self.forward_layers(x, m, self.model.layers.len());
+    }
+
+    /// The forward pass through the first `upto` layers: `acts[upto]` holds their output.
+    fn forward_layers(&mut self, x: &[f32], m: usize, upto: usize) {
         self.acts[0][..x.len()].copy_from_slice(x);
         if let Some(s) = self
             .model
@@ -1048,7 +1160,7 @@ impl Session {
         {
             s.apply(&mut self.acts[0][..x.len()]);
         }
-        for (i, layer) in self.model.layers.iter().enumerate() {
+        for (i, layer) in self.model.layers.iter().enumerate().take(upto) {
             let (before, after) = self.acts.split_at_mut(i + 1);
             let input = &before[i][..m * layer.in_len];
             let out = &mut after[0][..m * layer.out_len];

@@ -13,7 +13,7 @@ pub(crate) fn materialize(
 ) {
     match weights {
         Weights::Plain => w.copy_from_slice(v),
-        Weights::Dense { ut, rows } => {
+        Weights::Dense { ut, rows, .. } => {
             w.fill(0.0);
             for (vj, col) in v.iter().zip(ut.chunks_exact(*rows)) {
                 axpy(*vj, col, w);
@@ -35,7 +35,7 @@ pub(crate) fn weights_backward(
 ) {
     match weights {
         Weights::Plain => dv.copy_from_slice(dw),
-        Weights::Dense { ut, rows } => {
+        Weights::Dense { ut, rows, .. } => {
             for (dj, col) in dv.iter_mut().zip(ut.chunks_exact(*rows)) {
                 *dj = dot(col, dw);
             }
