@@ -162,6 +162,7 @@ fn meta_gradient_through_gauss_newton_matches_finite_differences() {
         (Loss::Mse, 3, 2),
         (Loss::Mse, 7, 2),
         (Loss::CrossEntropy, 4, 2),
+        (Loss::CrossEntropy, 7, 1),
     ] {
         let spec = small_net(loss);
         let net = Net::new(spec.clone(), &plain).unwrap();
