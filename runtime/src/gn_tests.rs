@@ -313,3 +313,107 @@ fn frozen_body_and_dense_head_agree_on_both_engines() {
         assert!(rel_err(&body, &body0) < 1e-6);
     }
 }
+
+/// A convolution as the only moved layer, with no activation (rot8's shape: a
+/// Kronecker-factored share-conv; a dense-U share-conv; a plain convolution): the
+/// real-time engine takes its Jacobian in forward mode (one layer pass per parameter,
+/// fewer than the outputs), the burn step by one backward pass per output. The same step.
+#[test]
+fn conv_layers_take_forward_mode_jacobians_and_agree_on_both_engines() {
+    use crate::spec::{ConvGeom, ConvSharing};
+    let dev = crate::device::cpu();
+    let heads = [
+        (
+            "share-conv2d-kron",
+            vec![1, 6, 6],
+            Op::ShareConv {
+                geom: ConvGeom::d2(1, 4, 3, 1, 0),
+                sharing: ConvSharing::Kronecker {
+                    ka: 4,
+                    kb: 1,
+                    kc: 9,
+                },
+                bias: true,
+            },
+        ),
+        (
+            "share-conv1d-dense",
+            vec![2, 12],
+            Op::ShareConv {
+                geom: ConvGeom::d1(2, 3, 3, 1),
+                sharing: ConvSharing::Dense { k: 5 },
+                bias: false,
+            },
+        ),
+        (
+            "conv1d",
+            vec![2, 12],
+            Op::Conv {
+                geom: ConvGeom::d1(2, 3, 3, 0),
+                bias: true,
+            },
+        ),
+    ];
+    for (name, input, op) in heads {
+        let spec = NetSpec {
+            input: FeatureShape(input),
+            layers: vec![LayerSpec {
+                op,
+                activation: Activation::Identity,
+            }],
+            loss: Loss::Mse,
+        };
+        let net = Net::new(spec.clone(), &dev).unwrap();
+        let (fi, fo) = (net.input_len(), net.output_len());
+        let mut rng = Rng::new(60);
+        let host = HostParams::random(&net, &mut rng);
+        let mut layers = layer_records(&host, &net);
+        layers[0].lr = 1.0;
+        let p: usize = layers[0].adapted0.iter().map(Vec::len).sum();
+        assert!(
+            layers[0].adapted0[0].len() < fo,
+            "{name}: forward mode needs k < F"
+        );
+        let rec = ModelRecord {
+            info: ModelInfo {
+                name: name.into(),
+                task_family: "test".into(),
+                inner_steps: 1,
+                trainer_version: "test".into(),
+            },
+            net: spec,
+            layers,
+            ext: crate::format::Extensions {
+                solver: Some(Solver {
+                    log_damping: vec![0.3],
+                }),
+                ..Default::default()
+            },
+        };
+        let mut host = host;
+        let lr_slot = net.shapes().params[0].shared.len() + net.shapes().params[0].adapted.len();
+        host.0[lr_slot].0[0] = 0.3;
+        // Two examples: both sides of the dual switch are not the point here (N F > P).
+        let n = 2;
+        assert!(n * fo > p);
+        let x = rng.normals(n * fi, 1.0);
+        let y = rng.normals(n * fo, 1.0);
+        let params = host.upload(&net, &dev, false);
+        let init = net.initial(&params, 1);
+        let stepped = net.gn_step(
+            &params,
+            init.clone(),
+            f64_tensor(x.clone(), [1, n, fi], &dev),
+            f64_tensor(y.clone(), [1, n, fo], &dev),
+            &[true],
+            &init,
+        );
+        let burn: Vec<f64> = stepped.layers[0].iter().flat_map(to_f64).collect();
+        let mut s = Session::new(RtModel::new(&rec).unwrap(), n).unwrap();
+        let f32s = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        s.adapt(&f32s(&x), &f32s(&y), n).unwrap();
+        let rt: Vec<f64> = s.adapted(0).iter().flatten().map(|&v| v as f64).collect();
+        let err = rel_err(&burn, &rt);
+        assert!(err < 1e-4, "{name}: rel err {err:e}");
+    }
+}

@@ -839,10 +839,13 @@ impl Session {
     }
 
     /// All rows of `J` for the example in the activations (a chunk of one), `[outputs, p]`.
-    /// When the solver moves only the last layer, and it is dense with no activation (a
-    /// single MSR-FC layer, an ANIL head), the rows come straight from its input: for
-    /// `W = reshape(U v)`, d out_o / d v_j = (U_j a)_o, and d out_o / d b_o = 1; otherwise
-    /// one backward pass per output.
+    /// When the solver moves only the last layer and it has no activation, its outputs
+    /// are linear in its parameters and the rows come from its input: a dense layer with
+    /// `W = reshape(U v)` gives d out_o / d v_j = (U_j a)_o directly; any other (a
+    /// convolution, Kronecker-factored U) with fewer parameters than outputs gives column
+    /// `j` as the layer's output for `W = reshape(U e_j)` without bias (forward mode: `k`
+    /// layer passes instead of one backward pass per output: rot8's 21,600 outputs, k of a
+    /// few dozen); d out_o / d b_o = 1. Otherwise one backward pass per output.
     fn jacobian_rows(&mut self, jac: &mut [f32]) {
         let fo = self.model.output_len;
         let p = jac.len() / fo.max(1);
@@ -853,17 +856,14 @@ impl Session {
             .iter()
             .enumerate()
             .all(|(i, on)| *on == (i == last));
-        if let (true, Activation::Identity, super::Kind::Dense { inputs, outputs }) =
-            (only_last, layer.activation, &layer.kind)
-        {
-            let (fi, fo) = (*inputs, *outputs);
-            let a = &self.acts[last][..fi];
-            jac.fill(0.0);
-            let main = match &layer.weights {
-                super::Weights::Dense { ut, rows, .. } => {
+        if only_last && layer.activation == Activation::Identity {
+            let a = &self.acts[last][..layer.in_len];
+            let k = self.adapted[last][0].len();
+            let main = match (&layer.kind, &layer.weights) {
+                (super::Kind::Dense { .. }, super::Weights::Dense { ut, rows, .. }) => {
                     // Column j of the rows is W_j a, W_j = reshape(U e_j): one
                     // matrix-vector product each (the vectorised kernel of predict).
-                    let k = ut.len() / rows;
+                    jac.fill(0.0);
                     let col_out = &mut self.db[..fo];
                     for (j, col) in ut.chunks_exact(*rows).enumerate() {
                         super::kernels::matvec(col, a, None, col_out);
@@ -871,20 +871,40 @@ impl Session {
                             jac[o * p + j] = *v;
                         }
                     }
-                    Some(k)
+                    true
                 }
-                super::Weights::Plain => {
+                (super::Kind::Dense { inputs, .. }, super::Weights::Plain) => {
+                    jac.fill(0.0);
                     for o in 0..fo {
-                        jac[o * p + o * fi..o * p + (o + 1) * fi].copy_from_slice(a);
+                        jac[o * p + o * inputs..o * p + (o + 1) * inputs].copy_from_slice(a);
                     }
-                    Some(fo * fi)
+                    true
                 }
-                super::Weights::Kron { .. } => None,
+                (_, weights) if k < fo => {
+                    jac.fill(0.0);
+                    let e = &mut self.grads[last][0];
+                    e.fill(0.0);
+                    let col_out = &mut self.db[..fo];
+                    for j in 0..k {
+                        e[j] = 1.0;
+                        let [s0, s1] = &mut self.scratch;
+                        materialize(weights, e, &mut self.dw[last], s0, s1);
+                        e[j] = 0.0;
+                        forward(layer, &self.dw[last], None, a, col_out, 1, &mut self.patch);
+                        for (o, v) in col_out.iter().enumerate() {
+                            jac[o * p + j] = *v;
+                        }
+                    }
+                    true
+                }
+                _ => false,
             };
-            if let Some(k) = main {
-                if self.adapted[last].len() > 1 {
+            if main {
+                if let Some(b) = self.adapted[last].get(1) {
+                    // One bias per output channel: each covers `fo / len` outputs.
+                    let per = fo / b.len();
                     for o in 0..fo {
-                        jac[o * p + k + o] = 1.0;
+                        jac[o * p + k + o / per] = 1.0;
                     }
                 }
                 return;
@@ -1282,3 +1302,7 @@ impl Session {
         &self.adapted[i]
     }
 }
+
+#[cfg(test)]
+#[path = "jacobian_tests.rs"]
+mod jacobian_tests;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use clap::Args;
 use msr_runtime::Model;
 use msr_trainer::tasks::Family;
-use msr_trainer::train::{evaluate_on, evaluate_realtime, evaluate_references, trained_config};
+use msr_trainer::train::{
+    evaluate_on, evaluate_realtime_with, evaluate_references, trained_config,
+};
 
 use msr_trainer::learner::Learner;
 
@@ -52,6 +54,14 @@ pub(crate) struct EvalArgs {
     /// Where to compute: cpu, gpu or gpu:N.
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Adapt with this algorithm instead of the model's: sgd, or gn (damped Gauss-Newton,
+    /// e.g. on a model meta-trained through SGD). Runs on the real-time engine.
+    #[arg(long)]
+    inner: Option<String>,
+    /// With --inner gn: scales the model's per-layer dampings (1 for a model meta-trained
+    /// through SGD, which has none).
+    #[arg(long, default_value_t = 1.0)]
+    damping: f32,
 }
 
 pub(crate) fn eval(args: EvalArgs) -> Result<()> {
@@ -80,8 +90,21 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         .inner_steps
         .unwrap_or(model.info().inner_steps as usize);
     let (ids, subset) = family.eval_ids(args.tasks, args.seed);
+    let inner = match args.inner.as_deref() {
+        None => None,
+        Some("sgd") => Some(msr_runtime::realtime::Inner::Sgd),
+        Some("gn") => Some(msr_runtime::realtime::Inner::GaussNewton {
+            damping: args.damping,
+        }),
+        Some(other) => {
+            return Err(format!("unknown inner loop '{other}' (available: sgd, gn)").into());
+        }
+    };
     let realtime = match args.engine.as_deref() {
-        None => model.gauss_newton(),
+        None => model.gauss_newton() || inner.is_some(),
+        Some("burn") if inner.is_some() => {
+            return Err("--inner runs on the real-time engine (--engine realtime)".into());
+        }
         Some("realtime") => true,
         Some("burn") => false,
         Some(other) => {
@@ -92,7 +115,15 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         if !Learner::of_spec(model.spec(), steps).adapts() {
             return Err("prototypical networks evaluate on the burn engine".into());
         }
-        evaluate_realtime(&model.to_record(), &family, &ids, support, query, steps)?
+        evaluate_realtime_with(
+            &model.to_record(),
+            &family,
+            &ids,
+            support,
+            query,
+            steps,
+            inner,
+        )?
     } else {
         evaluate_on(&model, &family, &ids, support, query, steps)?
     };

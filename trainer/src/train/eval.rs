@@ -204,10 +204,28 @@ pub fn evaluate_realtime(
     query: usize,
     inner_steps: usize,
 ) -> Result<EvalResult, msr_runtime::Error> {
+    evaluate_realtime_with(record, family, ids, support, query, inner_steps, None)
+}
+
+/// [`evaluate_realtime`] with the adaptation algorithm chosen (`None`: the model file's),
+/// as a device overrides it (`msr_session_set_inner`): e.g. Gauss-Newton on a model
+/// meta-trained through SGD, its dampings (1 per layer without a solver record) scaled.
+pub fn evaluate_realtime_with(
+    record: &msr_runtime::ModelRecord,
+    family: &Family,
+    ids: &[u64],
+    support: usize,
+    query: usize,
+    inner_steps: usize,
+    inner: Option<msr_runtime::realtime::Inner>,
+) -> Result<EvalResult, msr_runtime::Error> {
     use msr_runtime::realtime::{MAX_CAPACITY, RtModel, Session};
     let rt = RtModel::new(record)?;
     let (fi, fo) = (rt.input_len(), rt.output_len());
     let mut s = Session::new(rt, support.max(query).clamp(1, MAX_CAPACITY))?;
+    if let Some(inner) = inner {
+        s.set_inner(inner)?;
+    }
     s.inner_steps = inner_steps;
     let classification = family.is_classification();
     let (mut losses, mut accuracies) = (Vec::with_capacity(ids.len()), Vec::new());
