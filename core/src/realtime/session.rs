@@ -190,13 +190,17 @@ impl Session {
     fn materialize_all(&mut self) {
         self.stale_last = false;
         for i in 0..self.model.layers.len() {
-            let layer = &self.model.layers[i];
-            let Some(v) = self.adapted[i].first() else {
-                continue;
-            };
-            let [s0, s1] = &mut self.scratch;
-            materialize(&layer.weights, v, &mut self.w[i], s0, s1);
+            self.materialize_layer(i);
         }
+    }
+
+    fn materialize_layer(&mut self, i: usize) {
+        let layer = &self.model.layers[i];
+        let Some(v) = self.adapted[i].first() else {
+            return;
+        };
+        let [s0, s1] = &mut self.scratch;
+        materialize(&layer.weights, v, &mut self.w[i], s0, s1);
     }
 
     fn check(&self, what: &'static str, data: &[f32], n: usize, per: usize) -> Result<(), Error> {
@@ -1164,7 +1168,9 @@ impl Session {
 
     fn forward_chunk(&mut self, x: &[f32], m: usize) {
         if self.stale_last {
-            self.materialize_all();
+            // Only the last layer moved since W was last materialised.
+            self.materialize_layer(self.model.layers.len() - 1);
+            self.stale_last = false;
         }
         self.forward_layers(x, m, self.model.layers.len());
     }
