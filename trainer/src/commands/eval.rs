@@ -28,6 +28,10 @@ pub(crate) struct EvalArgs {
     /// Seed of the random subset of --tasks.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Evaluate on the validation tasks (the first --tasks of them, default 300) instead of
+    /// the test tasks: to choose a setting such as --damping without looking at the test set.
+    #[arg(long)]
+    validation: bool,
     /// Support examples per task; on glyphs: per class (shots).
     #[arg(long, default_value_t = 1)]
     support: usize,
@@ -89,7 +93,11 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     let steps = args
         .inner_steps
         .unwrap_or(model.info().inner_steps as usize);
-    let (ids, subset) = family.eval_ids(args.tasks, args.seed);
+    let (ids, subset) = if args.validation {
+        (family.val_ids(args.tasks.unwrap_or(300)), false)
+    } else {
+        family.eval_ids(args.tasks, args.seed)
+    };
     let inner = match args.inner.as_deref() {
         None => None,
         Some("sgd") => Some(msr_runtime::realtime::Inner::Sgd),
@@ -153,16 +161,34 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             String::new()
         }
     );
+    let split = if args.validation {
+        "validation"
+    } else {
+        "test"
+    };
     if args.json {
         let mut v = serde_json::to_value(&r)?;
         v["support"] = args.support.into();
         v["trained_support"] = trained_support.into();
         v["subset"] = subset.into();
+        v["split"] = split.into();
+        if realtime {
+            let (name, damping) = match inner {
+                Some(msr_runtime::realtime::Inner::GaussNewton { damping }) => {
+                    ("gn", Some(damping))
+                }
+                Some(msr_runtime::realtime::Inner::Sgd) => ("sgd", None),
+                None if model.gauss_newton() => ("gn", Some(1.0)),
+                None => ("sgd", None),
+            };
+            v["inner"] = name.into();
+            v["damping_scale"] = damping.into();
+        }
         add_references(&mut v, references.as_ref());
         println!("{v}");
     } else if let (Some(a), Some(ci)) = (r.accuracy, r.accuracy_ci95) {
         println!(
-            "{} on {problem}, {}-way {}-shot{}: test accuracy {:.2}% ± {:.2}% (95% CI, {} episodes, {} inner step(s); {setting})",
+            "{} on {problem}, {}-way {}-shot{}: {split} accuracy {:.2}% ± {:.2}% (95% CI, {} episodes, {} inner step(s); {setting})",
             model.info().name,
             family.ways(),
             args.support,
@@ -178,10 +204,10 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         );
     } else {
         println!(
-            "{} on {problem}: test MSE {:.4} ± {:.4} (95% CI, {} tasks, {} inner step(s); {setting})",
+            "{} on {problem}: {split} MSE {} ± {} (95% CI, {} tasks, {} inner step(s); {setting})",
             model.info().name,
-            r.loss,
-            r.ci95,
+            small(r.loss),
+            small(r.ci95),
             r.tasks,
             r.inner_steps
         );
@@ -221,5 +247,15 @@ pub(crate) fn print_references(
             "  on the same tasks: nominal model (no payload / no wind) MSE {:.4} ± {:.4}, physics oracle MSE {:.4} ± {:.4}",
             nominal.loss, nominal.ci95, oracle.loss, oracle.ci95
         );
+    }
+}
+
+/// Four decimals, or three significant digits in scientific notation below 1e-3 (a
+/// Gauss-Newton fit of rot8 is near 1e-5).
+fn small(x: f64) -> String {
+    if x != 0.0 && x.abs() < 1e-3 {
+        format!("{x:.3e}")
+    } else {
+        format!("{x:.4}")
     }
 }
