@@ -5,7 +5,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
-use super::gn::{GnBuffers, Inner, MAX_GN_PARAMS, MAX_TRIALS};
+use super::gn::{CONVERGED, GnBuffers, Inner, MAX_GN_PARAMS, MAX_TRIALS};
 use super::kernels::all_finite;
 use super::layers::{backward, forward};
 use super::state::{check_state, encode_state, state_values};
@@ -431,6 +431,7 @@ impl Session {
         let mut objective = loss as f64;
         let mut nu = 0.0f64;
         for _ in 0..self.inner_steps {
+            let before = objective;
             if dual {
                 self.gn_accumulate_dual(x, y, n);
             } else {
@@ -462,6 +463,9 @@ impl Session {
             }
             if !accepted {
                 break; // no damped step lowers the objective from here
+            }
+            if before - objective <= CONVERGED * before.abs() {
+                break; // converged: another step would only move it by rounding
             }
         }
         Ok(loss)
