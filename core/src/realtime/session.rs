@@ -622,17 +622,22 @@ impl Session {
         Ok(())
     }
 
+    /// Whether Gauss-Newton moves the last layer's parameters and no other layer's.
+    fn moves_only_last(&self) -> bool {
+        let last = self.model.layers.len() - 1;
+        self.gn_layers
+            .iter()
+            .enumerate()
+            .all(|(i, on)| *on == (i == last))
+    }
+
     /// `Some(k)` when Gauss-Newton moves only the last layer, a dense identity layer with
     /// `W = reshape(U v)` (`k = len(v)`): its outputs are `J (v, b)` from Jacobian rows
     /// that need U and the layer's input, not W.
     fn linear_head(&self) -> Option<usize> {
         let last = self.model.layers.len() - 1;
         let layer = &self.model.layers[last];
-        let only_last = self
-            .gn_layers
-            .iter()
-            .enumerate()
-            .all(|(i, on)| *on == (i == last));
+        let only_last = self.moves_only_last();
         match (only_last, layer.activation, &layer.kind, &layer.weights) {
             (
                 true,
@@ -859,11 +864,7 @@ impl Session {
         let p = jac.len() / fo.max(1);
         let last = self.model.layers.len() - 1;
         let layer = &self.model.layers[last];
-        let only_last = self
-            .gn_layers
-            .iter()
-            .enumerate()
-            .all(|(i, on)| *on == (i == last));
+        let only_last = self.moves_only_last();
         if only_last && layer.activation == Activation::Identity {
             let a = &self.acts[last][..layer.in_len];
             let k = self.adapted[last][0].len();
