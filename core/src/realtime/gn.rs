@@ -13,8 +13,8 @@
 //! support set. A step is kept only if it lowers that objective; otherwise it is undone
 //! and retried with more damping (Levenberg-Marquardt: `(1 + nu) Lambda`, nu = 1, 10,
 //! 100...; nu shrinks tenfold after each kept step), so more steps or more data never
-//! make an adaptation diverge. A kept step that no longer lowers the objective by more
-//! than [`CONVERGED`] of it ends the adaptation early (converged).
+//! make an adaptation diverge. When the undamped model predicts a decrease of at most
+//! [`CONVERGED`] of the objective, the adaptation ends early (converged).
 //!
 //! Cost per step: one forward pass and `F` backward passes per support example (the
 //! rows of `J`), `F P^2` multiply-adds to accumulate `G`, `P^3 / 3` to factorise it (in
@@ -50,9 +50,10 @@ pub(crate) fn forms(p: usize, capacity: usize, outputs: usize) -> (bool, usize) 
 /// (the loss can no longer be lowered from where it is).
 pub(crate) const MAX_TRIALS: usize = 8;
 
-/// A kept step that lowers the objective by at most this fraction of it ends the
-/// adaptation: it has converged (the f32 loss resolves about 6e-8), and further steps,
-/// each a full accumulation of `G`, would only move it by rounding. (Without it a model
+/// When the undamped Gauss-Newton model of the objective predicts a decrease of at most
+/// this fraction of it (`g^T (G + Lambda)^-1 g / 2`, bounded through the damped solve), the
+/// adaptation has converged and stops: further steps, each a full accumulation of `G`,
+/// would only move it by rounding (the f32 loss resolves about 6e-8). (Without it a model
 /// linear in v spent every remaining step re-solving at its minimiser: rot8's S = 100
 /// cost 100 accumulations of a 21,600-row Jacobian for the answer of the first.)
 pub(crate) const CONVERGED: f64 = 1e-6;

@@ -431,15 +431,14 @@ impl Session {
         let mut objective = loss as f64;
         let mut nu = 0.0f64;
         for _ in 0..self.inner_steps {
-            let before = objective;
             if dual {
                 self.gn_accumulate_dual(x, y, n);
             } else {
                 self.gn_accumulate(x, y, n);
             }
             self.gn_prior_gradient(base);
-            let mut accepted = false;
-            for _ in 0..MAX_TRIALS {
+            let (mut accepted, mut converged) = (false, false);
+            for trial in 0..MAX_TRIALS {
                 let gn = self.gn.as_mut().expect("allocated by set_inner");
                 let lambda = base * (1.0 + nu);
                 let solved = if dual {
@@ -447,6 +446,22 @@ impl Session {
                 } else {
                     gn.solve(lambda)
                 };
+                if solved && trial == 0 {
+                    // The quadratic model's decrease at this damping, -g.step / 2, bounds
+                    // the undamped (nu = 0) model's from below by a factor 1 + nu: if even
+                    // (1 + nu) times it is negligible, the adaptation has converged. (A
+                    // small decrease under heavy damping does not stop it.)
+                    let pred: f64 = -0.5
+                        * gn.grad
+                            .iter()
+                            .zip(&gn.step)
+                            .map(|(g, s)| g * s)
+                            .sum::<f64>();
+                    if (1.0 + nu) * pred <= CONVERGED * objective.abs() {
+                        converged = true;
+                        break;
+                    }
+                }
                 if solved {
                     self.gn_apply(true);
                     let trial = self.pass(x, y, n, false);
@@ -461,11 +476,8 @@ impl Session {
                 }
                 nu = if nu == 0.0 { 1.0 } else { nu * 10.0 };
             }
-            if !accepted {
-                break; // no damped step lowers the objective from here
-            }
-            if before - objective <= CONVERGED * before.abs() {
-                break; // converged: another step would only move it by rounding
+            if converged || !accepted {
+                break; // converged, or no damped step lowers the objective from here
             }
         }
         Ok(loss)
@@ -603,6 +615,9 @@ impl Session {
                 self.gn_apply(true);
             }
             gn = self.gn.take().expect("put back above");
+            if !usable {
+                break; // undone below: the rest of the call would be wasted work
+            }
         }
         self.gn = Some(gn);
         if self.stale_last && !self.head_bounded() {
@@ -1034,15 +1049,21 @@ impl Session {
     }
 
     /// Whether the last layer's `W = reshape(U v)` is certainly finite without
-    /// materialising it: `|W_i| <= max|U| * sum_j |v_j|`, with room for rounding.
+    /// materialising it: `|W_i| <= max|U| * sum_j |v_j|`, times `1 + 2 k eps` for the
+    /// rounding of a k-term f32 sum, with a factor 2 to spare; for k so large that the
+    /// rounding bound is loose (k eps >= 1/4), not conclusive (W is materialised instead).
     fn head_bounded(&self) -> bool {
         let last = self.model.layers.len() - 1;
         let super::Weights::Dense { umax, .. } = &self.model.layers[last].weights else {
             return false;
         };
         let v = &self.adapted[last][0];
+        let k_eps = v.len() as f64 * f32::EPSILON as f64;
+        if k_eps >= 0.25 {
+            return false;
+        }
         let bound = *umax as f64 * v.iter().map(|x| x.abs() as f64).sum::<f64>();
-        bound < f32::MAX as f64 / 2.0
+        bound * (1.0 + 2.0 * k_eps) < f32::MAX as f64 / 2.0
     }
 
     /// Saves the adapted parameters, for [`Session::restore_backup`].
