@@ -9,6 +9,29 @@ use crate::realtime::{Inner, RtModel, Session};
 use crate::spec::{Activation, FeatureShape, LayerSpec, NetSpec, Op};
 use crate::test_support::*;
 
+/// A model file meta-trained with Gauss-Newton: `log_damping` per layer.
+fn gn_record(
+    name: &str,
+    net: NetSpec,
+    layers: Vec<crate::format::LayerRecord>,
+    log_damping: Vec<f32>,
+) -> ModelRecord {
+    ModelRecord {
+        info: ModelInfo {
+            name: name.into(),
+            task_family: "test".into(),
+            inner_steps: 1,
+            trainer_version: "test".into(),
+        },
+        net,
+        layers,
+        ext: crate::format::Extensions {
+            solver: Some(Solver { log_damping }),
+            ..Default::default()
+        },
+    }
+}
+
 fn moved(net: &Net) -> Vec<bool> {
     net.shapes()
         .params
@@ -64,22 +87,7 @@ fn burn_step_equals_the_real_time_step() {
                 for (l, m) in layers.iter_mut().zip(&mv) {
                     l.lr = if *m { 1.0 } else { 0.0 };
                 }
-                let rec = ModelRecord {
-                    info: ModelInfo {
-                        name: "gn".into(),
-                        task_family: "test".into(),
-                        inner_steps: 1,
-                        trainer_version: "test".into(),
-                    },
-                    net: spec.clone(),
-                    layers,
-                    ext: crate::format::Extensions {
-                        solver: Some(Solver {
-                            log_damping: vec![1.0; spec.layers.len()],
-                        }),
-                        ..Default::default()
-                    },
-                };
+                let rec = gn_record("gn", spec.clone(), layers, vec![1.0; spec.layers.len()]);
                 let (fi, fo) = (net.input_len(), net.output_len());
                 let x = rng.normals(n * fi, 1.0);
                 let y = targets(loss, 1, n, fo, &mut rng);
@@ -271,22 +279,7 @@ fn frozen_body_and_dense_head_agree_on_both_engines() {
         host.0[lr_slots[1]].0[0] = -0.5; // the head's log-damping
         let mut layers = layer_records(&host, &net);
         (layers[0].lr, layers[1].lr) = (0.0, 1.0);
-        let rec = ModelRecord {
-            info: ModelInfo {
-                name: "anil".into(),
-                task_family: "test".into(),
-                inner_steps: 1,
-                trainer_version: "test".into(),
-            },
-            net: spec,
-            layers,
-            ext: crate::format::Extensions {
-                solver: Some(Solver {
-                    log_damping: vec![0.0, -0.5],
-                }),
-                ..Default::default()
-            },
-        };
+        let rec = gn_record("anil", spec, layers, vec![0.0, -0.5]);
         let n = 4;
         let x = rng.normals(n * 5, 1.0);
         let y = rng.normals(n * 3, 1.0);
@@ -374,22 +367,7 @@ fn conv_layers_take_forward_mode_jacobians_and_agree_on_both_engines() {
             layers[0].adapted0[0].len() < fo,
             "{name}: forward mode needs k < F"
         );
-        let rec = ModelRecord {
-            info: ModelInfo {
-                name: name.into(),
-                task_family: "test".into(),
-                inner_steps: 1,
-                trainer_version: "test".into(),
-            },
-            net: spec,
-            layers,
-            ext: crate::format::Extensions {
-                solver: Some(Solver {
-                    log_damping: vec![0.3],
-                }),
-                ..Default::default()
-            },
-        };
+        let rec = gn_record(name, spec, layers, vec![0.3]);
         let mut host = host;
         let lr_slot = net.shapes().params[0].shared.len() + net.shapes().params[0].adapted.len();
         host.0[lr_slot].0[0] = 0.3;
