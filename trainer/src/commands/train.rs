@@ -50,7 +50,8 @@ pub(crate) struct TrainArgs {
     /// Output directory.
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
-    /// Continue the run in this directory from its checkpoint.
+    /// Continue the run in this directory from its checkpoint, with the same options except
+    /// --steps (the new total) and --outer-lr (a run may go on at a lower rate).
     #[arg(long, conflicts_with = "out")]
     pub(crate) resume: Option<PathBuf>,
     /// MSR latent size (default: 3 / 6 / 30 for rank1 / rank2 / rank5, 8 otherwise); for
@@ -70,7 +71,7 @@ pub(crate) struct TrainArgs {
     /// Initial inner learning rate (meta-learned per layer).
     #[arg(long, default_value_t = 0.1)]
     pub(crate) inner_lr: f32,
-    /// Adam learning rate.
+    /// Adam learning rate (may change on --resume: a manual schedule).
     #[arg(long, default_value_t = 1e-3)]
     pub(crate) outer_lr: f64,
     /// Tasks per outer step.

@@ -69,7 +69,8 @@ impl Trainer {
     }
 
     /// Resumes from a checkpoint; refuses a corrupt one or one of another configuration
-    /// (`expected`, when given, must match except for the total number of steps).
+    /// (`expected`, when given, must match except for the total number of steps and the
+    /// outer learning rate: a run may be continued at a lower rate).
     pub fn resume_on(
         path: &Path,
         expected: Option<&TrainConfig>,
@@ -108,6 +109,7 @@ impl Trainer {
         if let Some(exp) = expected {
             let mut a = exp.clone();
             a.steps = config.steps;
+            a.outer_lr = config.outer_lr;
             if a != config {
                 return Err(bad(format!(
                     "it was made with another configuration; these fields differ (checkpoint vs requested): {}",
@@ -115,6 +117,7 @@ impl Trainer {
                 )));
             }
             config.steps = exp.steps;
+            config.outer_lr = exp.outer_lr;
         }
         let (family, spec, _) = config.family_and_spec().map_err(|e| bad(e.to_string()))?;
         let record = ModelRecord {

@@ -61,6 +61,29 @@ fn same_seed_same_result_and_resume_is_exact() {
         "resumed run must equal the uninterrupted one"
     );
 
+    // A run may be continued at another outer learning rate (a manual schedule): the
+    // checkpoint is accepted and the new rate is the one applied.
+    let mut slower = small(ModelKind::MsrFc);
+    slower.outer_lr /= 10.0;
+    let mut d = Trainer::resume(&ck, Some(&slower)).unwrap();
+    assert_eq!(d.config.outer_lr, slower.outer_lr);
+    let start = flat(&d);
+    for _ in 0..3 {
+        d.outer_step();
+    }
+    let moved = |x: &[u32]| -> f64 {
+        x.iter()
+            .zip(&start)
+            .map(|(a, b)| f64::from(f32::from_bits(*a) - f32::from_bits(*b)).powi(2))
+            .sum::<f64>()
+            .sqrt()
+    };
+    let (full, tenth) = (moved(&flat(&c)), moved(&flat(&d)));
+    assert!(
+        tenth > 0.0 && tenth < 0.5 * full,
+        "a tenth of the rate must move the parameters less: {tenth} vs {full}"
+    );
+
     let mut other = small(ModelKind::MsrFc);
     other.seed = 9;
     let e = Trainer::resume(&ck, Some(&other))
