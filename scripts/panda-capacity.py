@@ -9,6 +9,9 @@ instead of inferring them from tasks. The error it reports is the expected per-j
 MSE of a task drawn from the prior, in N m^2, before sensor noise: a floor, for that body
 width and training budget, of what meta-training can reach.
 
+The family's trajectories and payload prior are re-implemented here from
+trainer/src/tasks/robots/panda.rs (the reference): if the family changes, change them too.
+
 Needs: pip install mujoco==3.17.0 numpy torch. Reproduce docs/robots.md's table:
     scripts/panda-capacity.py --hidden 64,64 128,128 256,256 128,128,128 64,64,64
 (200 000 states, 40 000 Adam steps of 256 with cosine decay, one thread, seed 0.)
