@@ -71,9 +71,10 @@ pub(crate) struct TrainArgs {
     /// Initial inner learning rate (meta-learned per layer).
     #[arg(long, default_value_t = 0.1)]
     pub(crate) inner_lr: f32,
-    /// Adam learning rate (may change on --resume: a manual schedule).
-    #[arg(long, default_value_t = 1e-3)]
-    pub(crate) outer_lr: f64,
+    /// Adam learning rate [default: 1e-3; on --resume: the checkpoint's, or this one to
+    /// continue at another rate].
+    #[arg(long)]
+    pub(crate) outer_lr: Option<f64>,
     /// Tasks per outer step.
     #[arg(long, default_value_t = 32)]
     pub(crate) tasks_per_step: usize,
@@ -152,7 +153,9 @@ pub(crate) fn train(args: TrainArgs) -> Result<RunOutcome> {
     config.inner = args.inner;
     config.damping = args.damping;
     config.inner_lr = args.inner_lr;
-    config.outer_lr = args.outer_lr;
+    if let Some(lr) = args.outer_lr {
+        config.outer_lr = lr;
+    }
     config.tasks_per_step = args.tasks_per_step;
     config.channels = args.channels;
     config.augment_query = args.augment_query;
@@ -169,7 +172,13 @@ pub(crate) fn train(args: TrainArgs) -> Result<RunOutcome> {
     let collective = msr_trainer::train::shard::process_collective();
     let (dir, mut trainer) = match (&args.resume, &args.out) {
         (Some(dir), _) => {
-            let t = Trainer::resume_on(&dir.join("checkpoint.bin"), Some(&config), device)?;
+            let mut t = Trainer::resume_on(&dir.join("checkpoint.bin"), Some(&config), device)?;
+            if let Some(lr) = args.outer_lr {
+                if collective.rank() == 0 && lr != t.config.outer_lr {
+                    info!("outer learning rate {} -> {lr}", t.config.outer_lr);
+                }
+                t.set_outer_lr(lr)?;
+            }
             if args.shards.is_some_and(|s| s != t.shards()) {
                 return Err(format!(
                     "{} was trained with --shards {}: a resumed run keeps it",

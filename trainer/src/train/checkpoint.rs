@@ -70,7 +70,8 @@ impl Trainer {
 
     /// Resumes from a checkpoint; refuses a corrupt one or one of another configuration
     /// (`expected`, when given, must match except for the total number of steps and the
-    /// outer learning rate: a run may be continued at a lower rate).
+    /// outer learning rate, which stays the checkpoint's: change it with
+    /// [`Trainer::set_outer_lr`]).
     pub fn resume_on(
         path: &Path,
         expected: Option<&TrainConfig>,
@@ -117,7 +118,6 @@ impl Trainer {
                 )));
             }
             config.steps = exp.steps;
-            config.outer_lr = exp.outer_lr;
         }
         let (family, spec, _) = config.family_and_spec().map_err(|e| bad(e.to_string()))?;
         let record = ModelRecord {

@@ -61,11 +61,14 @@ fn same_seed_same_result_and_resume_is_exact() {
         "resumed run must equal the uninterrupted one"
     );
 
-    // A run may be continued at another outer learning rate (a manual schedule): the
-    // checkpoint is accepted and the new rate is the one applied.
+    // A run may be continued at another outer learning rate (a manual schedule): a
+    // checkpoint asked for with another rate is accepted and keeps its own until told.
     let mut slower = small(ModelKind::MsrFc);
     slower.outer_lr /= 10.0;
     let mut d = Trainer::resume(&ck, Some(&slower)).unwrap();
+    assert_eq!(d.config.outer_lr, small(ModelKind::MsrFc).outer_lr);
+    assert!(d.set_outer_lr(f64::NAN).is_err());
+    d.set_outer_lr(slower.outer_lr).unwrap();
     assert_eq!(d.config.outer_lr, slower.outer_lr);
     let start = flat(&d);
     for _ in 0..3 {

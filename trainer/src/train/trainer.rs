@@ -163,6 +163,20 @@ impl Trainer {
         &self.learner
     }
 
+    /// Continues the run at another outer (Adam) learning rate, e.g. a tenth of it for the
+    /// last steps: the optimizer's moments are kept; the checkpointed configuration records
+    /// the new rate.
+    pub fn set_outer_lr(&mut self, lr: f64) -> Result<(), TrainError> {
+        if !lr.is_finite() || lr <= 0.0 {
+            return Err(TrainError::Config(format!(
+                "outer_lr is {lr}; it must be finite and > 0"
+            )));
+        }
+        self.config.outer_lr = lr;
+        self.adam.lr = lr;
+        Ok(())
+    }
+
     /// The shards of each step's meta-gradient.
     pub fn shards(&self) -> usize {
         self.shards
