@@ -3,9 +3,11 @@
 # --features msr-trainer/mpi and OpenMPI: apt-get install openmpi-bin libopenmpi-dev):
 #  1. `mpirun -np 1` and `mpirun -np 2` write byte-identical model files and checkpoints,
 #     and so does a plain single-process run with the same --shards;
-#  2. a rank killed mid-run ends the job with MPI's message and an intact checkpoint, and
+#  2. a one-shard run continued (--resume) with --shards 4 gives the same files under
+#     `mpirun -np 2` as in one process;
+#  3. a rank killed mid-run ends the job with MPI's message and an intact checkpoint, and
 #     resuming from it (with another process count) gives the uninterrupted run's model;
-#  3. the demo (two training runs in one process) works with the MPI build.
+#  4. the demo (two training runs in one process) works with the MPI build.
 # Usage: scripts/mpi-check.sh [TRAINER] [OUT]
 set -euo pipefail
 trainer=${1:-target/release/trainer}
@@ -28,6 +30,21 @@ for f in model.msr checkpoint.bin; do
 done
 grep -q "4 gradient shards over 2 process(es)" "$out/np2.log"
 echo "identical: $(sha256sum "$out/np1/model.msr" | cut -c1-16)"
+
+echo "== a one-shard run continued with more shards and processes"
+# --shards on --resume: the same tasks and meta-gradient, summed in another order; from the
+# switch on, the process count again does not change a byte.
+one=(--problem rank1 --model msr-fc --tasks-per-step 8 --eval-every 100 --eval-tasks 20
+  --checkpoint-every 50)
+"$trainer" train "${one[@]}" --steps 100 --out "$out/grow" 2>"$out/grow.log"
+cp -r "$out/grow" "$out/grow-plain"
+"${mpi[@]}" -np 2 "$trainer" train "${one[@]}" --steps 200 --shards 4 --resume "$out/grow" 2>"$out/grow-np2.log"
+"$trainer" train "${one[@]}" --steps 200 --shards 4 --resume "$out/grow-plain" 2>"$out/grow-plain2.log"
+grep -q "gradient shards 1 -> 4" "$out/grow-np2.log"
+grep -q "4 gradient shards over 2 process(es)" "$out/grow-np2.log"
+for f in model.msr checkpoint.bin; do cmp "$out/grow/$f" "$out/grow-plain/$f"; done
+[ "$(head -c 8 "$out/grow/checkpoint.bin")" = MSRCKPT3 ] || { echo "expected a sharded checkpoint"; exit 1; }
+echo "continued with 4 shards over 2 processes: identical to 1 process"
 
 echo "== a rank that fails alone ends the whole job (no hang)"
 # Rank 0 cannot open its metrics file (a directory stands in its way); the other rank is

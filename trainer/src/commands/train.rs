@@ -51,7 +51,8 @@ pub(crate) struct TrainArgs {
     #[arg(long)]
     pub(crate) out: Option<PathBuf>,
     /// Continue the run in this directory from its checkpoint, with the same options except
-    /// --steps (the new total) and --outer-lr (a run may go on at a lower rate).
+    /// --steps (the new total), --outer-lr (a run may go on at a lower rate) and --shards (with
+    /// more processes).
     #[arg(long, conflicts_with = "out")]
     pub(crate) resume: Option<PathBuf>,
     /// MSR latent size (default: 3 / 6 / 30 for rank1 / rank2 / rank5, 8 otherwise); for
@@ -108,7 +109,8 @@ pub(crate) struct TrainArgs {
     /// Define each step's meta-gradient as the sum of this many shards of its tasks, one
     /// backward pass each, added in shard order: the run's result then does not depend on
     /// how many processes share the shards (`mpirun -np N`, feature `mpi`). 1: one backward
-    /// pass over all the tasks. A resumed run keeps its checkpoint's.
+    /// pass over all the tasks. A resumed run keeps its checkpoint's unless this is given (the
+    /// meta-gradient is the same up to the order of float additions)
     #[arg(long)]
     pub(crate) shards: Option<usize>,
 }
@@ -179,13 +181,13 @@ pub(crate) fn train(args: TrainArgs) -> Result<RunOutcome> {
                 }
                 t.set_outer_lr(lr)?;
             }
-            if args.shards.is_some_and(|s| s != t.shards()) {
-                return Err(format!(
-                    "{} was trained with --shards {}: a resumed run keeps it",
-                    dir.display(),
-                    t.shards()
-                )
-                .into());
+            // The same tasks and the same meta-gradient, summed in another order: a run
+            // may go on with more processes than it started with.
+            if let Some(s) = args.shards.filter(|&s| s != t.shards()) {
+                if collective.rank() == 0 {
+                    info!("gradient shards {} -> {s}", t.shards());
+                }
+                t.set_shards(s)?;
             }
             if collective.rank() == 0 {
                 info!("resuming {} at step {}", dir.display(), t.step);
