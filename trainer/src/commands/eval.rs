@@ -6,7 +6,7 @@ use clap::Args;
 use msr_runtime::Model;
 use msr_trainer::tasks::Family;
 use msr_trainer::train::{
-    evaluate_on, evaluate_realtime_with, evaluate_references, trained_config,
+    evaluate_on, evaluate_realtime_refined, evaluate_references, trained_config,
 };
 
 use msr_trainer::learner::Learner;
@@ -58,14 +58,19 @@ pub(crate) struct EvalArgs {
     /// Where to compute: cpu, gpu or gpu:N.
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Adapt with this algorithm instead of the model's: sgd, or gn (damped Gauss-Newton,
-    /// e.g. on a model meta-trained through SGD). Runs on the real-time engine.
+    /// Adapt with this algorithm instead of the model's: sgd, gn (damped Gauss-Newton, e.g.
+    /// on a model meta-trained through SGD), or sgd+gn (the model's SGD steps, then
+    /// --gn-steps damped Gauss-Newton steps from where they ended, on the same support
+    /// set). Runs on the real-time engine.
     #[arg(long)]
     inner: Option<String>,
-    /// With --inner gn: scales the model's per-layer dampings (1 for a model meta-trained
-    /// through SGD, which has none).
+    /// With --inner gn or sgd+gn: scales the model's per-layer dampings (1 for a model
+    /// meta-trained through SGD, which has none).
     #[arg(long, default_value_t = 1.0)]
     damping: f32,
+    /// With --inner sgd+gn: the Gauss-Newton steps after the SGD ones.
+    #[arg(long, default_value_t = 1)]
+    gn_steps: usize,
 }
 
 pub(crate) fn eval(args: EvalArgs) -> Result<()> {
@@ -98,14 +103,22 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     } else {
         family.eval_ids(args.tasks, args.seed)
     };
-    let inner = match args.inner.as_deref() {
-        None => None,
-        Some("sgd") => Some(msr_runtime::realtime::Inner::Sgd),
-        Some("gn") => Some(msr_runtime::realtime::Inner::GaussNewton {
-            damping: args.damping,
-        }),
+    let gn = msr_runtime::realtime::Inner::GaussNewton {
+        damping: args.damping,
+    };
+    let (inner, refine) = match args.inner.as_deref() {
+        None => (None, None),
+        Some("sgd") => (Some(msr_runtime::realtime::Inner::Sgd), None),
+        Some("gn") => (Some(gn), None),
+        Some("sgd+gn") if args.gn_steps > 0 => (
+            Some(msr_runtime::realtime::Inner::Sgd),
+            Some((args.damping, args.gn_steps)),
+        ),
+        Some("sgd+gn") => return Err("--gn-steps must be at least 1".into()),
         Some(other) => {
-            return Err(format!("unknown inner loop '{other}' (available: sgd, gn)").into());
+            return Err(
+                format!("unknown inner loop '{other}' (available: sgd, gn, sgd+gn)").into(),
+            );
         }
     };
     let realtime = match args.engine.as_deref() {
@@ -123,7 +136,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         if !Learner::of_spec(model.spec(), steps).adapts() {
             return Err("prototypical networks evaluate on the burn engine".into());
         }
-        evaluate_realtime_with(
+        evaluate_realtime_refined(
             &model.to_record(),
             &family,
             &ids,
@@ -131,6 +144,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             query,
             steps,
             inner,
+            refine,
         )?
     } else {
         evaluate_on(&model, &family, &ids, support, query, steps)?
@@ -183,6 +197,11 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             };
             v["inner"] = name.into();
             v["damping_scale"] = damping.into();
+            if let Some((damping, steps)) = refine {
+                v["inner"] = "sgd+gn".into();
+                v["damping_scale"] = damping.into();
+                v["gn_steps"] = steps.into();
+            }
         }
         add_references(&mut v, references.as_ref());
         println!("{v}");

@@ -219,13 +219,42 @@ pub fn evaluate_realtime_with(
     inner_steps: usize,
     inner: Option<msr_runtime::realtime::Inner>,
 ) -> Result<EvalResult, msr_runtime::Error> {
-    use msr_runtime::realtime::{MAX_CAPACITY, RtModel, Session};
+    evaluate_realtime_refined(
+        record,
+        family,
+        ids,
+        support,
+        query,
+        inner_steps,
+        inner,
+        None,
+    )
+}
+
+/// [`evaluate_realtime_with`], then, if `refine` is `Some((damping, steps))`, `steps`
+/// damped Gauss-Newton steps on the same support set from where the adaptation ended
+/// (the prior centred there, the model's dampings scaled by `damping`): what a device
+/// does with `msr_session_adapt`, then `msr_session_set_inner` and `msr_session_observe`
+/// on the support set.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_realtime_refined(
+    record: &msr_runtime::ModelRecord,
+    family: &Family,
+    ids: &[u64],
+    support: usize,
+    query: usize,
+    inner_steps: usize,
+    inner: Option<msr_runtime::realtime::Inner>,
+    refine: Option<(f32, usize)>,
+) -> Result<EvalResult, msr_runtime::Error> {
+    use msr_runtime::realtime::{Inner, MAX_CAPACITY, RtModel, Session};
     let rt = RtModel::new(record)?;
     let (fi, fo) = (rt.input_len(), rt.output_len());
     let mut s = Session::new(rt, support.max(query).clamp(1, MAX_CAPACITY))?;
     if let Some(inner) = inner {
         s.set_inner(inner)?;
     }
+    let first = s.inner();
     s.inner_steps = inner_steps;
     let classification = family.is_classification();
     let (mut losses, mut accuracies) = (Vec::with_capacity(ids.len()), Vec::new());
@@ -243,6 +272,19 @@ pub fn evaluate_realtime_with(
                     return Err(e);
                 }
                 s.reset();
+            }
+            if let Some((damping, steps)) = refine {
+                s.set_inner(Inner::GaussNewton { damping })?;
+                s.inner_steps = steps;
+                // Gauss-Newton steps never raise the objective; one the engine refuses
+                // leaves the parameters where the first adaptation put them.
+                if let Err(e) = s.refine(xs, ys, support)
+                    && !matches!(e, msr_runtime::Error::Diverged(_))
+                {
+                    return Err(e);
+                }
+                s.set_inner(first)?;
+                s.inner_steps = inner_steps;
             }
             s.predict(xq, query, &mut out)?;
             if classification {

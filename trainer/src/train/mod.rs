@@ -26,7 +26,7 @@ pub use bench::{BenchResult, ShardBench, bench_outer_step, bench_sharded, elapse
 pub use config::{InnerKind, Normalize, TrainConfig};
 pub use error::TrainError;
 pub use eval::{
-    EvalResult, PerOutput, evaluate, evaluate_on, evaluate_realtime, evaluate_realtime_with,
-    evaluate_references,
+    EvalResult, PerOutput, evaluate, evaluate_on, evaluate_realtime, evaluate_realtime_refined,
+    evaluate_realtime_with, evaluate_references,
 };
 pub use trainer::{StepTiming, TRAINER_CONFIG, Trainer, trained_config};

@@ -408,3 +408,45 @@ fn msr_head_freezes_its_body_and_adapts_k_coefficients() {
         rt.loss
     );
 }
+
+/// `sgd+gn` evaluation: Gauss-Newton steps from where the SGD adaptation ended, the prior
+/// centred there. Under an overwhelming damping they stay there (the SGD result exactly);
+/// under a light one, on a model linear in v (msr-fc), they reach the support set's least
+/// squares, the same answer as Gauss-Newton from the initialisation, whatever SGD did.
+#[test]
+fn gauss_newton_refinement_starts_where_sgd_ended() {
+    use msr_runtime::realtime::Inner;
+    let mut t = Trainer::new(small(ModelKind::MsrFc)).unwrap();
+    for _ in 0..3 {
+        t.outer_step();
+    }
+    let rec = t.record();
+    let family = crate::tasks::Family::new(Problem::Rank1);
+    let ids = family.val_ids(30);
+    let eval = |inner, refine| {
+        evaluate_realtime_refined(&rec, &family, &ids, 10, 20, 1, inner, refine).unwrap()
+    };
+    let sgd = eval(None, None);
+    let stiff = eval(None, Some((1e9, 1)));
+    let rel = (stiff.loss - sgd.loss).abs() / sgd.loss;
+    assert!(
+        rel < 1e-4,
+        "SGD {} vs refined under 1e9 damping {}",
+        sgd.loss,
+        stiff.loss
+    );
+    let refined = eval(None, Some((1e-4, 3)));
+    let gn = eval(Some(Inner::GaussNewton { damping: 1e-4 }), None);
+    let rel = (refined.loss - gn.loss).abs() / gn.loss;
+    assert!(
+        rel < 1e-2,
+        "least squares from SGD's end {} vs from the initialisation {} (SGD alone {})",
+        refined.loss,
+        gn.loss,
+        sgd.loss
+    );
+    assert!(
+        (refined.loss - sgd.loss).abs() > 0.05 * sgd.loss,
+        "the refinement moved"
+    );
+}
