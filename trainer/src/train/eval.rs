@@ -204,38 +204,17 @@ pub fn evaluate_realtime(
     query: usize,
     inner_steps: usize,
 ) -> Result<EvalResult, msr_runtime::Error> {
-    evaluate_realtime_with(record, family, ids, support, query, inner_steps, None)
+    evaluate_realtime_refined(record, family, ids, support, query, inner_steps, None, None)
 }
 
-/// [`evaluate_realtime`] with the adaptation algorithm chosen (`None`: the model file's),
-/// as a device overrides it (`msr_session_set_inner`): e.g. Gauss-Newton on a model
-/// meta-trained through SGD, its dampings (1 per layer without a solver record) scaled.
-pub fn evaluate_realtime_with(
-    record: &msr_runtime::ModelRecord,
-    family: &Family,
-    ids: &[u64],
-    support: usize,
-    query: usize,
-    inner_steps: usize,
-    inner: Option<msr_runtime::realtime::Inner>,
-) -> Result<EvalResult, msr_runtime::Error> {
-    evaluate_realtime_refined(
-        record,
-        family,
-        ids,
-        support,
-        query,
-        inner_steps,
-        inner,
-        None,
-    )
-}
-
-/// [`evaluate_realtime_with`], then, if `refine` is `Some((damping, steps))`, `steps`
-/// damped Gauss-Newton steps on the same support set from where the adaptation ended
-/// (the prior centred there, the model's dampings scaled by `damping`): what a device
-/// does with `msr_session_adapt`, then `msr_session_set_inner` and `msr_session_observe`
-/// on the support set.
+/// [`evaluate_realtime`] with the adaptation algorithm chosen (`inner`; `None`: the model
+/// file's), as a device overrides it (`msr_session_set_inner`): e.g. Gauss-Newton on a
+/// model meta-trained through SGD, its dampings (1 per layer without a solver record)
+/// scaled. Then, if `refine` is `Some((damping, steps))`, `steps` damped Gauss-Newton
+/// steps on the same support set from where the adaptation ended (the prior centred there,
+/// the model's dampings scaled by `damping`): what a device does with
+/// `msr_session_adapt`, then `msr_session_set_inner` and `msr_session_observe` on the
+/// support set.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_realtime_refined(
     record: &msr_runtime::ModelRecord,

@@ -27,6 +27,6 @@ pub use config::{InnerKind, Normalize, TrainConfig};
 pub use error::TrainError;
 pub use eval::{
     EvalResult, PerOutput, evaluate, evaluate_on, evaluate_realtime, evaluate_realtime_refined,
-    evaluate_realtime_with, evaluate_references,
+    evaluate_references,
 };
 pub use trainer::{StepTiming, TRAINER_CONFIG, Trainer, trained_config};
