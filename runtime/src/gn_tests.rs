@@ -64,6 +64,65 @@ fn tensor_cholesky_solves() {
     assert!(rel_err(&got, &x) < 1e-10, "{got:?} vs {x:?}");
 }
 
+/// The host-inverse solve with one refinement step has the tensor Cholesky's value and
+/// derivatives (f64, autodiff through both).
+#[test]
+fn refined_solve_matches_the_tensor_cholesky_and_its_gradient() {
+    let ad = crate::device::cpu().autodiff();
+    let (t, n) = (2, 6);
+    let mut rng = Rng::new(5);
+    let mut a = vec![0.0; t * n * n];
+    for task in 0..t {
+        let m = rng.normals(n * n, 1.0);
+        for i in 0..n {
+            for j in 0..n {
+                a[task * n * n + i * n + j] =
+                    (0..n).map(|k| m[i * n + k] * m[j * n + k]).sum::<f64>()
+                        + if i == j { 0.3 } else { 0.0 };
+            }
+        }
+    }
+    let b = rng.normals(t * n, 1.0);
+    let w = f64_tensor(rng.normals(t * n, 1.0), [t, n, 1], &ad);
+    let run = |solve: fn(Tensor<3>, Tensor<3>) -> Tensor<3>| {
+        let at = f64_tensor(a.clone(), [t, n, n], &ad).require_grad();
+        let bt = f64_tensor(b.clone(), [t, n, 1], &ad).require_grad();
+        let x = solve(at.clone(), bt.clone());
+        let grads = (x.clone() * w.clone()).sum().backward();
+        (
+            to_f64(&x),
+            to_f64(&at.grad(&grads).unwrap()),
+            to_f64(&bt.grad(&grads).unwrap()),
+        )
+    };
+    // The tensor Cholesky reads only the lower triangle of `a`; the refined solve reads
+    // all of it. On the symmetric matrices that a Gauss-Newton step builds, the two are
+    // the same function: the derivative with respect to a symmetric perturbation of
+    // entries (i, j) and (j, i) is the lower-triangle sum.
+    let lower = |g: Vec<f64>| -> Vec<f64> {
+        let mut out = vec![0.0; g.len()];
+        for task in 0..t {
+            for i in 0..n {
+                for j in 0..=i {
+                    let at = |r: usize, c: usize| task * n * n + r * n + c;
+                    out[at(i, j)] = g[at(i, j)] + if i == j { 0.0 } else { g[at(j, i)] };
+                }
+            }
+        }
+        out
+    };
+    let (x1, ga1, gb1) = run(spd_solve);
+    let (x2, ga2, gb2) = run(cholesky_solve);
+    let (ga1, ga2) = (lower(ga1), lower(ga2));
+    assert!(rel_err(&x1, &x2) < 1e-10, "{x1:?} vs {x2:?}");
+    assert!(rel_err(&ga1, &ga2) < 1e-9, "d/da {ga1:?} vs {ga2:?}");
+    assert!(rel_err(&gb1, &gb2) < 1e-9, "d/db {gb1:?} vs {gb2:?}");
+    // Not positive definite: NaN, as the tensor factorisation gives.
+    let bad = f64_tensor(vec![1.0, 2.0, 2.0, 1.0], [1, 2, 2], &ad);
+    let x = to_f64(&spd_solve(bad, f64_tensor(vec![1.0, 1.0], [1, 2, 1], &ad)));
+    assert!(x.iter().all(|v| v.is_nan()), "{x:?}");
+}
+
 /// One Gauss-Newton step on burn (both the primal and the push-through forms) equals the
 /// real-time engine's, for every test net and both losses.
 #[test]
@@ -393,5 +452,59 @@ fn conv_layers_take_forward_mode_jacobians_and_agree_on_both_engines() {
         let rt: Vec<f64> = s.adapted(0).iter().flatten().map(|&v| v as f64).collect();
         let err = rel_err(&burn, &rt);
         assert!(err < 1e-4, "{name}: rel err {err:e}");
+    }
+}
+
+/// The fully connected Jacobian (one pass, rows contracted with `U`) equals the replicas'
+/// (one network per row) to rounding, in f64: every activation, `Linear` and
+/// `ShareLinear`, biases or not, several tasks with their own parameters, and the moved
+/// layers any subset (frozen ones still carry the rows back).
+#[test]
+fn dense_jacobian_equals_the_replicas() {
+    use Activation::*;
+    let dev = crate::device::cpu();
+    let share = |inputs, outputs, k, bias| Op::ShareLinear {
+        inputs,
+        outputs,
+        k,
+        bias,
+    };
+    let spec = NetSpec {
+        input: FeatureShape(vec![5]),
+        layers: vec![
+            layer(share(5, 6, 4, true), Tanh),
+            layer(
+                Op::Linear {
+                    inputs: 6,
+                    outputs: 4,
+                    bias: false,
+                },
+                Gelu,
+            ),
+            layer(share(4, 5, 3, true), Relu),
+            layer(share(5, 3, 2, true), Identity),
+        ],
+        loss: Loss::Mse,
+    };
+    let net = Net::new(spec, &dev).unwrap();
+    let mut rng = Rng::new(11);
+    let params = HostParams::random(&net, &mut rng).upload(&net, &dev, false);
+    let (t, n, fi) = (3, 4, net.input_len());
+    let task = upload_task(&random_task(&net, t, &mut rng), &dev, false);
+    let x = f64_tensor(rng.normals(t * n * fi, 1.0), [t, n, fi], &dev);
+    for moved in [
+        vec![true; 4],
+        vec![false, true, false, true],
+        vec![true, false, false, false],
+        vec![false, false, false, true],
+    ] {
+        let (out_d, j_d) = net.jacobian_dense(&params, &task, x.clone(), &moved);
+        let (out_r, j_r) = net.jacobian_replicas(&params, &task, x.clone(), &moved);
+        assert_eq!(j_d.dims(), j_r.dims(), "{moved:?}");
+        assert!(rel_err(&to_f64(&out_d), &to_f64(&out_r)) < 1e-12);
+        let err = rel_err(&to_f64(&j_d), &to_f64(&j_r));
+        assert!(err < 1e-12, "{moved:?}: rel err {err:e}");
+        // Not vacuous: the Jacobian is not all zeros (ReLU could zero a layer).
+        assert!(to_f64(&j_d).iter().filter(|v| v.abs() > 1e-6).count() > j_d.dims()[2]);
     }
 }

@@ -87,12 +87,12 @@ pub struct Net {
 
 /// What the backward pass keeps from the forward pass of one layer.
 pub(crate) struct LayerCache {
-    input_dims: [usize; 4],
-    weight: Option<Tensor<2>>,
-    apply: Option<ApplyCache>,
+    pub(crate) input_dims: [usize; 4],
+    pub(crate) weight: Option<Tensor<2>>,
+    pub(crate) apply: Option<ApplyCache>,
     /// What the activation's derivative needs: the pre-activation output (ReLU, GELU) or
     /// the output (tanh).
-    act: Option<Tensor<4>>,
+    pub(crate) act: Option<Tensor<4>>,
 }
 
 impl Net {
@@ -425,7 +425,7 @@ fn gelu(z: Tensor<4>) -> Tensor<4> {
 }
 
 /// d GELU / dz = Phi(z) + z phi(z), phi the standard normal density.
-fn gelu_grad(z: Tensor<4>) -> Tensor<4> {
+pub(crate) fn gelu_grad(z: Tensor<4>) -> Tensor<4> {
     let cdf = z
         .clone()
         .mul_scalar(std::f64::consts::FRAC_1_SQRT_2)

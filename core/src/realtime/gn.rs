@@ -384,7 +384,7 @@ impl GnBuffers {
 /// In-place Cholesky factorisation `A = L L^T` of a symmetric `n x n` row-major matrix
 /// (the lower triangle is read and overwritten with `L`). False if `A` is not positive
 /// definite.
-pub(crate) fn cholesky(a: &mut [f64], n: usize) -> bool {
+pub fn cholesky(a: &mut [f64], n: usize) -> bool {
     for j in 0..n {
         let mut d = a[j * n + j];
         for k in 0..j {
@@ -407,7 +407,7 @@ pub(crate) fn cholesky(a: &mut [f64], n: usize) -> bool {
 }
 
 /// Solves `L L^T x = b` in place of `b`, `L` from [`cholesky`].
-pub(crate) fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64]) {
+pub fn cholesky_solve(l: &[f64], n: usize, b: &mut [f64]) {
     for i in 0..n {
         let mut s = b[i];
         for k in 0..i {
