@@ -74,7 +74,7 @@ pub fn spd_solve(a: Tensor<3>, b: Tensor<3>) -> Tensor<3> {
         .detach()
         .into_data()
         .convert::<f64>()
-        .into_vec::<f64>()
+        .try_into_vec::<f64>()
         .unwrap_or_else(|_| vec![f64::NAN; t * m * m]);
     let mut inv = vec![0.0f64; t * m * m];
     let mut col = vec![0.0f64; m];
