@@ -6,7 +6,7 @@
 //! distance to the class means of the support embeddings.
 
 use burn::tensor::Tensor;
-use msr_runtime::{MetaParams, Model, Net, NetSpec};
+use msr_runtime::{LayerParams, MetaParams, Model, Net, NetSpec};
 
 use crate::models::{self, ModelKind};
 use crate::train::{DeviceBatch, InnerKind, TrainConfig};
@@ -22,6 +22,8 @@ pub enum Learner {
         steps: usize,
         /// Whether the inner gradient is detached (first-order MAML; SGD only).
         first_order: bool,
+        /// The fixed damping of `SgdThenGaussNewton`'s Gauss-Newton step.
+        damping: f64,
     },
     /// Prototypical networks: no inner loop; logits are minus squared distances to the
     /// support set's class means in embedding space.
@@ -38,6 +40,7 @@ impl Learner {
                 inner: c.inner,
                 steps: c.inner_steps,
                 first_order: c.first_order,
+                damping: c.damping as f64,
             }
         }
     }
@@ -53,6 +56,7 @@ impl Learner {
                 inner: InnerKind::Sgd,
                 steps,
                 first_order: false,
+                damping: 1.0,
             }
         }
     }
@@ -78,6 +82,7 @@ impl Learner {
                 inner,
                 steps,
                 first_order,
+                damping,
             } => {
                 let task = net.initial(params, b.xs.dims()[0]);
                 let task = match inner {
@@ -86,6 +91,22 @@ impl Learner {
                     }
                     InnerKind::GaussNewton => {
                         net.adapt_gn(params, task, b.xs.clone(), b.ys.clone(), steps, moved)
+                    }
+                    InnerKind::SgdThenGaussNewton => {
+                        let sgd =
+                            net.adapt_from(params, task, b.xs.clone(), b.ys.clone(), steps, false);
+                        // The Gauss-Newton step reads its log-dampings from the lr slots.
+                        let fixed = MetaParams {
+                            layers: params
+                                .layers
+                                .iter()
+                                .map(|l| LayerParams {
+                                    lr: l.lr.zeros_like().add_scalar(damping.ln()),
+                                    ..l.clone()
+                                })
+                                .collect(),
+                        };
+                        net.adapt_gn(&fixed, sgd, b.xs.clone(), b.ys.clone(), 1, moved)
                     }
                 };
                 net.forward(params, &task, b.xq.clone())
@@ -118,9 +139,17 @@ impl Learner {
         match self {
             Learner::Prototypes => "no inner loop".into(),
             Learner::Adapts {
-                steps, first_order, ..
+                inner,
+                steps,
+                first_order,
+                damping,
             } => format!(
-                "{steps} inner step(s), {}",
+                "{steps} inner step(s){}, {}",
+                if *inner == InnerKind::SgdThenGaussNewton {
+                    format!(" then one Gauss-Newton step (damping {damping})")
+                } else {
+                    String::new()
+                },
                 if *first_order {
                     "first order"
                 } else {

@@ -6,7 +6,7 @@ use clap::Args;
 use msr_runtime::Model;
 use msr_trainer::tasks::Family;
 use msr_trainer::train::{
-    evaluate_on, evaluate_realtime_refined, evaluate_references, trained_config,
+    InnerKind, evaluate_on, evaluate_realtime_refined, evaluate_references, trained_config,
 };
 
 use msr_trainer::learner::Learner;
@@ -61,16 +61,18 @@ pub(crate) struct EvalArgs {
     /// Adapt with this algorithm instead of the model's: sgd, gn (damped Gauss-Newton, e.g.
     /// on a model meta-trained through SGD), or sgd+gn (the model's SGD steps, then
     /// --gn-steps damped Gauss-Newton steps from where they ended, on the same support
-    /// set). Runs on the real-time engine.
+    /// set). Runs on the real-time engine. [default: the model's; sgd+gn for a model
+    /// meta-trained through sgd+gn]
     #[arg(long)]
     inner: Option<String>,
     /// With --inner gn or sgd+gn: scales the model's per-layer dampings (1 for a model
-    /// meta-trained through SGD, which has none).
-    #[arg(long, default_value_t = 1.0)]
-    damping: f32,
-    /// With --inner sgd+gn: the Gauss-Newton steps after the SGD ones.
-    #[arg(long, default_value_t = 1)]
-    gn_steps: usize,
+    /// meta-trained through SGD, which has none). [default: 1; the trained one for a model
+    /// meta-trained through sgd+gn]
+    #[arg(long)]
+    damping: Option<f32>,
+    /// With --inner sgd+gn: the Gauss-Newton steps after the SGD ones. [default: 1]
+    #[arg(long)]
+    gn_steps: Option<usize>,
 }
 
 pub(crate) fn eval(args: EvalArgs) -> Result<()> {
@@ -103,18 +105,28 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     } else {
         family.eval_ids(args.tasks, args.seed)
     };
-    let gn = msr_runtime::realtime::Inner::GaussNewton {
-        damping: args.damping,
-    };
-    let (inner, refine) = match args.inner.as_deref() {
+    // A model meta-trained through SGD then Gauss-Newton adapts so unless told otherwise.
+    let trained_refine = trained
+        .as_ref()
+        .filter(|c| c.inner == InnerKind::SgdThenGaussNewton)
+        .map(|c| c.damping);
+    let inner_name = args.inner.as_deref().or(trained_refine.map(|_| "sgd+gn"));
+    let damping = args.damping.or(trained_refine).unwrap_or(1.0);
+    if let (None, Some(d)) = (&args.inner, trained_refine) {
+        log::info!("adapting as the model was meta-trained: SGD, then Gauss-Newton (damping {d})");
+    }
+    if args.gn_steps.is_some() && inner_name != Some("sgd+gn") {
+        return Err("--gn-steps is for --inner sgd+gn".into());
+    }
+    let gn = msr_runtime::realtime::Inner::GaussNewton { damping };
+    let (inner, refine) = match inner_name {
         None => (None, None),
         Some("sgd") => (Some(msr_runtime::realtime::Inner::Sgd), None),
         Some("gn") => (Some(gn), None),
-        Some("sgd+gn") if args.gn_steps > 0 => (
-            Some(msr_runtime::realtime::Inner::Sgd),
-            Some((args.damping, args.gn_steps)),
-        ),
-        Some("sgd+gn") => return Err("--gn-steps must be at least 1".into()),
+        Some("sgd+gn") => match args.gn_steps.unwrap_or(1) {
+            0 => return Err("--gn-steps must be at least 1".into()),
+            s => (Some(msr_runtime::realtime::Inner::Sgd), Some((damping, s))),
+        },
         Some(other) => {
             return Err(
                 format!("unknown inner loop '{other}' (available: sgd, gn, sgd+gn)").into(),

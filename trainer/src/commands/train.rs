@@ -55,6 +55,11 @@ pub(crate) struct TrainArgs {
     /// more processes).
     #[arg(long, conflicts_with = "out")]
     pub(crate) resume: Option<PathBuf>,
+    /// Start from this trained model's parameters instead of the seed's initialisation
+    /// (a new run in --out: fresh optimizer, step 0), e.g. to fine-tune a model
+    /// meta-trained through SGD through --inner sgd+gn. Same architecture and data options.
+    #[arg(long, conflicts_with = "resume")]
+    pub(crate) init: Option<PathBuf>,
     /// MSR latent size (default: 3 / 6 / 30 for rank1 / rank2 / rank5, 8 otherwise); for
     /// msr-mlp one value for every layer or one per layer, comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -62,11 +67,13 @@ pub(crate) struct TrainArgs {
     /// Inner steps (SGD or Gauss-Newton).
     #[arg(long, default_value_t = 1)]
     pub(crate) inner_steps: usize,
-    /// The inner loop meta-trained through: sgd (meta-learned learning rates) or gn
-    /// (damped Gauss-Newton with meta-learned dampings: error never rises with more steps).
+    /// The inner loop meta-trained through: sgd (meta-learned learning rates), gn
+    /// (damped Gauss-Newton with meta-learned dampings: error never rises with more steps)
+    /// or sgd+gn (--inner-steps SGD steps, then one Gauss-Newton step damped by --damping,
+    /// fixed; the model is an SGD model that `trainer eval` refines so by default).
     #[arg(long, default_value = "sgd")]
     pub(crate) inner: msr_trainer::train::InnerKind,
-    /// Initial damping of every layer, for --inner gn.
+    /// Initial damping of every layer, for --inner gn; the fixed damping, for --inner sgd+gn.
     #[arg(long, default_value_t = 1.0)]
     pub(crate) damping: f32,
     /// Initial inner learning rate (meta-learned per layer).
@@ -196,7 +203,18 @@ pub(crate) fn train(args: TrainArgs) -> Result<RunOutcome> {
         }
         (None, Some(dir)) => {
             fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let mut t = Trainer::on_device(config.clone(), device)?;
+            let mut t = match &args.init {
+                Some(path) => {
+                    let bytes = fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+                    let record = msr_runtime::ModelRecord::from_bytes(&bytes)
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    if collective.rank() == 0 {
+                        info!("starting from {}", path.display());
+                    }
+                    Trainer::warm_start(config.clone(), &record, device)?
+                }
+                None => Trainer::on_device(config.clone(), device)?,
+            };
             t.set_shards(args.shards.unwrap_or(1))?;
             (dir.clone(), t)
         }

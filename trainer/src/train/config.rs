@@ -131,7 +131,7 @@ impl TrainConfig {
                 self.damping
             ));
         }
-        if self.inner == InnerKind::GaussNewton && self.first_order {
+        if self.inner != InnerKind::Sgd && self.first_order {
             return Err(
                 "first-order meta-gradients are for SGD (the inner loop is Gauss-Newton)".into(),
             );
@@ -202,6 +202,12 @@ pub enum InnerKind {
     Sgd,
     /// Damped Gauss-Newton with meta-learned per-layer dampings.
     GaussNewton,
+    /// SGD with meta-learned per-layer learning rates, then one damped Gauss-Newton step on
+    /// the same support set from where SGD ended (the prior centred there), every moved
+    /// parameter damped by the run's fixed `damping` (not meta-learned). The model file is
+    /// an SGD model; a device refines as `trainer eval --inner sgd+gn` does (see
+    /// docs/adaptation.md), and `trainer eval` does so by default for such a model.
+    SgdThenGaussNewton,
 }
 
 impl std::str::FromStr for InnerKind {
@@ -210,8 +216,9 @@ impl std::str::FromStr for InnerKind {
         match s {
             "sgd" => Ok(InnerKind::Sgd),
             "gn" => Ok(InnerKind::GaussNewton),
+            "sgd+gn" => Ok(InnerKind::SgdThenGaussNewton),
             other => Err(format!(
-                "unknown inner algorithm '{other}' (available: sgd, gn)"
+                "unknown inner algorithm '{other}' (available: sgd, gn, sgd+gn)"
             )),
         }
     }

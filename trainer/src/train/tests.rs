@@ -450,3 +450,58 @@ fn gauss_newton_refinement_starts_where_sgd_ended() {
         "the refinement moved"
     );
 }
+
+/// `--inner sgd+gn`: meta-trained through SGD then one fixed-damping Gauss-Newton step
+/// (burn, autodiff graph), the model gives the same query loss when a device adapts it so
+/// (the real-time engine: SGD, then `set_inner(Gauss-Newton)` and `refine`), and not SGD's
+/// alone; its file is an SGD model whose recorded configuration says how to refine.
+/// `warm_start` carries an SGD run's parameters into such a run, and refuses a model of
+/// another architecture.
+#[test]
+fn sgd_then_gauss_newton_is_meta_trained_as_a_device_adapts() {
+    // rank1 (no standardisation: both losses in the same units), a tanh MLP.
+    let mut c = TrainConfig::new(Problem::Rank1, ModelKind::MsrMlp);
+    (c.support, c.query, c.tasks_per_step, c.hidden, c.k) = (10, 10, 8, vec![8], 4);
+    (c.inner_steps, c.damping) = (2, 0.3);
+    c.inner = InnerKind::SgdThenGaussNewton;
+    let mut t = Trainer::new(c.clone()).unwrap();
+    for _ in 0..4 {
+        assert!(t.outer_step().is_finite());
+    }
+    let ids = t.family().val_ids(16);
+    let batch = t.family().batch(&ids, c.support, c.query);
+    let (sum, n) = t.summed_loss(&t.upload(&batch));
+    let trained = sum.to_data().convert::<f64>().try_to_vec::<f64>().unwrap()[0] / n;
+    let device = t.evaluate(16).unwrap().loss;
+    assert!(
+        (trained - device).abs() < 1e-3 * device,
+        "meta-training path {trained} vs the device's {device}"
+    );
+    let rec = t.record();
+    let sgd = evaluate_realtime(&rec, t.family(), &ids, c.support, c.query, 2)
+        .unwrap()
+        .loss;
+    assert!(
+        (sgd - device).abs() > 1e-2 * device,
+        "the Gauss-Newton step moved: SGD alone {sgd} vs {device}"
+    );
+    assert!(rec.ext.solver.is_none(), "an SGD model file");
+    assert_eq!(
+        trained_config(&rec).map(|c| c.inner),
+        Some(InnerKind::SgdThenGaussNewton)
+    );
+
+    let mut plain = c.clone();
+    plain.inner = InnerKind::Sgd;
+    let mut s = Trainer::new(plain).unwrap();
+    s.outer_step();
+    let warm = Trainer::warm_start(c.clone(), &s.record(), msr_runtime::device::cpu()).unwrap();
+    assert_eq!(flat(&warm), flat(&s), "the SGD run's parameters, learning rates included");
+    assert_eq!(warm.step, 0);
+    let mut other = c.clone();
+    other.hidden = vec![6];
+    assert!(Trainer::warm_start(other, &s.record(), msr_runtime::device::cpu()).is_err());
+    let mut gn = c;
+    gn.inner = InnerKind::GaussNewton;
+    assert!(Trainer::warm_start(gn, &s.record(), msr_runtime::device::cpu()).is_err());
+}

@@ -74,12 +74,63 @@ impl Trainer {
         }
         // With Gauss-Newton a layer's lr slot holds its log-damping.
         let lr0 = match config.inner {
-            InnerKind::Sgd => config.inner_lr,
+            InnerKind::Sgd | InnerKind::SgdThenGaussNewton => config.inner_lr,
             InnerKind::GaussNewton => config.damping.ln(),
         };
         let init = models::init(&spec, kind, lr0, &mut Rng::derive(&[config.seed, 0]))
             .map_err(msr_runtime::Error::from)?;
         Self::from_parts(config, family, spec, &init, None, 0, device)
+    }
+
+    /// A fresh run on `device` that starts from a trained model's parameters instead of
+    /// the seed's initialisation (a fresh optimizer, step 0): e.g. a model meta-trained
+    /// through SGD, fine-tuned through the SGD-then-Gauss-Newton adaptation it will be
+    /// used with. The model must have the configuration's architecture and data
+    /// standardisation and adapt the same way: by SGD (no solver record) for an `sgd` or
+    /// `sgd+gn` run, by Gauss-Newton for a `gn` run (its log-dampings go back into the
+    /// learning-rate slots).
+    pub fn warm_start(
+        config: TrainConfig,
+        model: &ModelRecord,
+        device: Device,
+    ) -> Result<Self, TrainError> {
+        config.validate()?;
+        let (family, spec, _) = config.family_and_spec()?;
+        let bad = |why: String| TrainError::Config(format!("--init: {why}"));
+        if model.net != spec {
+            return Err(bad(
+                "the model's architecture is not the one these options build".into(),
+            ));
+        }
+        let mut layers = model.layers.clone();
+        match (&model.ext.solver, config.inner) {
+            (None, InnerKind::Sgd | InnerKind::SgdThenGaussNewton) => {}
+            (Some(sv), InnerKind::GaussNewton) => {
+                for (l, d) in layers.iter_mut().zip(&sv.log_damping) {
+                    if l.lr != 0.0 {
+                        l.lr = *d;
+                    }
+                }
+            }
+            (Some(_), _) => {
+                return Err(bad(
+                    "the model adapts by Gauss-Newton; it can start only a --inner gn run".into(),
+                ));
+            }
+            (None, _) => {
+                return Err(bad(
+                    "the model adapts by SGD; it can start only a --inner sgd or sgd+gn run".into(),
+                ));
+            }
+        }
+        let t = Self::from_parts(config, family, spec, &layers, None, 0, device)?;
+        if t.normalizer != model.ext.normalizer {
+            return Err(bad(
+                "the model standardises its data differently (another --problem, --seed or --normalize)"
+                    .into(),
+            ));
+        }
+        Ok(t)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -328,7 +379,7 @@ impl Trainer {
     }
 
     /// `batch` standardised (if the run standardises) and uploaded to the run's device.
-    fn upload(&self, batch: &Batch) -> DeviceBatch {
+    pub(super) fn upload(&self, batch: &Batch) -> DeviceBatch {
         let standardized;
         let batch = match &self.normalizer {
             Some(n) => {
@@ -349,7 +400,7 @@ impl Trainer {
 
     /// The summed query loss of the tasks of `b` (with its autodiff graph), and how many
     /// tasks there are.
-    fn summed_loss(&self, b: &DeviceBatch) -> (Tensor<1>, f64) {
+    pub(super) fn summed_loss(&self, b: &DeviceBatch) -> (Tensor<1>, f64) {
         let out = self
             .learner
             .train_outputs(&self.net, &self.params, b, &self.moved());
@@ -376,6 +427,19 @@ impl Trainer {
     /// Evaluates the current model through the runtime on `tasks` test tasks, as a device
     /// would (plain device, the run's support/query sizes and inner steps).
     pub fn evaluate(&self, tasks: usize) -> Result<EvalResult, msr_runtime::Error> {
+        if self.config.inner == InnerKind::SgdThenGaussNewton {
+            // The refinement runs on the real-time engine, as a device does it.
+            return super::eval::evaluate_realtime_refined(
+                &self.record(),
+                &self.family,
+                &self.family.val_ids(tasks),
+                self.config.support,
+                self.config.query,
+                self.config.inner_steps,
+                Some(msr_runtime::realtime::Inner::Sgd),
+                Some((self.config.damping, 1)),
+            );
+        }
         let model = Model::from_record(&self.record(), &self.device, DType::F32)?;
         evaluate_on(
             &model,
