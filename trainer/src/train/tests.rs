@@ -496,7 +496,11 @@ fn sgd_then_gauss_newton_is_meta_trained_as_a_device_adapts() {
     let mut s = Trainer::new(plain).unwrap();
     s.outer_step();
     let warm = Trainer::warm_start(c.clone(), &s.record(), msr_runtime::device::cpu()).unwrap();
-    assert_eq!(flat(&warm), flat(&s), "the SGD run's parameters, learning rates included");
+    assert_eq!(
+        flat(&warm),
+        flat(&s),
+        "the SGD run's parameters, learning rates included"
+    );
     assert_eq!(warm.step, 0);
     let mut other = c.clone();
     other.hidden = vec![6];
