@@ -177,9 +177,10 @@ impl Net {
     /// `[T, N, F, width]`), and a layer's rows are contracted with its input and `U`
     /// directly: `J_v[e, o, j] = sum_ab delta[e, o, a] h[e, b] U[a b, j]`, computed as
     /// `delta (h U)`, so neither the weights nor the per-row weight gradients
-    /// (`[T N F, out in]`) are ever materialised. The same tensor ops as the replicas' way
-    /// (autodiff differentiates through it); about 20x faster on a 128-128-128 body at
-    /// K = 20 (the replicas copy every weight once per row).
+    /// (`[T N F, out in]`) are ever materialised. Plain tensor ops, as the replicas' way
+    /// (autodiff differentiates through it). A Gauss-Newton meta-training step of a
+    /// 128-128-128 msr-mlp at K = 20 (16 tasks) took 3.3 s with the replicas (which copy
+    /// every weight once per row), 0.9 s with this (and 0.16 s with [`spd_solve`] too).
     pub fn jacobian_dense(
         &self,
         params: &MetaParams,
