@@ -205,6 +205,25 @@ enum msr_status msr_session_adapt(struct msr_session *session,
                                   size_t n,
                                   float *loss_out);
 
+// Like `msr_session_adapt`, but from the session's current parameters instead of the
+// meta-learned initialisation, with the session's current algorithm and inner steps (for
+// Gauss-Newton, the prior centred where it starts). The step a model meta-trained with
+// `trainer train --inner sgd+gn` adapts with: `msr_session_adapt` (SGD), then
+// `msr_session_set_inner(s, MSR_INNER_GAUSS_NEWTON, D)` with the trained damping `D`,
+// then `msr_session_refine` on the same support set (docs/adaptation.md). Regression
+// models; CPU real-time engine only (`MSR_ERR_UNSUPPORTED`). On any error the session
+// keeps its previous parameters. Allocation-free.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
+enum msr_status msr_session_refine(struct msr_session *session,
+                                   const float *x,
+                                   size_t x_len,
+                                   const float *y,
+                                   size_t y_len,
+                                   size_t n,
+                                   float *loss_out);
+
 // Adapts a classification model to a support set: `x` `[n, input_len]`, `labels` `[n]`
 // class indices in `[0, output_len)`. `x_len` is checked against `n` before any label is
 // read. Otherwise as `msr_session_adapt`. Allocation-free for `n <= capacity`.

@@ -123,6 +123,13 @@ public:
         detail::check(msr_session_adapt(s_, x, x_len, y, y_len, n, &loss));
         return loss;
     }
+    /// Like adapt, but from the current parameters, with the current algorithm (e.g. one
+    /// Gauss-Newton step after SGD's for a model trained with --inner sgd+gn).
+    float refine(const float* x, std::size_t x_len, const float* y, std::size_t y_len, std::size_t n) {
+        float loss = 0.0f;
+        detail::check(msr_session_refine(s_, x, x_len, y, y_len, n, &loss));
+        return loss;
+    }
     /// Adapts a classification model from class labels.
     float adapt_labels(const float* x, std::size_t x_len, const int32_t* labels, std::size_t n) {
         float loss = 0.0f;

@@ -752,6 +752,51 @@ pub unsafe extern "C" fn msr_session_adapt(
     })
 }
 
+/// Like `msr_session_adapt`, but from the session's current parameters instead of the
+/// meta-learned initialisation, with the session's current algorithm and inner steps (for
+/// Gauss-Newton, the prior centred where it starts). The step a model meta-trained with
+/// `trainer train --inner sgd+gn` adapts with: `msr_session_adapt` (SGD), then
+/// `msr_session_set_inner(s, MSR_INNER_GAUSS_NEWTON, D)` with the trained damping `D`,
+/// then `msr_session_refine` on the same support set (docs/adaptation.md). Regression
+/// models; CPU real-time engine only (`MSR_ERR_UNSUPPORTED`). On any error the session
+/// keeps its previous parameters. Allocation-free.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn msr_session_refine(
+    session: *mut msr_session,
+    x: *const f32,
+    x_len: usize,
+    y: *const f32,
+    y_len: usize,
+    n: usize,
+    loss_out: *mut f32,
+) -> msr_status {
+    guard(|| {
+        non_null!(session, x, y);
+        let run = |s: &mut SessionState| {
+            if s.loss != Loss::Mse {
+                return fail(
+                    msr_status::MSR_ERR_UNSUPPORTED,
+                    "refine is for regression models",
+                );
+            }
+            // SAFETY: pointers and lengths by contract.
+            let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
+            match s.session.refine(xs, ys, n) {
+                Some(result) => adapted(result, loss_out),
+                None => fail(
+                    msr_status::MSR_ERR_UNSUPPORTED,
+                    "this backend adapts only from the initialisation; use the CPU real-time engine",
+                ),
+            }
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
+    })
+}
+
 /// Adapts a classification model to a support set: `x` `[n, input_len]`, `labels` `[n]`
 /// class indices in `[0, output_len)`. `x_len` is checked against `n` before any label is
 /// read. Otherwise as `msr_session_adapt`. Allocation-free for `n <= capacity`.

@@ -983,3 +983,74 @@ fn the_hot_path_through_the_c_abi_allocates_nothing() {
     unsafe { msr_session_free(&mut sess) };
     unsafe { msr_model_free(&mut m) };
 }
+
+/// `msr_session_refine`: adaptation from the current parameters. After SGD, a
+/// Gauss-Newton refinement through the C ABI equals the engine's `Session::refine` to the
+/// bit, lowers the support loss, and allocates nothing; bad calls are refused and leave
+/// the session as it was.
+#[test]
+fn refine_continues_from_the_current_parameters() {
+    use msr_core::realtime::{Inner, RtModel, Session};
+    let (mut m, mut sess) = mse_session();
+    let (x, y) = (data(8, 6, 0.3), data(8, 3, 1.1));
+    let mut sgd = f32::NAN;
+    let st =
+        unsafe { msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), 8, &mut sgd) };
+    assert_eq!(st, msr_status::MSR_OK);
+    assert_eq!(
+        unsafe { msr_session_set_inner(sess, msr_inner::MSR_INNER_GAUSS_NEWTON as i32, 0.1) },
+        msr_status::MSR_OK
+    );
+    let mut refined = f32::NAN;
+    let allocs = allocations(|| {
+        let st = unsafe {
+            msr_session_refine(
+                sess,
+                x.as_ptr(),
+                x.len(),
+                y.as_ptr(),
+                y.len(),
+                8,
+                &mut refined,
+            )
+        };
+        assert_eq!(st, msr_status::MSR_OK, "{}", last_error());
+    });
+    assert_eq!(allocs, 0, "refine allocates nothing");
+    assert!(refined < sgd, "{refined} vs SGD's {sgd}");
+    let mut out = vec![0.0f32; 24];
+    let st = unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 8, out.as_mut_ptr(), 24) };
+    assert_eq!(st, msr_status::MSR_OK);
+
+    // The same on the engine directly (its own capacity: the solve's form may differ,
+    // hence a tolerance on the outputs).
+    let mut s = Session::new(RtModel::new(&record(Loss::Mse)).unwrap(), 8).unwrap();
+    assert_eq!(s.adapt(&x, &y, 8).unwrap().to_bits(), sgd.to_bits());
+    s.set_inner(Inner::GaussNewton { damping: 0.1 }).unwrap();
+    let engine = s.refine(&x, &y, 8).unwrap();
+    assert!(
+        (engine - refined).abs() <= 1e-5 * refined.abs(),
+        "{engine} vs {refined}"
+    );
+    let mut engine_out = vec![0.0f32; 24];
+    s.predict(&x, 8, &mut engine_out).unwrap();
+    for (a, b) in out.iter().zip(&engine_out) {
+        assert!((a - b).abs() < 1e-5, "{out:?} vs {engine_out:?}");
+    }
+    let want = out.clone();
+
+    // Bad calls change nothing.
+    assert_eq!(
+        unsafe { msr_session_refine(sess, ptr::null(), 0, y.as_ptr(), 24, 8, ptr::null_mut()) },
+        msr_status::MSR_ERR_NULL
+    );
+    assert_eq!(
+        unsafe { msr_session_refine(sess, x.as_ptr(), 5, y.as_ptr(), 24, 8, ptr::null_mut()) },
+        msr_status::MSR_ERR_INVALID_ARGUMENT
+    );
+    let st = unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 8, out.as_mut_ptr(), 24) };
+    assert_eq!(st, msr_status::MSR_OK);
+    assert_eq!(out, want, "the session as it was");
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
+}

@@ -515,6 +515,12 @@ pub trait Engine: Send {
         let _ = gamma;
         None
     }
+    /// Adapts from the current parameters ([`Session::refine`]); `None` if this engine
+    /// can only adapt from the initialisation.
+    fn refine(&mut self, x: &[f32], y: &[f32], n: usize) -> Option<Result<f32, Error>> {
+        let _ = (x, y, n);
+        None
+    }
 }
 
 impl Engine for Session {
@@ -544,5 +550,8 @@ impl Engine for Session {
     }
     fn set_forgetting(&mut self, gamma: f32) -> Option<Result<(), Error>> {
         Some(Session::set_forgetting(self, gamma))
+    }
+    fn refine(&mut self, x: &[f32], y: &[f32], n: usize) -> Option<Result<f32, Error>> {
+        Some(Session::refine(self, x, y, n))
     }
 }
