@@ -206,13 +206,15 @@ enum msr_status msr_session_adapt(struct msr_session *session,
                                   float *loss_out);
 
 // Like `msr_session_adapt`, but from the session's current parameters instead of the
-// meta-learned initialisation, with the session's current algorithm and inner steps (for
-// Gauss-Newton, the prior centred where it starts). The step a model meta-trained with
-// `trainer train --inner sgd+gn` adapts with: `msr_session_adapt` (SGD), then
+// meta-learned initialisation, with `steps` steps (at most the options' limit on inner
+// steps; 0 only reports the support loss) of the session's current algorithm (for
+// Gauss-Newton, the prior centred where it starts). The adaptation a model meta-trained
+// with `trainer train --inner sgd+gn` expects: `msr_session_adapt` (its SGD steps), then
 // `msr_session_set_inner(s, MSR_INNER_GAUSS_NEWTON, D)` with the trained damping `D`,
-// then `msr_session_refine` on the same support set (docs/adaptation.md). Regression
-// models; CPU real-time engine only (`MSR_ERR_UNSUPPORTED`). On any error the session
-// keeps its previous parameters. Allocation-free.
+// then `msr_session_refine` on the same support set with `steps` 1
+// (docs/adaptation.md). Regression models; CPU real-time engine only
+// (`MSR_ERR_UNSUPPORTED`). On any error the session keeps its previous parameters.
+// Allocation-free.
 //
 // # Safety
 // See the crate documentation: pointers NULL or valid for the documented lengths.
@@ -222,6 +224,7 @@ enum msr_status msr_session_refine(struct msr_session *session,
                                    const float *y,
                                    size_t y_len,
                                    size_t n,
+                                   size_t steps,
                                    float *loss_out);
 
 // Adapts a classification model to a support set: `x` `[n, input_len]`, `labels` `[n]`

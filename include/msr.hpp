@@ -123,11 +123,13 @@ public:
         detail::check(msr_session_adapt(s_, x, x_len, y, y_len, n, &loss));
         return loss;
     }
-    /// Like adapt, but from the current parameters, with the current algorithm (e.g. one
-    /// Gauss-Newton step after SGD's for a model trained with --inner sgd+gn).
-    float refine(const float* x, std::size_t x_len, const float* y, std::size_t y_len, std::size_t n) {
+    /// Like adapt, but from the current parameters, with `steps` steps of the current
+    /// algorithm (e.g. one Gauss-Newton step after SGD's for a model trained with
+    /// --inner sgd+gn).
+    float refine(const float* x, std::size_t x_len, const float* y, std::size_t y_len, std::size_t n,
+                 std::size_t steps = 1) {
         float loss = 0.0f;
-        detail::check(msr_session_refine(s_, x, x_len, y, y_len, n, &loss));
+        detail::check(msr_session_refine(s_, x, x_len, y, y_len, n, steps, &loss));
         return loss;
     }
     /// Adapts a classification model from class labels.

@@ -753,13 +753,15 @@ pub unsafe extern "C" fn msr_session_adapt(
 }
 
 /// Like `msr_session_adapt`, but from the session's current parameters instead of the
-/// meta-learned initialisation, with the session's current algorithm and inner steps (for
-/// Gauss-Newton, the prior centred where it starts). The step a model meta-trained with
-/// `trainer train --inner sgd+gn` adapts with: `msr_session_adapt` (SGD), then
+/// meta-learned initialisation, with `steps` steps (at most the options' limit on inner
+/// steps; 0 only reports the support loss) of the session's current algorithm (for
+/// Gauss-Newton, the prior centred where it starts). The adaptation a model meta-trained
+/// with `trainer train --inner sgd+gn` expects: `msr_session_adapt` (its SGD steps), then
 /// `msr_session_set_inner(s, MSR_INNER_GAUSS_NEWTON, D)` with the trained damping `D`,
-/// then `msr_session_refine` on the same support set (docs/adaptation.md). Regression
-/// models; CPU real-time engine only (`MSR_ERR_UNSUPPORTED`). On any error the session
-/// keeps its previous parameters. Allocation-free.
+/// then `msr_session_refine` on the same support set with `steps` 1
+/// (docs/adaptation.md). Regression models; CPU real-time engine only
+/// (`MSR_ERR_UNSUPPORTED`). On any error the session keeps its previous parameters.
+/// Allocation-free.
 ///
 /// # Safety
 /// See the crate documentation: pointers NULL or valid for the documented lengths.
@@ -771,10 +773,20 @@ pub unsafe extern "C" fn msr_session_refine(
     y: *const f32,
     y_len: usize,
     n: usize,
+    steps: usize,
     loss_out: *mut f32,
 ) -> msr_status {
     guard(|| {
         non_null!(session, x, y);
+        if steps as u64 > limits::MAX_INNER_STEPS {
+            return fail(
+                msr_status::MSR_ERR_INVALID_ARGUMENT,
+                format!(
+                    "steps {steps} is over the limit of {}",
+                    limits::MAX_INNER_STEPS
+                ),
+            );
+        }
         let run = |s: &mut SessionState| {
             if s.loss != Loss::Mse {
                 return fail(
@@ -784,7 +796,7 @@ pub unsafe extern "C" fn msr_session_refine(
             }
             // SAFETY: pointers and lengths by contract.
             let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
-            match s.session.refine(xs, ys, n) {
+            match s.session.refine(xs, ys, n, steps) {
                 Some(result) => adapted(result, loss_out),
                 None => fail(
                     msr_status::MSR_ERR_UNSUPPORTED,

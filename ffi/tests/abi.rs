@@ -1011,6 +1011,7 @@ fn refine_continues_from_the_current_parameters() {
                 y.as_ptr(),
                 y.len(),
                 8,
+                1,
                 &mut refined,
             )
         };
@@ -1027,6 +1028,7 @@ fn refine_continues_from_the_current_parameters() {
     let mut s = Session::new(RtModel::new(&record(Loss::Mse)).unwrap(), 8).unwrap();
     assert_eq!(s.adapt(&x, &y, 8).unwrap().to_bits(), sgd.to_bits());
     s.set_inner(Inner::GaussNewton { damping: 0.1 }).unwrap();
+    s.inner_steps = 1;
     let engine = s.refine(&x, &y, 8).unwrap();
     assert!(
         (engine - refined).abs() <= 1e-5 * refined.abs(),
@@ -1041,13 +1043,30 @@ fn refine_continues_from_the_current_parameters() {
 
     // Bad calls change nothing.
     assert_eq!(
-        unsafe { msr_session_refine(sess, ptr::null(), 0, y.as_ptr(), 24, 8, ptr::null_mut()) },
+        unsafe { msr_session_refine(sess, ptr::null(), 0, y.as_ptr(), 24, 8, 1, ptr::null_mut()) },
         msr_status::MSR_ERR_NULL
     );
     assert_eq!(
-        unsafe { msr_session_refine(sess, x.as_ptr(), 5, y.as_ptr(), 24, 8, ptr::null_mut()) },
+        unsafe { msr_session_refine(sess, x.as_ptr(), 5, y.as_ptr(), 24, 8, 1, ptr::null_mut()) },
         msr_status::MSR_ERR_INVALID_ARGUMENT
     );
+    let too_many = usize::MAX;
+    assert_eq!(
+        unsafe {
+            msr_session_refine(
+                sess,
+                x.as_ptr(),
+                48,
+                y.as_ptr(),
+                24,
+                8,
+                too_many,
+                ptr::null_mut(),
+            )
+        },
+        msr_status::MSR_ERR_INVALID_ARGUMENT
+    );
+    assert!(last_error().contains("steps"), "{}", last_error());
     let st = unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 8, out.as_mut_ptr(), 24) };
     assert_eq!(st, msr_status::MSR_OK);
     assert_eq!(out, want, "the session as it was");

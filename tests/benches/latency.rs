@@ -415,13 +415,13 @@ fn glyph_classify(c: &mut Criterion) {
     unsafe { msr_model_free(&mut m) };
 }
 
-/// The robot models of docs/robots.md with `hidden` units per layer: panda-payload's
-/// msr-mlp (28 -> hidden -> hidden -> 7, tanh, k = 10 per layer, adapted biases) or
-/// msr-head (the same body plain and frozen, an MSR head with k = 10); freshly initialised,
-/// with `inner_steps` SGD steps.
+/// The robot models of docs/robots.md with `hidden` units per hidden layer: panda-payload's
+/// msr-mlp (28 -> hidden... -> 7, tanh, k = 10 per layer, adapted biases) or msr-head (the
+/// same body plain and frozen, an MSR head with k = 10); freshly initialised, with
+/// `inner_steps` SGD steps.
 fn panda_model(
     kind: msr_trainer::models::ModelKind,
-    hidden: usize,
+    hidden: &[usize],
     inner_steps: u32,
 ) -> ModelRecord {
     use msr_trainer::models::{ModelKind, init};
@@ -443,22 +443,22 @@ fn panda_model(
             share(i, o)
         }
     };
+    let mut layers = Vec::new();
+    let mut inputs = 28;
+    for &h in hidden {
+        layers.push(LayerSpec {
+            op: body(inputs, h),
+            activation: Activation::Tanh,
+        });
+        inputs = h;
+    }
+    layers.push(LayerSpec {
+        op: share(inputs, 7),
+        activation: Activation::Identity,
+    });
     let net = NetSpec {
         input: FeatureShape(vec![28]),
-        layers: vec![
-            LayerSpec {
-                op: body(28, hidden),
-                activation: Activation::Tanh,
-            },
-            LayerSpec {
-                op: body(hidden, hidden),
-                activation: Activation::Tanh,
-            },
-            LayerSpec {
-                op: share(hidden, 7),
-                activation: Activation::Identity,
-            },
-        ],
+        layers,
         loss: Loss::Mse,
     };
     let layers = init(&net, kind, 0.01, &mut msr_trainer::rng::Rng::new(4)).expect("init");
@@ -476,13 +476,16 @@ fn panda_model(
 }
 
 /// The robot model through the C ABI: predict one sample (a control tick), adapt on K = 20
-/// samples (3 SGD steps, as trained, or 3 Gauss-Newton steps), observe one sample.
+/// samples (3 SGD steps, as trained, or 3 Gauss-Newton steps, or 3 SGD steps then one
+/// Gauss-Newton step from where they end, as `--inner sgd+gn` trains: adapt, switch,
+/// refine, switch back), observe one sample.
 fn panda_payload(c: &mut Criterion) {
     use msr_trainer::models::ModelKind;
     for (kind, hidden) in [
-        (ModelKind::MsrMlp, 64),
-        (ModelKind::MsrMlp, 256),
-        (ModelKind::MsrHead, 64),
+        (ModelKind::MsrMlp, &[64, 64][..]),
+        (ModelKind::MsrMlp, &[256, 256][..]),
+        (ModelKind::MsrHead, &[64, 64][..]),
+        (ModelKind::MsrMlp, &[128, 128, 128][..]),
     ] {
         let rec = panda_model(kind, hidden, 3);
         let (x, y) = (values(21 * 28, 1.0, 13), values(21 * 7, 1.0, 14));
@@ -514,7 +517,34 @@ fn panda_payload(c: &mut Criterion) {
             assert_eq!(st, msr_status::MSR_OK);
             black_box(&out);
         };
-        let name = format!("panda-payload {kind} 28-{hidden}-{hidden}-7 (k=10)");
+        let (mut m_sg, mut sg) = c_session(&rec);
+        let sgd_then_gn = |s: *mut msr_session| {
+            use msr_inner::{MSR_INNER_GAUSS_NEWTON, MSR_INNER_SGD};
+            unsafe {
+                assert_eq!(
+                    msr_session_set_inner(s, MSR_INNER_SGD as i32, 0.0),
+                    msr_status::MSR_OK
+                );
+                adapt(s);
+                assert_eq!(
+                    msr_session_set_inner(s, MSR_INNER_GAUSS_NEWTON as i32, 10.0),
+                    msr_status::MSR_OK
+                );
+                let st = msr_session_refine(
+                    s,
+                    xs.as_ptr(),
+                    xs.len(),
+                    ys.as_ptr(),
+                    ys.len(),
+                    20,
+                    1,
+                    ptr::null_mut(),
+                );
+                assert_eq!(st, msr_status::MSR_OK);
+            }
+        };
+        let widths: Vec<String> = hidden.iter().map(|h| h.to_string()).collect();
+        let name = format!("panda-payload {kind} 28-{}-7 (k=10)", widths.join("-"));
         let mut g = c.benchmark_group(format!("{name}: predict 1 sample"));
         g.bench_function("C ABI, real-time engine", |b| b.iter(&mut predict));
         g.finish();
@@ -523,6 +553,9 @@ fn panda_payload(c: &mut Criterion) {
         g.sample_size(30);
         g.bench_function("C ABI, 3 SGD steps", |b| b.iter(|| adapt(s)));
         g.bench_function("C ABI, 3 Gauss-Newton steps", |b| b.iter(|| adapt(gn)));
+        g.bench_function("C ABI, 3 SGD steps then 1 Gauss-Newton step", |b| {
+            b.iter(|| sgd_then_gn(sg))
+        });
         g.finish();
         let mut i = 0usize;
         let mut tick = || {
@@ -545,6 +578,8 @@ fn panda_payload(c: &mut Criterion) {
         unsafe { msr_model_free(&mut m) };
         unsafe { msr_session_free(&mut gn) };
         unsafe { msr_model_free(&mut m_gn) };
+        unsafe { msr_session_free(&mut sg) };
+        unsafe { msr_model_free(&mut m_sg) };
     }
 }
 

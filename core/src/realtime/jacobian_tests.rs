@@ -35,6 +35,33 @@ fn record(net: NetSpec, rng: &mut Rng) -> ModelRecord {
     }
 }
 
+/// Rows of `J` by the direct paths against one backward pass per output, for the example
+/// in the session's activations.
+fn check_rows(net: NetSpec, rng: &mut Rng, what: &str) {
+    let rec = record(net, rng);
+    let model = RtModel::new(&rec).unwrap();
+    let mut s = Session::new(model.clone(), 1).unwrap();
+    s.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
+    let x: Vec<f32> = (0..model.input_len).map(|_| rng.normal() as f32).collect();
+    s.forward_chunk(&x, 1);
+    let mut gn = s.gn.take().unwrap();
+    let (fo, p) = (model.output_len, gn.p);
+    s.jacobian_rows(&mut gn.jac, &mut gn.jz);
+    let direct = gn.jac.clone();
+    let mut reverse = vec![0.0f32; fo * p];
+    for o in 0..fo {
+        s.jacobian_row(o, &mut reverse[o * p..(o + 1) * p]);
+    }
+    let worst = direct
+        .iter()
+        .zip(&reverse)
+        .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-5, "{what}: worst difference {worst}");
+    let nonzero = direct.iter().filter(|v| v.abs() > 1e-6).count();
+    assert!(nonzero > p, "{what}: rows not all zero ({nonzero} nonzero)");
+}
+
 #[test]
 fn direct_and_forward_mode_rows_equal_backward_passes() {
     let nets = [
@@ -70,6 +97,7 @@ fn direct_and_forward_mode_rows_equal_backward_passes() {
     ];
     let mut rng = Rng::new(7);
     for (input, op) in nets {
+        let what = op.kind_name();
         let net = NetSpec {
             input: FeatureShape(input),
             layers: vec![LayerSpec {
@@ -78,29 +106,56 @@ fn direct_and_forward_mode_rows_equal_backward_passes() {
             }],
             loss: crate::spec::Loss::Mse,
         };
-        let rec = record(net, &mut rng);
-        let model = RtModel::new(&rec).unwrap();
-        let mut s = Session::new(model.clone(), 1).unwrap();
-        s.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
-        let x: Vec<f32> = (0..model.input_len).map(|_| rng.normal() as f32).collect();
-        s.forward_chunk(&x, 1);
-        let mut gn = s.gn.take().unwrap();
-        let (fo, p) = (model.output_len, gn.p);
-        s.jacobian_rows(&mut gn.jac);
-        let direct = gn.jac.clone();
-        let mut reverse = vec![0.0f32; fo * p];
-        for o in 0..fo {
-            s.jacobian_row(o, &mut reverse[o * p..(o + 1) * p]);
-        }
-        let worst = direct
-            .iter()
-            .zip(&reverse)
-            .map(|(a, b)| (a - b).abs() / (1.0 + b.abs()))
-            .fold(0.0f32, f32::max);
-        assert!(
-            worst < 1e-5,
-            "{}: worst difference {worst}",
-            rec.net.layers[0].op.kind_name()
-        );
+        check_rows(net, &mut rng, what);
+    }
+}
+
+/// Nets of dense layers take `jacobian_rows_dense` (U layers' `z_j` once per example):
+/// every activation, U and plain weights, with and without biases, against one backward
+/// pass per output.
+#[test]
+fn dense_nets_rows_equal_backward_passes() {
+    use crate::spec::Activation::*;
+    let share = |inputs, outputs, k, bias| Op::ShareLinear {
+        inputs,
+        outputs,
+        k,
+        bias,
+    };
+    let mut rng = Rng::new(9);
+    for (name, layers) in [
+        (
+            "share tanh-tanh-identity",
+            vec![
+                (share(6, 9, 4, true), Tanh),
+                (share(9, 8, 3, true), Tanh),
+                (share(8, 4, 5, true), Identity),
+            ],
+        ),
+        (
+            "share relu, linear gelu, share identity",
+            vec![
+                (share(6, 7, 3, false), Relu),
+                (
+                    Op::Linear {
+                        inputs: 7,
+                        outputs: 5,
+                        bias: true,
+                    },
+                    Gelu,
+                ),
+                (share(5, 3, 2, true), Identity),
+            ],
+        ),
+    ] {
+        let net = NetSpec {
+            input: FeatureShape(vec![6]),
+            layers: layers
+                .into_iter()
+                .map(|(op, activation)| LayerSpec { op, activation })
+                .collect(),
+            loss: crate::spec::Loss::Mse,
+        };
+        check_rows(net, &mut rng, name);
     }
 }

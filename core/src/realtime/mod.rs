@@ -455,8 +455,31 @@ impl RtModel {
         if !primal && dual_rows == 0 {
             0
         } else {
-            gn::GnBuffers::bytes(p, self.output_len, primal, dual_rows)
+            let moved: Vec<bool> = self.layers.iter().map(|l| l.lr != 0.0).collect();
+            gn::GnBuffers::bytes(p, self.output_len, primal, dual_rows, self.jz_len(&moved))
         }
+    }
+
+    /// The Jacobian scratch of a net of dense layers whose `moved` layers Gauss-Newton
+    /// moves: `k * out` per moved `W = reshape(U v)` layer (0 for any other net: its rows
+    /// come from backward passes).
+    pub(crate) fn jz_len(&self, moved: &[bool]) -> usize {
+        if !self
+            .layers
+            .iter()
+            .all(|l| matches!(l.kind, Kind::Dense { .. }))
+        {
+            return 0;
+        }
+        self.layers
+            .iter()
+            .zip(moved)
+            .filter(|(_, m)| **m)
+            .map(|(l, _)| match &l.weights {
+                Weights::Dense { ut, rows, .. } => ut.len() / rows.max(&1) * l.out_len,
+                _ => 0,
+            })
+            .sum()
     }
 
     pub(crate) fn max_patch(&self) -> usize {
@@ -515,10 +538,16 @@ pub trait Engine: Send {
         let _ = gamma;
         None
     }
-    /// Adapts from the current parameters ([`Session::refine`]); `None` if this engine
-    /// can only adapt from the initialisation.
-    fn refine(&mut self, x: &[f32], y: &[f32], n: usize) -> Option<Result<f32, Error>> {
-        let _ = (x, y, n);
+    /// Adapts from the current parameters with `steps` steps ([`Session::refine`]);
+    /// `None` if this engine can only adapt from the initialisation.
+    fn refine(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        n: usize,
+        steps: usize,
+    ) -> Option<Result<f32, Error>> {
+        let _ = (x, y, n, steps);
         None
     }
 }
@@ -551,7 +580,17 @@ impl Engine for Session {
     fn set_forgetting(&mut self, gamma: f32) -> Option<Result<(), Error>> {
         Some(Session::set_forgetting(self, gamma))
     }
-    fn refine(&mut self, x: &[f32], y: &[f32], n: usize) -> Option<Result<f32, Error>> {
-        Some(Session::refine(self, x, y, n))
+    fn refine(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        n: usize,
+        steps: usize,
+    ) -> Option<Result<f32, Error>> {
+        let kept = self.inner_steps;
+        self.inner_steps = steps;
+        let result = Session::refine(self, x, y, n);
+        self.inner_steps = kept;
+        Some(result)
     }
 }

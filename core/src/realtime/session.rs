@@ -401,12 +401,14 @@ impl Session {
                         diag.extend(core::iter::repeat_n(*d as f64, n));
                     }
                 }
+                let jz = self.model.jz_len(&layers);
                 self.gn = Some(GnBuffers::new(
                     p,
                     self.model.output_len,
                     diag,
                     primal,
                     dual_rows,
+                    jz,
                 )?);
                 self.gn_layers = layers;
             }
@@ -562,7 +564,7 @@ impl Session {
             }
             let xe = &x[e * fi..(e + 1) * fi];
             self.jacobian_input(xe, head.is_some());
-            self.jacobian_rows(&mut gn.jac);
+            self.jacobian_rows(&mut gn.jac, &mut gn.jz);
             if let Some(k) = head {
                 // The output is linear in the moved parameters: J (v, b), from the rows
                 // just computed, without W.
@@ -800,7 +802,7 @@ impl Session {
                 }
                 None => &y[e * fo..(e + 1) * fo],
             };
-            self.jacobian_rows(&mut gn.jac);
+            self.jacobian_rows(&mut gn.jac, &mut gn.jz);
             let out = &self.acts.last().expect("non-empty")[..fo];
             match self.model.loss {
                 Loss::Mse => {
@@ -874,7 +876,7 @@ impl Session {
     /// `j` as the layer's output for `W = reshape(U e_j)` without bias (forward mode: `k`
     /// layer passes instead of one backward pass per output: rot8's 21,600 outputs, k of a
     /// few dozen); d out_o / d b_o = 1. Otherwise one backward pass per output.
-    fn jacobian_rows(&mut self, jac: &mut [f32]) {
+    fn jacobian_rows(&mut self, jac: &mut [f32], jz: &mut [f32]) {
         let fo = self.model.output_len;
         let p = jac.len() / fo.max(1);
         let last = self.model.layers.len() - 1;
@@ -934,9 +936,133 @@ impl Session {
                 return;
             }
         }
+        if self.jacobian_rows_dense(jac, jz) {
+            return;
+        }
         for o in 0..fo {
             self.jacobian_row(o, &mut jac[o * p..(o + 1) * p]);
         }
+    }
+
+    /// The rows of `J` for the example in the activations when every layer is dense and
+    /// every moved layer's weight is `W = reshape(U v)` or plain: per moved U layer, `k`
+    /// matrix-vector products `z_j = reshape(U e_j) h` once per example (`jz`), then per
+    /// output only the backward of a vector through the weights and `k` dot products:
+    /// `d out_o / d v_j = delta_o . z_j` (the burn path's `delta (h U)`). One backward pass
+    /// per output would form `U^T vec(delta_o h^T)` for every output (`F` times the
+    /// `out x in x k` work). False (nothing written) for any other net.
+    fn jacobian_rows_dense(&mut self, jac: &mut [f32], jz: &mut [f32]) -> bool {
+        let model = &*self.model;
+        let dense_net = model.layers.iter().enumerate().all(|(i, l)| {
+            matches!(l.kind, super::Kind::Dense { .. })
+                && (!self.gn_layers[i]
+                    || matches!(
+                        l.weights,
+                        super::Weights::Dense { .. } | super::Weights::Plain
+                    ))
+        });
+        let Some(lowest) = self.gn_layers.iter().position(|m| *m) else {
+            return false;
+        };
+        if !dense_net || jz.len() != model.jz_len(&self.gn_layers) {
+            return false;
+        }
+        let fo = model.output_len;
+        let p = jac.len() / fo.max(1);
+        let Session {
+            acts,
+            pre,
+            da,
+            db,
+            w,
+            adapted,
+            gn_layers,
+            ..
+        } = self;
+        // z_j for every moved U layer, in layer order.
+        let mut zat = 0;
+        for (i, layer) in model.layers.iter().enumerate() {
+            if let (true, super::Weights::Dense { ut, rows, .. }) = (gn_layers[i], &layer.weights) {
+                let h = &acts[i][..layer.in_len];
+                let out = layer.out_len;
+                for (j, col) in ut.chunks_exact(*rows).enumerate() {
+                    let z = &mut jz[zat + j * out..zat + (j + 1) * out];
+                    super::kernels::matvec(col, h, None, z);
+                }
+                zat += ut.len() / rows * out;
+            }
+        }
+        for o in 0..fo {
+            let row = &mut jac[o * p..(o + 1) * p];
+            let (mut da, mut db) = (&mut da[..], &mut db[..]);
+            da[..fo].fill(0.0);
+            da[o] = 1.0;
+            // Moved layers' blocks and z's, walked from the end.
+            let (mut at, mut zend) = (p, zat);
+            for i in (lowest..model.layers.len()).rev() {
+                let layer = &model.layers[i];
+                let (inputs, outputs) = (layer.in_len, layer.out_len);
+                let delta = &mut da[..outputs];
+                let out_act = &acts[i + 1][..outputs];
+                match layer.activation {
+                    Activation::Identity => {}
+                    Activation::Relu => {
+                        for (d, a) in delta.iter_mut().zip(out_act) {
+                            if *a <= 0.0 {
+                                *d = 0.0;
+                            }
+                        }
+                    }
+                    Activation::Tanh => {
+                        for (d, a) in delta.iter_mut().zip(out_act) {
+                            *d *= 1.0 - a * a;
+                        }
+                    }
+                    Activation::Gelu => {
+                        for (d, z) in delta.iter_mut().zip(&pre[i][..outputs]) {
+                            *d *= gelu_grad(*z);
+                        }
+                    }
+                }
+                if gn_layers[i] {
+                    let len: usize = adapted[i].iter().map(Vec::len).sum();
+                    at -= len;
+                    let block = &mut row[at..at + len];
+                    let main = adapted[i][0].len();
+                    match &layer.weights {
+                        super::Weights::Dense { .. } => {
+                            zend -= main * outputs;
+                            for (j, b) in block[..main].iter_mut().enumerate() {
+                                let z = &jz[zend + j * outputs..zend + (j + 1) * outputs];
+                                *b = super::kernels::dot(delta, z);
+                            }
+                        }
+                        _ => {
+                            // Plain: d out / d W[a, b] = delta_a h_b.
+                            let h = &acts[i][..inputs];
+                            for (a, d) in delta.iter().enumerate() {
+                                for (b, x) in block[a * inputs..(a + 1) * inputs].iter_mut().zip(h)
+                                {
+                                    *b = d * x;
+                                }
+                            }
+                        }
+                    }
+                    if len > main {
+                        block[main..].copy_from_slice(delta);
+                    }
+                }
+                if i > lowest {
+                    let dx = &mut db[..inputs];
+                    dx.fill(0.0);
+                    for (a, d) in delta.iter().enumerate() {
+                        super::kernels::axpy(*d, &w[i][a * inputs..(a + 1) * inputs], dx);
+                    }
+                    core::mem::swap(&mut da, &mut db);
+                }
+            }
+        }
+        true
     }
 
     /// The dual form's accumulation: the gradient, and the rows of `K` with `G = K^T K`
@@ -949,7 +1075,7 @@ impl Session {
         gn.grad.fill(0.0);
         for e in 0..n {
             self.forward_chunk(&x[e * fi..(e + 1) * fi], 1);
-            self.jacobian_rows(&mut gn.jac);
+            self.jacobian_rows(&mut gn.jac, &mut gn.jz);
             let out = &self.acts.last().expect("non-empty")[..fo];
             let stats = self
                 .model
@@ -971,8 +1097,13 @@ impl Session {
                         for (g, ji) in gn.grad.iter_mut().zip(j) {
                             *g += s * r * *ji as f64;
                         }
-                        for (k, ji) in rows[o * p..(o + 1) * p].iter_mut().zip(j) {
-                            *k = root * ji;
+                        // Stored as K D^-1/2 (see `GnBuffers::solve_dual`).
+                        for ((k, ji), d) in rows[o * p..(o + 1) * p]
+                            .iter_mut()
+                            .zip(j)
+                            .zip(&gn.inv_root_diag)
+                        {
+                            *k = (root as f64 * *ji as f64 * d) as f32;
                         }
                     }
                 }
@@ -994,9 +1125,13 @@ impl Session {
                     for o in 0..fo {
                         let w = crate::math::sqrt64(mass.max(0.0) * pr(o) / n as f64);
                         let j = &gn.jac[o * p..(o + 1) * p];
-                        for ((k, ji), u) in rows[o * p..(o + 1) * p].iter_mut().zip(j).zip(&gn.step)
+                        for (((k, ji), u), d) in rows[o * p..(o + 1) * p]
+                            .iter_mut()
+                            .zip(j)
+                            .zip(&gn.step)
+                            .zip(&gn.inv_root_diag)
                         {
-                            *k = (w * (*ji as f64 - u)) as f32;
+                            *k = (w * (*ji as f64 - u) * d) as f32;
                         }
                     }
                 }
