@@ -5,11 +5,13 @@
 //!
 //! A step solves `(G + Lambda) dv = -g` for every task of a batch at once, `G` the
 //! (generalised) Gauss-Newton matrix of the support loss, `g` its gradient, `Lambda` the
-//! per-layer dampings on the diagonal. `J` (d outputs / d v, `[T, N F, P]`) comes from
-//! the hand-written backward pass run once per (example, output) pair, each replica holding
-//! its one example.
-//! The solve is a Cholesky factorisation written as a column loop of tensor ops (P is a
-//! few hundred at most); with fewer support outputs than parameters (`N F < P`) it solves
+//! per-layer dampings on the diagonal. `J` (d outputs / d v, `[T, N F, P]`) comes, for a
+//! fully connected net, from one pass that carries every output direction back through
+//! each task's weights ([`Net::jacobian_dense`]); for any other net from the hand-written
+//! backward pass run once per (example, output) pair, each replica holding its one example
+//! ([`Net::jacobian_replicas`]).
+//! The solve is [`spd_solve`] (an inverse computed off the tape, then one refinement step
+//! on it); with fewer support outputs than parameters (`N F < P`) it solves
 //! the equivalent `N F x N F` system instead (`G = K^T K`, Woodbury's identity), for the
 //! mean squared error (`K = sqrt(s) J`) and for cross-entropy (`K` the softmax-weighted,
 //! centred rows of `J`), as the real-time engine's dual form does.
@@ -26,9 +28,10 @@ use crate::layer::ApplyCache;
 use crate::net::{MetaParams, Net, TaskParams};
 use crate::spec::{Activation, Loss, Op};
 
-/// The most support outputs (examples x outputs) a burn Gauss-Newton step takes: `J` is
-/// computed by one replica of the network per (example, output) pair, so its memory grows
-/// with this times the network's activations. Larger sets are refused with an error (the real-time engine takes any number,
+/// The most support outputs (examples x outputs) a burn Gauss-Newton step takes: `J` holds
+/// one row per (example, output) pair (for nets other than fully connected ones, each
+/// computed by its own replica of the network), so its memory grows with this times the
+/// network's activations or parameters. Larger sets are refused with an error (the real-time engine takes any number,
 /// in chunks).
 pub const MAX_BURN_GN_ROWS: usize = 2048;
 
@@ -60,15 +63,20 @@ fn constant<const D: usize>(values: Vec<f32>, shape: [usize; D], like: &Tensor<3
 /// Solves `a x = b` for symmetric positive definite `a` `[T, M, M]`, `b` `[T, M, 1]`,
 /// differentiably and in `O(1)` tensor ops: `X0 = a^-1` is computed off the tape (an f64
 /// Cholesky factorisation on the host, per task), then one step of iterative refinement,
-/// `x = X0 b + X0 (b - a X0 b)`, runs on it. Its value is the solve (the refinement
-/// squares X0's rounding error) and its derivatives are the solve's: with `X0 = a^-1`,
-/// `dx = X0 db - X0 da X0 b`, exactly `d(a^-1 b)`. (The tensor Cholesky,
-/// [`cholesky_solve`], is the same function but costs `O(M)` ops whose backward
-/// materialises a full `[T, M, M]` per slice: most of a Gauss-Newton meta-training step.)
-/// A matrix that is not positive definite (or not finite) gives NaN, as the tensor
-/// factorisation's square root of a negative pivot does.
+/// `x = X0 b + X0 (b - a X0 b)`, runs on it. With `X0 = a^-1` its derivatives are the
+/// solve's, `dx = X0 db - X0 da X0 b = d(a^-1 b)`; in f32, X0 is `a^-1` rounded to f32, so
+/// value and derivatives carry a relative error of about `eps cond(a)`, as any f32 solve's
+/// do (the f64 tests see them equal the tensor Cholesky's to 1e-9). (The tensor Cholesky,
+/// [`cholesky_solve`], costs `O(M)` ops whose backward materialises a full `[T, M, M]` per
+/// slice: most of a Gauss-Newton meta-training step.) The inverse is computed on the host:
+/// on a GPU each call synchronises and copies `a`. A matrix that is not positive definite
+/// (or not finite) gives NaN, as the tensor factorisation's square root of a negative
+/// pivot does.
 pub fn spd_solve(a: Tensor<3>, b: Tensor<3>) -> Tensor<3> {
     let [t, m, _] = a.dims();
+    if m == 0 || t == 0 {
+        return b;
+    }
     let host = a
         .clone()
         .detach()

@@ -106,9 +106,11 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         family.eval_ids(args.tasks, args.seed)
     };
     // A model meta-trained through SGD then Gauss-Newton adapts so unless told otherwise.
+    // (Not when the burn engine is asked for: it adapts by the model's SGD alone.)
     let trained_refine = trained
         .as_ref()
         .filter(|c| c.inner == InnerKind::SgdThenGaussNewton)
+        .filter(|_| args.engine.as_deref() != Some("burn"))
         .map(|c| c.damping);
     let inner_name = args.inner.as_deref().or(trained_refine.map(|_| "sgd+gn"));
     let damping = args.damping.or(trained_refine).unwrap_or(1.0);

@@ -131,6 +131,9 @@ impl TrainConfig {
                 self.damping
             ));
         }
+        if self.inner != InnerKind::Sgd && self.model == ModelKind::ProtoNet {
+            return Err("prototypical networks have no inner loop (leave --inner at sgd)".into());
+        }
         if self.inner != InnerKind::Sgd && self.first_order {
             return Err(
                 "first-order meta-gradients are for SGD (the inner loop is Gauss-Newton)".into(),

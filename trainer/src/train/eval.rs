@@ -213,7 +213,7 @@ pub fn evaluate_realtime(
 /// scaled. Then, if `refine` is `Some((damping, steps))`, `steps` damped Gauss-Newton
 /// steps on the same support set from where the adaptation ended (the prior centred there,
 /// the model's dampings scaled by `damping`): what a device does with
-/// `msr_session_adapt`, then `msr_session_set_inner` and `msr_session_observe` on the
+/// `msr_session_adapt`, then `msr_session_set_inner` and `msr_session_refine` on the
 /// support set.
 #[allow(clippy::too_many_arguments)]
 pub fn evaluate_realtime_refined(

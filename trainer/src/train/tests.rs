@@ -505,7 +505,26 @@ fn sgd_then_gauss_newton_is_meta_trained_as_a_device_adapts() {
     let mut other = c.clone();
     other.hidden = vec![6];
     assert!(Trainer::warm_start(other, &s.record(), msr_runtime::device::cpu()).is_err());
-    let mut gn = c;
+    let mut gn = c.clone();
     gn.inner = InnerKind::GaussNewton;
     assert!(Trainer::warm_start(gn, &s.record(), msr_runtime::device::cpu()).is_err());
+    // maml-mlp and anil-mlp build the same net; a model of one does not start the other.
+    let mut maml = c.clone();
+    (maml.model, maml.inner) = (ModelKind::MamlMlp, InnerKind::Sgd);
+    let mut m = Trainer::new(maml.clone()).unwrap();
+    m.outer_step();
+    let mut anil = maml;
+    anil.model = ModelKind::AnilMlp;
+    let err = Trainer::warm_start(anil, &m.record(), msr_runtime::device::cpu())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("not a"), "{err}");
+    // Refused configurations: sgd+gn on a classifier, an inner loop for protonets.
+    let mut glyphs = glyph_config(ModelKind::MsrConv);
+    glyphs.inner = InnerKind::SgdThenGaussNewton;
+    let err = Trainer::new(glyphs).err().expect("refused");
+    assert!(err.to_string().contains("regression"), "{err}");
+    let mut proto = TrainConfig::new(Problem::Glyphs, ModelKind::ProtoNet);
+    proto.inner = InnerKind::GaussNewton;
+    assert!(proto.validate().is_err());
 }

@@ -72,6 +72,11 @@ impl Trainer {
                 family.examples_per_task()
             )));
         }
+        if family.is_classification() && config.inner == InnerKind::SgdThenGaussNewton {
+            return Err(TrainError::Config(
+                "--inner sgd+gn is for regression (libmsr refines regression models)".into(),
+            ));
+        }
         // With Gauss-Newton a layer's lr slot holds its log-damping.
         let lr0 = match config.inner {
             InnerKind::Sgd | InnerKind::SgdThenGaussNewton => config.inner_lr,
@@ -102,7 +107,24 @@ impl Trainer {
                 "the model's architecture is not the one these options build".into(),
             ));
         }
+        // maml-mlp and anil-mlp (maml-conv and anil) build the same net: what adapts differs.
+        if let Some(trained) = trained_config(model)
+            && trained.model != config.model
+        {
+            return Err(bad(format!(
+                "the model is a {}, not a {}",
+                trained.model, config.model
+            )));
+        }
         let mut layers = model.layers.clone();
+        // Layers this kind of model does not adapt keep a learning rate of 0 (as a fresh
+        // run's do), whatever the file says.
+        let n = layers.len();
+        for (l, layer) in layers.iter_mut().enumerate() {
+            if !config.model.adapts(l, n) {
+                layer.lr = 0.0;
+            }
+        }
         match (&model.ext.solver, config.inner) {
             (None, InnerKind::Sgd | InnerKind::SgdThenGaussNewton) => {}
             (Some(sv), InnerKind::GaussNewton) => {
@@ -122,6 +144,11 @@ impl Trainer {
                     "the model adapts by SGD; it can start only a --inner sgd or sgd+gn run".into(),
                 ));
             }
+        }
+        if family.is_classification() && config.inner == InnerKind::SgdThenGaussNewton {
+            return Err(TrainError::Config(
+                "--inner sgd+gn is for regression (libmsr refines regression models)".into(),
+            ));
         }
         let t = Self::from_parts(config, family, spec, &layers, None, 0, device)?;
         if t.normalizer != model.ext.normalizer {
