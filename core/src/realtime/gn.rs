@@ -184,8 +184,8 @@ impl GnBuffers {
     /// `(K^T K + lambda D)^-1 g = (lambda D)^-1 (g - K^T z)`, with
     /// `(I + K (lambda D)^-1 K^T) z = K (lambda D)^-1 g` (Woodbury): a `c x c` system.
     /// The rows are stored as `Kd = K D^-1/2` (scaled when accumulated), so the system is
-    /// `I + Kd Kd^T / lambda`: `c^2 / 2` dot products of `p` in f64 (four vectorisable
-    /// partial sums), with no division per term (which took most of a 140-row step's time).
+    /// `I + Kd Kd^T / lambda`: `c^2 / 2` dot products of `p` in f64 (vectorised, AVX2 at run
+    /// time), with no division per term (which took most of a 140-row step's time).
     /// Writes `-` that into `step`. False if the system could not be factorised.
     pub(crate) fn solve_dual(&mut self, lambda: f64, c: usize) -> bool {
         let p = self.p;
@@ -193,7 +193,7 @@ impl GnBuffers {
             let ka = &self.kmat[a * p..(a + 1) * p];
             for b in 0..=a {
                 let kb = &self.kmat[b * p..(b + 1) * p];
-                let m = dot_f64(ka, kb) / lambda;
+                let m = super::kernels::dot_f64(ka, kb) / lambda;
                 self.mmat[a * c + b] = m + if a == b { 1.0 } else { 0.0 };
             }
             // K (lambda D)^-1 g = Kd D^-1/2 g / lambda.
@@ -407,25 +407,6 @@ impl GnBuffers {
         }
         self.step.iter().all(|s| s.is_finite()) && self.cov.iter().all(|c| c.is_finite())
     }
-}
-
-/// `sum_i a_i b_i` of f32 vectors, the products and sums in f64, in four independent
-/// partial sums (a sequential float sum cannot be vectorised: the order of additions is
-/// part of its result).
-fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
-    let mut acc = [0.0f64; 4];
-    let (ca, ra) = a.as_chunks::<4>();
-    let (cb, rb) = b.as_chunks::<4>();
-    for (x, y) in ca.iter().zip(cb) {
-        for l in 0..4 {
-            acc[l] += x[l] as f64 * y[l] as f64;
-        }
-    }
-    let mut sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for (x, y) in ra.iter().zip(rb) {
-        sum += *x as f64 * *y as f64;
-    }
-    sum
 }
 
 /// In-place Cholesky factorisation `A = L L^T` of a symmetric `n x n` row-major matrix

@@ -71,7 +71,10 @@ fn check_rows_frozen(net: NetSpec, rng: &mut Rng, what: &str, frozen: &[usize]) 
     let nonzero = direct.iter().filter(|v| v.abs() > 1e-6).count();
     for o in 0..fo {
         let row = &direct[o * p..(o + 1) * p];
-        assert!(row.iter().any(|v| v.abs() > 1e-6), "{what}: row {o} is all zeros");
+        assert!(
+            row.iter().any(|v| v.abs() > 1e-6),
+            "{what}: row {o} is all zeros"
+        );
     }
     assert!(4 * nonzero >= p, "{what}: {nonzero} of {p} nonzero");
 }

@@ -43,6 +43,25 @@ pub(crate) fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
+/// Dot product of f32 vectors with the products and sums in f64, eight independent
+/// accumulators (two AVX registers of f64).
+#[multiversion(targets("x86_64+avx2+fma"))]
+pub(crate) fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..8 {
+            acc[l] += x[l] as f64 * y[l] as f64;
+        }
+    }
+    let mut s = acc.iter().sum::<f64>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += *x as f64 * *y as f64;
+    }
+    s
+}
+
 /// `y += alpha * x`.
 #[multiversion(targets("x86_64+avx2+fma"))]
 pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
