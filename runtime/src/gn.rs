@@ -60,6 +60,14 @@ fn constant<const D: usize>(values: Vec<f32>, shape: [usize; D], like: &Tensor<3
     )
 }
 
+/// The identity `[1, n, n]`, with `like`'s device and dtype.
+fn identity(n: usize, like: &Tensor<3>) -> Tensor<3> {
+    let eye: Vec<f32> = (0..n * n)
+        .map(|i| if i / n == i % n { 1.0 } else { 0.0 })
+        .collect();
+    constant(eye, [1, n, n], like)
+}
+
 /// Solves `a x = b` for symmetric positive definite `a` `[T, M, M]`, `b` `[T, M, 1]`,
 /// differentiably and in `O(1)` tensor ops: `X0 = a^-1` is computed off the tape (an f64
 /// Cholesky factorisation on the host, per task), then one step of iterative refinement,
@@ -204,11 +212,8 @@ impl Net {
         let lowest = (0..moved.len())
             .find(|&i| moved[i] && !task.layers[i].is_empty())
             .unwrap_or(0);
-        let eye: Vec<f32> = (0..fo * fo)
-            .map(|i| if i / fo == i % fo { 1.0 } else { 0.0 })
-            .collect();
         // d output o of example e / d (the current layer's output), [T, N, F, width].
-        let mut delta = constant::<3>(eye, [1, fo, fo], &x)
+        let mut delta = identity(fo, &x)
             .repeat_dim(0, t * n)
             .reshape([t, n, fo, fo]);
         let mut blocks: Vec<Vec<Tensor<3>>> = Vec::new();
@@ -331,10 +336,7 @@ impl Net {
             .slice([0..t, 0..n, 0..1, 0..fo])
             .reshape([t, n, fo]);
         // Replica (e, o)'s cotangent: output o of its example.
-        let eye: Vec<f32> = (0..fo * fo)
-            .map(|i| if i / fo == i % fo { 1.0 } else { 0.0 })
-            .collect();
-        let dy = constant::<3>(eye, [1, fo, fo], &x)
+        let dy = identity(fo, &x)
             .repeat_dim(0, t * n)
             .reshape([t * c, 1, ch, sp]);
         let grads = self.backward(params, &task_r, &caches, dy);
@@ -489,10 +491,7 @@ impl Net {
 
     /// `-(G + diag(lam)) \ g`, `G` `[T, P, P]`, `g` `[T, P, 1]`, `lam` `[1, 1, P]`.
     fn damped_solve(&self, gmat: Tensor<3>, g: Tensor<3>, lam: Tensor<3>, p: usize) -> Tensor<3> {
-        let eye: Vec<f32> = (0..p * p)
-            .map(|i| if i / p == i % p { 1.0 } else { 0.0 })
-            .collect();
-        let d = constant::<3>(eye, [1, p, p], &g) * lam;
+        let d = identity(p, &g) * lam;
         spd_solve(gmat + d, g).neg()
     }
 
@@ -520,10 +519,7 @@ impl Net {
 /// `g` `[T, P, 1]`, `lam` `[1, 1, P]`, `lam_col` `[1, P, 1]`.
 fn push_through(k: Tensor<3>, g: Tensor<3>, lam: Tensor<3>, lam_col: Tensor<3>) -> Tensor<3> {
     let c = k.dims()[1];
-    let eye: Vec<f32> = (0..c * c)
-        .map(|i| if i / c == i % c { 1.0 } else { 0.0 })
-        .collect();
-    let m = (k.clone() / lam).matmul(k.clone().swap_dims(1, 2)) + constant::<3>(eye, [1, c, c], &g);
+    let m = (k.clone() / lam).matmul(k.clone().swap_dims(1, 2)) + identity(c, &g);
     let rhs = k.clone().matmul(g.clone() / lam_col.clone());
     let z = spd_solve(m, rhs);
     (g - k.swap_dims(1, 2).matmul(z)).div(lam_col).neg() // [T, P, 1]

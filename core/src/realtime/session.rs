@@ -1003,27 +1003,7 @@ impl Session {
                 let layer = &model.layers[i];
                 let (inputs, outputs) = (layer.in_len, layer.out_len);
                 let delta = &mut da[..outputs];
-                let out_act = &acts[i + 1][..outputs];
-                match layer.activation {
-                    Activation::Identity => {}
-                    Activation::Relu => {
-                        for (d, a) in delta.iter_mut().zip(out_act) {
-                            if *a <= 0.0 {
-                                *d = 0.0;
-                            }
-                        }
-                    }
-                    Activation::Tanh => {
-                        for (d, a) in delta.iter_mut().zip(out_act) {
-                            *d *= 1.0 - a * a;
-                        }
-                    }
-                    Activation::Gelu => {
-                        for (d, z) in delta.iter_mut().zip(&pre[i][..outputs]) {
-                            *d *= gelu_grad(*z);
-                        }
-                    }
-                }
+                activation_backward(layer.activation, delta, &acts[i + 1], &pre[i]);
                 if gn_layers[i] {
                     let len: usize = adapted[i].iter().map(Vec::len).sum();
                     at -= len;
@@ -1383,28 +1363,8 @@ impl Session {
         let first_param = self.adapted.iter().position(|a| !a.is_empty()).unwrap_or(0);
         for i in (0..self.model.layers.len()).rev() {
             let layer = &self.model.layers[i];
-            let out = &self.acts[i + 1][..m * layer.out_len];
             let dz = &mut self.da[..m * layer.out_len];
-            match layer.activation {
-                Activation::Identity => {}
-                Activation::Relu => {
-                    for (d, o) in dz.iter_mut().zip(out) {
-                        if *o <= 0.0 {
-                            *d = 0.0;
-                        }
-                    }
-                }
-                Activation::Tanh => {
-                    for (d, o) in dz.iter_mut().zip(out) {
-                        *d *= 1.0 - o * o;
-                    }
-                }
-                Activation::Gelu => {
-                    for (d, z) in dz.iter_mut().zip(&self.pre[i][..m * layer.out_len]) {
-                        *d *= gelu_grad(*z);
-                    }
-                }
-            }
+            activation_backward(layer.activation, dz, &self.acts[i + 1], &self.pre[i]);
             let need_dx = i > first_param;
             let input = &self.acts[i][..m * layer.in_len];
             let dx = &mut self.db[..m * layer.in_len];
@@ -1467,6 +1427,31 @@ impl Session {
     /// The adapted vectors of layer `i` (v or W, then the bias).
     pub fn adapted(&self, i: usize) -> &[Vec<f32>] {
         &self.adapted[i]
+    }
+}
+
+/// `d *= activation'` elementwise, for the `d.len()` leading values: from the layer's
+/// output `out` (ReLU, tanh) or its pre-activation `pre` (GELU; empty for other layers).
+fn activation_backward(activation: Activation, d: &mut [f32], out: &[f32], pre: &[f32]) {
+    match activation {
+        Activation::Identity => {}
+        Activation::Relu => {
+            for (d, o) in d.iter_mut().zip(out) {
+                if *o <= 0.0 {
+                    *d = 0.0;
+                }
+            }
+        }
+        Activation::Tanh => {
+            for (d, o) in d.iter_mut().zip(out) {
+                *d *= 1.0 - o * o;
+            }
+        }
+        Activation::Gelu => {
+            for (d, z) in d.iter_mut().zip(pre) {
+                *d *= gelu_grad(*z);
+            }
+        }
     }
 }
 
