@@ -317,6 +317,32 @@ unsafe fn with_session(
     f(unsafe { &mut *s.state.get() })
 }
 
+/// [`with_session`] for the calls that take a regression support set (`x` `[n, input_len]`,
+/// `y` `[n, output_len]`): a classification model is refused with `MSR_ERR_UNSUPPORTED`
+/// and `refusal`; otherwise `f` runs on the state and the two slices. The pointers were
+/// checked non-NULL by the caller.
+///
+/// # Safety
+/// `session` a live session; `x` and `y` valid for `x_len` and `y_len` values.
+unsafe fn with_regression(
+    session: *const msr_session,
+    (x, x_len): (*const f32, usize),
+    (y, y_len): (*const f32, usize),
+    refusal: &'static str,
+    f: impl FnOnce(&mut SessionState, &[f32], &[f32]) -> msr_status,
+) -> msr_status {
+    let run = |s: &mut SessionState| {
+        if s.loss != Loss::Mse {
+            return fail(msr_status::MSR_ERR_UNSUPPORTED, refusal);
+        }
+        // SAFETY: pointers and lengths by the caller's contract.
+        let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
+        f(s, xs, ys)
+    };
+    // SAFETY: a live session by the caller's contract.
+    unsafe { with_session(session, run) }
+}
+
 macro_rules! non_null {
     ($($p:ident),+) => {
         $(if $p.is_null() {
@@ -736,19 +762,16 @@ pub unsafe extern "C" fn msr_session_adapt(
 ) -> msr_status {
     guard(|| {
         non_null!(session, x, y);
-        let run = |s: &mut SessionState| {
-            if s.loss != Loss::Mse {
-                return fail(
-                    msr_status::MSR_ERR_UNSUPPORTED,
-                    "this is a classification model: adapt it with msr_session_adapt_labels",
-                );
-            }
-            // SAFETY: pointers and lengths by contract.
-            let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
-            adapted(s.session.adapt(xs, ys, n), loss_out)
-        };
-        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
-        unsafe { with_session(session, run) }
+        // SAFETY: checked non-NULL; a live session and valid buffers by the C contract.
+        unsafe {
+            with_regression(
+                session,
+                (x, x_len),
+                (y, y_len),
+                "this is a classification model: adapt it with msr_session_adapt_labels",
+                |s, xs, ys| adapted(s.session.adapt(xs, ys, n), loss_out),
+            )
+        }
     })
 }
 
@@ -787,25 +810,22 @@ pub unsafe extern "C" fn msr_session_refine(
                 ),
             );
         }
-        let run = |s: &mut SessionState| {
-            if s.loss != Loss::Mse {
-                return fail(
-                    msr_status::MSR_ERR_UNSUPPORTED,
-                    "refine is for regression models",
-                );
-            }
-            // SAFETY: pointers and lengths by contract.
-            let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
-            match s.session.refine(xs, ys, n, steps) {
-                Some(result) => adapted(result, loss_out),
-                None => fail(
-                    msr_status::MSR_ERR_UNSUPPORTED,
-                    "this backend adapts only from the initialisation; use the CPU real-time engine",
-                ),
-            }
-        };
-        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
-        unsafe { with_session(session, run) }
+        // SAFETY: checked non-NULL; a live session and valid buffers by the C contract.
+        unsafe {
+            with_regression(
+                session,
+                (x, x_len),
+                (y, y_len),
+                "refine is for regression models",
+                |s, xs, ys| match s.session.refine(xs, ys, n, steps) {
+                    Some(result) => adapted(result, loss_out),
+                    None => fail(
+                        msr_status::MSR_ERR_UNSUPPORTED,
+                        "this backend adapts only from the initialisation; use the CPU real-time engine",
+                    ),
+                },
+            )
+        }
     })
 }
 
@@ -990,19 +1010,16 @@ pub unsafe extern "C" fn msr_session_observe(
 ) -> msr_status {
     guard(|| {
         non_null!(session, x, y);
-        let run = |s: &mut SessionState| {
-            if s.loss != Loss::Mse {
-                return fail(
-                    msr_status::MSR_ERR_UNSUPPORTED,
-                    "observe is for regression models",
-                );
-            }
-            // SAFETY: pointers and lengths by contract.
-            let (xs, ys) = unsafe { (slice(x, x_len), slice(y, y_len)) };
-            engine_only(s.session.observe(xs, ys, n), NO_STREAMING)
-        };
-        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
-        unsafe { with_session(session, run) }
+        // SAFETY: checked non-NULL; a live session and valid buffers by the C contract.
+        unsafe {
+            with_regression(
+                session,
+                (x, x_len),
+                (y, y_len),
+                "observe is for regression models",
+                |s, xs, ys| engine_only(s.session.observe(xs, ys, n), NO_STREAMING),
+            )
+        }
     })
 }
 
