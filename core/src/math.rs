@@ -17,14 +17,6 @@ pub(crate) fn exp(x: f32) -> f32 {
 pub(crate) fn ln(x: f32) -> f32 {
     libm::logf(x)
 }
-#[cfg(feature = "std")]
-pub(crate) fn tanh(x: f32) -> f32 {
-    x.tanh()
-}
-#[cfg(not(feature = "std"))]
-pub(crate) fn tanh(x: f32) -> f32 {
-    libm::tanhf(x)
-}
 pub(crate) fn erf(x: f32) -> f32 {
     libm::erff(x)
 }

@@ -1,7 +1,8 @@
 //! Forward and backward of one layer over a chunk of examples: dense layers, and
 //! convolutions (shared or locally connected filters) through the gather index.
 
-use super::kernels::{axpy, dot, matvec};
+use super::gemm::{Mat, MatMut, gemm};
+use super::kernels::{axpy, dot};
 use super::{Kind, Layer};
 
 fn gather_patch(x: &[f32], gather: &[u32], c_in: usize, s: usize, taps: usize, patch: &mut [f32]) {
@@ -28,12 +29,13 @@ pub(crate) fn forward(
 ) {
     match &layer.kind {
         Kind::Reshape => out.copy_from_slice(x),
-        Kind::Dense { inputs, outputs } => {
-            for n in 0..m {
-                let xn = &x[n * inputs..(n + 1) * inputs];
-                matvec(w, xn, bias, &mut out[n * outputs..(n + 1) * outputs]);
-            }
-        }
+        Kind::Dense { inputs, outputs } => gemm(
+            Mat::rows(x, m, *inputs),
+            Mat::rows(w, *outputs, *inputs).t(),
+            MatMut::rows(out, m, *outputs),
+            bias,
+            false,
+        ),
         Kind::Patches {
             gather,
             in_channels: c,
@@ -90,22 +92,29 @@ pub(crate) fn backward(
             }
         }
         Kind::Dense { inputs, outputs } => {
-            for n in 0..m {
-                let xn = &x[n * inputs..(n + 1) * inputs];
-                let dzn = &dz[n * outputs..(n + 1) * outputs];
-                for (o, g) in dzn.iter().enumerate() {
-                    axpy(*g, xn, &mut dw[o * inputs..(o + 1) * inputs]);
+            let (inputs, outputs) = (*inputs, *outputs);
+            let dz = Mat::rows(dz, m, outputs);
+            // dW += dz^T x, dx = dz W.
+            gemm(
+                dz.t(),
+                Mat::rows(x, m, inputs),
+                MatMut::rows(dw, outputs, inputs),
+                None,
+                true,
+            );
+            if let Some(db) = dbias.as_deref_mut() {
+                for n in 0..m {
+                    axpy(1.0, dz.row(n), db);
                 }
-                if let Some(db) = dbias.as_deref_mut() {
-                    axpy(1.0, dzn, db);
-                }
-                if let Some(dx) = dx.as_deref_mut() {
-                    let dxn = &mut dx[n * inputs..(n + 1) * inputs];
-                    dxn.fill(0.0);
-                    for (o, g) in dzn.iter().enumerate() {
-                        axpy(*g, &w[o * inputs..(o + 1) * inputs], dxn);
-                    }
-                }
+            }
+            if let Some(dx) = dx.as_deref_mut() {
+                gemm(
+                    dz,
+                    Mat::rows(w, outputs, inputs),
+                    MatMut::rows(dx, m, inputs),
+                    None,
+                    false,
+                );
             }
         }
         Kind::Patches {

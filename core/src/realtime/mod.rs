@@ -28,6 +28,7 @@ use crate::error::{DataError, Error, ShapeError};
 use crate::format::ModelRecord;
 use crate::spec::{Activation, ConvSharing, Loss, Op};
 
+mod gemm;
 pub mod gn;
 mod kernels;
 mod layers;

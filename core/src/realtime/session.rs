@@ -6,7 +6,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::gn::{CONVERGED, GnBuffers, Inner, MAX_GN_PARAMS, MAX_TRIALS};
-use super::kernels::all_finite;
+use super::kernels::{all_finite, tanh_in_place};
 use super::layers::{backward, forward};
 use super::state::{check_state, encode_state, state_values};
 use super::weights::{materialize, weights_backward};
@@ -14,7 +14,7 @@ use super::{
     MAX_CAPACITY, MAX_SESSION_BYTES, RtModel, check_len, copy_of, kron_scratch_len, zeros,
 };
 use crate::error::{DataError, DivergedError, Error, ShapeError};
-use crate::math::{exp, gelu, gelu_grad, ln, tanh};
+use crate::math::{exp, gelu, gelu_grad, ln};
 use crate::spec::{Activation, Loss};
 
 /// One task's adapted state and the buffers to adapt and predict without allocating.
@@ -1342,11 +1342,7 @@ impl Session {
                         *v = if *v < 0.0 { 0.0 } else { *v };
                     }
                 }
-                Activation::Tanh => {
-                    for v in out.iter_mut() {
-                        *v = tanh(*v);
-                    }
-                }
+                Activation::Tanh => tanh_in_place(out),
                 Activation::Gelu => {
                     let pre = &mut self.pre[i][..m * layer.out_len];
                     pre.copy_from_slice(out);

@@ -2,7 +2,8 @@
 //! and its backward, `dL/dv` from `dL/dW`.
 
 use super::Weights;
-use super::kernels::{axpy, dot};
+use super::gemm::{Mat, MatMut, gemm};
+use super::kernels::axpy;
 
 pub(crate) fn materialize(
     weights: &Weights,
@@ -13,12 +14,14 @@ pub(crate) fn materialize(
 ) {
     match weights {
         Weights::Plain => w.copy_from_slice(v),
-        Weights::Dense { ut, rows, .. } => {
-            w.fill(0.0);
-            for (vj, col) in v.iter().zip(ut.chunks_exact(*rows)) {
-                axpy(*vj, col, w);
-            }
-        }
+        // W = v^T U^T: one pass over U, W's tiles held in registers.
+        Weights::Dense { ut, rows, .. } => gemm(
+            Mat::rows(v, 1, v.len()),
+            Mat::rows(ut, v.len(), *rows),
+            MatMut::rows(w, 1, *rows),
+            None,
+            false,
+        ),
         Weights::Kron { a, b, c, dims } => {
             let [o, i, s, ka, kb, kc] = *dims;
             kron3(v, [ka, kb, kc], (c, s), (b, i), (a, o), false, w, s0, s1);
@@ -35,10 +38,16 @@ pub(crate) fn weights_backward(
 ) {
     match weights {
         Weights::Plain => dv.copy_from_slice(dw),
+        // dv = U^T vec(dW): one pass over U.
         Weights::Dense { ut, rows, .. } => {
-            for (dj, col) in dv.iter_mut().zip(ut.chunks_exact(*rows)) {
-                *dj = dot(col, dw);
-            }
+            let k = dv.len();
+            gemm(
+                Mat::rows(dw, 1, *rows),
+                Mat::rows(ut, k, *rows).t(),
+                MatMut::rows(dv, 1, k),
+                None,
+                false,
+            )
         }
         Weights::Kron { a, b, c, dims } => {
             let [o, i, s, ka, kb, kc] = *dims;
