@@ -702,10 +702,16 @@ fn huge_finite_inputs_never_give_ok_with_nan() {
     let st =
         unsafe { msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), 4, &mut loss) };
     assert_eq!(st, msr_status::MSR_ERR_DIVERGED, "{}", last_error());
+    // Whether a sum of products of +-3e38 overflows f32 depends on the order of its terms
+    // (the kernels' tiles): either every output is finite, or the call says it overflowed.
     let mut out = vec![0.0f32; 12];
     let st = unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 4, out.as_mut_ptr(), 12) };
-    assert_eq!(st, msr_status::MSR_ERR_NON_FINITE, "{}", last_error());
-    assert!(last_error().contains("overflowed"), "{}", last_error());
+    if st == msr_status::MSR_OK {
+        assert!(out.iter().all(|v| v.is_finite()), "OK with {out:?}");
+    } else {
+        assert_eq!(st, msr_status::MSR_ERR_NON_FINITE, "{}", last_error());
+        assert!(last_error().contains("overflowed"), "{}", last_error());
+    }
     // The session is still at its initialisation: finite, saveable, loadable.
     let mut info = msr_model_info::default();
     unsafe { msr_model_get_info(m, &mut info) };
@@ -725,6 +731,32 @@ fn huge_finite_inputs_never_give_ok_with_nan() {
         msr_status::MSR_ERR_FORMAT
     );
     assert!(last_error().contains("saved state"), "{}", last_error());
+    // Finite parameters whose prediction overflows whatever the order of the sums: the
+    // hidden biases and the plain output weights at 1e30 give 5 terms of 1e60 per output.
+    let fingerprint = u32::from_le_bytes(state[8..12].try_into().unwrap());
+    let values: Vec<f32> = msr_core::realtime::state_values(&state[..written])
+        .enumerate()
+        .map(|(i, v)| if (4..24).contains(&i) { 1e30 } else { v })
+        .collect();
+    let mut huge = vec![0u8; written];
+    msr_core::realtime::encode_state(
+        fingerprint,
+        values.into_iter(),
+        info.state_len / 4 - 4,
+        &mut huge,
+    )
+    .unwrap();
+    assert_eq!(
+        unsafe { msr_session_load_state(sess, huge.as_ptr(), written) },
+        msr_status::MSR_OK,
+        "{}",
+        last_error()
+    );
+    let zeros = vec![0.0f32; 4 * 6];
+    let st =
+        unsafe { msr_session_predict(sess, zeros.as_ptr(), zeros.len(), 4, out.as_mut_ptr(), 12) };
+    assert_eq!(st, msr_status::MSR_ERR_NON_FINITE, "{}", last_error());
+    assert!(last_error().contains("overflowed"), "{}", last_error());
     unsafe { msr_session_free(&mut sess) };
     unsafe { msr_model_free(&mut m) };
 }

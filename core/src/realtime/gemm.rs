@@ -10,7 +10,7 @@
 //! weight once per example and re-wrote every gradient once per term):
 //! - rows of `A` against columns of `B` that are contiguous (`B` a transposed row-major
 //!   matrix: a layer's forward pass, `U`'s columns against a layer input): tiles of
-//!   3 x 4 dot products, eight lanes each;
+//!   2 x 6 dot products, eight lanes each;
 //! - `A` of any strides against contiguous rows of `B` (the backward pass, `W = U v`):
 //!   tiles of 4 rows x 16 columns (1 x 32 for a single row), `A`'s entries broadcast.
 //!
@@ -195,27 +195,41 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn dots(a: Mat, b: Mat, mut c: MatMut, bias: Option<&[f32]>, acc: bool) {
         let (m, n) = (c.rows, c.cols);
-        let mut i = 0;
-        while i < m {
-            let mr = (m - i).min(3);
-            let mut j = 0;
-            while j < n {
-                let nr = (n - j).min(4);
-                // SAFETY: the tile lies inside the views (i + mr <= m, j + nr <= n).
-                unsafe {
-                    match mr {
-                        3 => dots_tile::<3>(a, b, i, j, nr, &mut c, bias, acc),
-                        2 => dots_tile::<2>(a, b, i, j, nr, &mut c, bias, acc),
-                        _ => dots_tile::<1>(a, b, i, j, nr, &mut c, bias, acc),
-                    }
+        // Tiles of 2 rows of A by 6 columns of B: 12 accumulators, the 2 rows of A and one
+        // column of B at a time fill the 16 vector registers without spilling.
+        let tile = |c: &mut MatMut, i: usize, j: usize| {
+            let nr = (n - j).min(NR);
+            // SAFETY: the tile lies inside the views (i < m, j + nr <= n).
+            unsafe {
+                if m - i >= 2 {
+                    dots_tile::<2>(a, b, i, j, nr, c, bias, acc);
+                } else {
+                    dots_tile::<1>(a, b, i, j, nr, c, bias, acc);
                 }
-                j += 4;
             }
-            i += 3;
+        };
+        // The larger operand is read once, tile by tile, while the smaller one stays in
+        // cache (a support set's activations against U's 655 KB of columns: U is read
+        // once, not once per pair of examples).
+        if m * a.rs <= n * b.cs {
+            for j in (0..n).step_by(NR) {
+                for i in (0..m).step_by(2) {
+                    tile(&mut c, i, j);
+                }
+            }
+        } else {
+            for i in (0..m).step_by(2) {
+                for j in (0..n).step_by(NR) {
+                    tile(&mut c, i, j);
+                }
+            }
         }
     }
 
-    /// One `MR x nr` tile (nr <= 4; columns past nr computed from column j again and not
+    /// Columns of B per tile of [`dots`].
+    const NR: usize = 6;
+
+    /// One `MR x nr` tile (nr <= NR; columns past nr computed from column j again and not
     /// stored) at row `i`, column `j` of `C`.
     #[inline]
     #[allow(clippy::too_many_arguments)]
@@ -237,26 +251,24 @@ mod avx2 {
             // SAFETY: row i + r < a.rows lies inside a.data (checked at the view).
             *p = unsafe { p.add((i + r) * a.rs) };
         }
-        let mut bp = [b.data.as_ptr(); 4];
+        let mut bp = [b.data.as_ptr(); NR];
         for (q, p) in bp.iter_mut().enumerate() {
             // SAFETY: column j + min(q, nr - 1) < b.cols lies inside b.data.
             *p = unsafe { p.add((j + q.min(nr - 1)) * b.cs) };
         }
-        let mut s = [[_mm256_setzero_ps(); 4]; MR];
+        let mut s = [[_mm256_setzero_ps(); NR]; MR];
         let mut t = 0;
         while t < full {
             // SAFETY: t + 8 <= k: every load reads inside its row or column.
             unsafe {
-                let bv = [
-                    _mm256_loadu_ps(bp[0].add(t)),
-                    _mm256_loadu_ps(bp[1].add(t)),
-                    _mm256_loadu_ps(bp[2].add(t)),
-                    _mm256_loadu_ps(bp[3].add(t)),
-                ];
-                for r in 0..MR {
-                    let av = _mm256_loadu_ps(ap[r].add(t));
-                    for q in 0..4 {
-                        s[r][q] = _mm256_fmadd_ps(av, bv[q], s[r][q]);
+                let mut av = [_mm256_setzero_ps(); MR];
+                for (v, p) in av.iter_mut().zip(&ap) {
+                    *v = _mm256_loadu_ps(p.add(t));
+                }
+                for q in 0..NR {
+                    let bv = _mm256_loadu_ps(bp[q].add(t));
+                    for r in 0..MR {
+                        s[r][q] = _mm256_fmadd_ps(av[r], bv, s[r][q]);
                     }
                 }
             }
@@ -266,24 +278,26 @@ mod avx2 {
             let mask = tail_mask(k - full);
             // SAFETY: masked loads touch only the lanes below k - full, inside the rows.
             unsafe {
-                let bv = [
-                    _mm256_maskload_ps(bp[0].add(full), mask),
-                    _mm256_maskload_ps(bp[1].add(full), mask),
-                    _mm256_maskload_ps(bp[2].add(full), mask),
-                    _mm256_maskload_ps(bp[3].add(full), mask),
-                ];
-                for r in 0..MR {
-                    let av = _mm256_maskload_ps(ap[r].add(full), mask);
-                    for q in 0..4 {
-                        s[r][q] = _mm256_fmadd_ps(av, bv[q], s[r][q]);
+                let mut av = [_mm256_setzero_ps(); MR];
+                for (v, p) in av.iter_mut().zip(&ap) {
+                    *v = _mm256_maskload_ps(p.add(full), mask);
+                }
+                for q in 0..NR {
+                    let bv = _mm256_maskload_ps(bp[q].add(full), mask);
+                    for r in 0..MR {
+                        s[r][q] = _mm256_fmadd_ps(av[r], bv, s[r][q]);
                     }
                 }
             }
         }
+        let zero = _mm256_setzero_ps();
         for (r, sr) in s.iter().enumerate() {
-            let mut out = [0.0f32; 4];
-            // SAFETY: stores 4 floats into a local array.
-            unsafe { _mm_storeu_ps(out.as_mut_ptr(), hsum4(sr[0], sr[1], sr[2], sr[3])) };
+            let mut out = [0.0f32; 8];
+            // SAFETY: stores 8 floats into a local array.
+            unsafe {
+                _mm_storeu_ps(out.as_mut_ptr(), hsum4(sr[0], sr[1], sr[2], sr[3]));
+                _mm_storeu_ps(out.as_mut_ptr().add(4), hsum4(sr[4], sr[5], zero, zero));
+            }
             let row = (i + r) * c.rs + j;
             // SAFETY: row i + r < c.rows and columns j..j + nr <= c.cols lie inside c.data.
             unsafe {

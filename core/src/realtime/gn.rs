@@ -110,22 +110,45 @@ pub(crate) struct GnBuffers {
     pub(crate) tvec: Vec<f64>,
     /// The dual form's `1 / sqrt(D_i)`, `[p]`: its rows are stored as `K D^-1/2`.
     pub(crate) inv_root_diag: Vec<f64>,
-    /// For a net of dense layers, per example: each moved `W = reshape(U v)` layer's
-    /// `W_j h = reshape(U e_j) h` for every j, `[k, out]` per layer (see
-    /// `Session::jacobian_rows_dense`).
+    /// For a net of dense layers ([`super::RtModel::dense_jacobian`]), per batch of
+    /// examples: each moved `W = reshape(U v)` layer's `W_j h = reshape(U e_j) h` for every
+    /// j (`[batch, k, out]` per layer), and two buffers of the outputs' gradients
+    /// (`[batch, outputs, widest]`). `batch` is 0 for any other net.
     pub(crate) jz: Vec<f32>,
+    pub(crate) deltas: Vec<f32>,
+    pub(crate) batch: usize,
+    /// The dual form's Gram matrix `Kd Kd^T` (lower triangle, `[dual_rows, dual_rows]`),
+    /// computed once per accumulation (`gram_ready`) for every damping tried; `gram_exact`
+    /// when its entries are f64 sums (else f32 products, see [`GnBuffers::solve_dual`]).
+    pub(crate) gram: Vec<f64>,
+    pub(crate) gram_ready: bool,
+    gram_exact: bool,
+    /// A block of rows of the f32 Gram matrix, `[GRAM_BLOCK, dual_rows]`.
+    gram_block: Vec<f32>,
+    /// `Kd D^-1/2 g` (`[dual_rows]`), the refinement's residual (`[dual_rows]`), and
+    /// `Kd^T z` (`[p]`).
+    tbase: Vec<f64>,
+    resid: Vec<f64>,
+    ktz: Vec<f64>,
 }
+
+/// Rows of the f32 Gram matrix computed per product.
+const GRAM_BLOCK: usize = 32;
+/// Refinement steps of the dual solve against the f32 Gram matrix before falling back to
+/// the f64 one.
+const MAX_REFINE: usize = 4;
 
 impl GnBuffers {
     /// Buffers for `p` parameters, `outputs` per example, the primal form if `primal`, the
-    /// dual form for up to `dual_rows` outputs (0: none).
+    /// dual form for up to `dual_rows` outputs (0: none), batches of Jacobian rows as
+    /// `plan` says (a dense net).
     pub(crate) fn new(
         p: usize,
         outputs: usize,
         diag: Vec<f64>,
         primal: bool,
         dual_rows: usize,
-        jz: usize,
+        plan: Option<super::JacobianPlan>,
     ) -> Result<Self, crate::error::Error> {
         let f64s = |n: usize| -> Result<Vec<f64>, crate::error::Error> {
             let mut v = Vec::new();
@@ -138,10 +161,12 @@ impl GnBuffers {
             Ok(v)
         };
         let pp = if primal { p * p } else { 0 };
-        let mut inv_root_diag = f64s(if dual_rows > 0 { p } else { 0 })?;
+        let c = dual_rows;
+        let mut inv_root_diag = f64s(if c > 0 { p } else { 0 })?;
         for (r, d) in inv_root_diag.iter_mut().zip(&diag) {
             *r = 1.0 / crate::math::sqrt64(*d);
         }
+        let (batch, z, delta) = plan.map_or((0, 0, 0), |j| (j.batch, j.z, j.delta));
         Ok(GnBuffers {
             p,
             g_mat: f64s(pp)?,
@@ -157,67 +182,189 @@ impl GnBuffers {
             prior_scale: 1.0,
             primal,
             dual_rows,
-            kmat: super::zeros(dual_rows * p, "Jacobian rows")?,
-            mmat: f64s(dual_rows * dual_rows)?,
-            tvec: f64s(dual_rows)?,
+            kmat: super::zeros(c * p, "Jacobian rows")?,
+            mmat: f64s(c * c)?,
+            tvec: f64s(c)?,
             inv_root_diag,
-            jz: super::zeros(jz, "Jacobian scratch")?,
+            jz: super::zeros(batch * z, "Jacobian scratch")?,
+            deltas: super::zeros(2 * batch * delta, "Jacobian scratch")?,
+            batch,
+            gram: f64s(c * c)?,
+            gram_ready: false,
+            gram_exact: false,
+            gram_block: super::zeros(if c > 0 { GRAM_BLOCK * c } else { 0 }, "Gram matrix")?,
+            tbase: f64s(c)?,
+            resid: f64s(c)?,
+            ktz: f64s(if c > 0 { p } else { 0 })?,
         })
     }
 
-    /// Bytes these buffers take for `p` parameters, `outputs` outputs per example and `jz`
-    /// Jacobian scratch values.
+    /// Bytes [`GnBuffers::new`] allocates for the same arguments.
     pub(crate) fn bytes(
         p: usize,
         outputs: usize,
         primal: bool,
         dual_rows: usize,
-        jz: usize,
+        plan: Option<super::JacobianPlan>,
     ) -> u128 {
         let (p, f, c) = (p as u128, outputs as u128, dual_rows as u128);
         let pp = if primal { p * p } else { 0 };
-        let roots = if c > 0 { p } else { 0 };
-        8 * (3 * pp + 3 * p + c * c + c + roots) + 4 * (f * p + 2 * p + c * p + jz as u128)
+        let (roots, block, ktz) = if c > 0 {
+            (p, GRAM_BLOCK as u128 * c, p)
+        } else {
+            (0, 0, 0)
+        };
+        let scratch = plan.map_or(0, |j| j.batch as u128 * (j.z as u128 + 2 * j.delta as u128));
+        8 * (3 * pp + 3 * p + 2 * c * c + 3 * c + roots + ktz)
+            + 4 * (f * p + 2 * p + c * p + scratch + block)
     }
 
     /// The dual form of the damped solve for `c` rows of `K` (`G = K^T K`):
     /// `(K^T K + lambda D)^-1 g = (lambda D)^-1 (g - K^T z)`, with
     /// `(I + K (lambda D)^-1 K^T) z = K (lambda D)^-1 g` (Woodbury): a `c x c` system.
     /// The rows are stored as `Kd = K D^-1/2` (scaled when accumulated), so the system is
-    /// `I + Kd Kd^T / lambda`: `c^2 / 2` dot products of `p` in f64 (vectorised, AVX2 at run
-    /// time), with no division per term (which took most of a 140-row step's time).
-    /// Writes `-` that into `step`. False if the system could not be factorised.
+    /// `I + Kd Kd^T / lambda`.
+    ///
+    /// Its Gram matrix `Kd Kd^T` is formed once per accumulation, for every damping tried,
+    /// as f32 products (the blocked kernel: `c^2 p / 2` multiply-adds, the step's largest
+    /// term with the rows themselves), factorised in f64, and the solution refined against
+    /// residuals computed in f64 from the rows (mixed-precision iterative refinement: each
+    /// pass shrinks the error by the f32 Gram's relative error, ~1e-6, times the system's
+    /// condition). If the f32 Gram cannot be factorised or the refinement does not reach
+    /// f64 accuracy in [`MAX_REFINE`] passes, the Gram is formed again with f64 sums and
+    /// the system solved directly, as before. Writes `-` that into `step`. False if the
+    /// system could not be factorised.
     pub(crate) fn solve_dual(&mut self, lambda: f64, c: usize) -> bool {
+        let p = self.p;
+        if !self.gram_ready {
+            self.gram_f32(c);
+            for a in 0..c {
+                // K (lambda D)^-1 g = Kd D^-1/2 g / lambda.
+                let ka = &self.kmat[a * p..(a + 1) * p];
+                self.tbase[a] = ka
+                    .iter()
+                    .zip(&self.grad)
+                    .zip(&self.inv_root_diag)
+                    .map(|((k, g), r)| *k as f64 * g * r)
+                    .sum::<f64>();
+            }
+            self.gram_ready = true;
+            self.gram_exact = false;
+        }
+        loop {
+            for a in 0..c {
+                for b in 0..=a {
+                    let m = self.gram[a * c + b] / lambda;
+                    self.mmat[a * c + b] = m + if a == b { 1.0 } else { 0.0 };
+                }
+            }
+            if cholesky(&mut self.mmat[..c * c], c) && self.solve_refined(lambda, c) {
+                break;
+            }
+            if self.gram_exact {
+                return false;
+            }
+            self.gram_f64(c);
+            self.gram_exact = true;
+        }
+        for i in 0..p {
+            // K^T z = D^1/2 Kd^T z.
+            let ktz = self.ktz[i] / self.inv_root_diag[i];
+            self.step[i] = -(self.grad[i] - ktz) / (lambda * self.diag[i]);
+        }
+        self.step.iter().all(|s| s.is_finite())
+    }
+
+    /// `z` (in `tvec`) from the factorised system, and `Kd^T z` (in `ktz`): with an f32
+    /// Gram, refined until the f64 residual `b - z - Kd (Kd^T z) / lambda` is at rounding
+    /// level. False if it does not get there.
+    fn solve_refined(&mut self, lambda: f64, c: usize) -> bool {
+        let p = self.p;
+        for a in 0..c {
+            self.tvec[a] = self.tbase[a] / lambda;
+        }
+        cholesky_solve(&self.mmat[..c * c], c, &mut self.tvec[..c]);
+        for pass in 0..=MAX_REFINE {
+            self.ktz.fill(0.0);
+            for a in 0..c {
+                super::kernels::axpy_f64(
+                    self.tvec[a],
+                    &self.kmat[a * p..(a + 1) * p],
+                    &mut self.ktz,
+                );
+            }
+            if self.gram_exact {
+                return true;
+            }
+            // Done when every residual is at the rounding level of the terms it is the
+            // difference of.
+            let (mut worst, mut size) = (0.0f64, 0.0f64);
+            for a in 0..c {
+                let b = self.tbase[a] / lambda;
+                let kk =
+                    super::kernels::dot_mixed(&self.kmat[a * p..(a + 1) * p], &self.ktz) / lambda;
+                let r = b - self.tvec[a] - kk;
+                self.resid[a] = r;
+                worst = worst.max(r.abs());
+                size = size.max(b.abs() + self.tvec[a].abs() + kk.abs());
+            }
+            if !worst.is_finite() {
+                return false;
+            }
+            if worst <= 1e-12 * size {
+                return true;
+            }
+            if pass == MAX_REFINE {
+                return false;
+            }
+            cholesky_solve(&self.mmat[..c * c], c, &mut self.resid[..c]);
+            for (z, d) in self.tvec[..c].iter_mut().zip(&self.resid) {
+                *z += d;
+            }
+        }
+        false
+    }
+
+    /// The lower triangle of `Kd Kd^T` from f32 products, in blocks of rows.
+    fn gram_f32(&mut self, c: usize) {
+        use super::gemm::{Mat, MatMut, gemm};
+        let p = self.p;
+        let mut i0 = 0;
+        while i0 < c {
+            let rows = GRAM_BLOCK.min(c - i0);
+            let cols = i0 + rows;
+            let a = Mat::rows(&self.kmat[i0 * p..(i0 + rows) * p], rows, p);
+            let b = Mat::rows(&self.kmat[..cols * p], cols, p).t();
+            gemm(
+                a,
+                b,
+                MatMut::rows(&mut self.gram_block[..rows * cols], rows, cols),
+                None,
+                false,
+            );
+            for r in 0..rows {
+                let a = i0 + r;
+                for (g, v) in self.gram[a * c..a * c + a + 1]
+                    .iter_mut()
+                    .zip(&self.gram_block[r * cols..r * cols + a + 1])
+                {
+                    *g = *v as f64;
+                }
+            }
+            i0 += rows;
+        }
+    }
+
+    /// The lower triangle of `Kd Kd^T` with the products and sums in f64.
+    fn gram_f64(&mut self, c: usize) {
         let p = self.p;
         for a in 0..c {
             let ka = &self.kmat[a * p..(a + 1) * p];
             for b in 0..=a {
                 let kb = &self.kmat[b * p..(b + 1) * p];
-                let m = super::kernels::dot_f64(ka, kb) / lambda;
-                self.mmat[a * c + b] = m + if a == b { 1.0 } else { 0.0 };
+                self.gram[a * c + b] = super::kernels::dot_f64(ka, kb);
             }
-            // K (lambda D)^-1 g = Kd D^-1/2 g / lambda.
-            self.tvec[a] = ka
-                .iter()
-                .zip(&self.grad)
-                .zip(&self.inv_root_diag)
-                .map(|((k, g), r)| *k as f64 * g * r)
-                .sum::<f64>()
-                / lambda;
         }
-        if !cholesky(&mut self.mmat[..c * c], c) {
-            return false;
-        }
-        cholesky_solve(&self.mmat[..c * c], c, &mut self.tvec[..c]);
-        for i in 0..p {
-            let kdz: f64 = (0..c)
-                .map(|a| self.kmat[a * p + i] as f64 * self.tvec[a])
-                .sum();
-            // K^T z = D^1/2 Kd^T z.
-            let ktz = kdz / self.inv_root_diag[i];
-            self.step[i] = -(self.grad[i] - ktz) / (lambda * self.diag[i]);
-        }
-        self.step.iter().all(|s| s.is_finite())
     }
 
     /// Solves `(G + lambda D) step = -grad` into `step`, `D` the per-parameter base
@@ -412,26 +559,65 @@ impl GnBuffers {
 /// In-place Cholesky factorisation `A = L L^T` of a symmetric `n x n` row-major matrix
 /// (the lower triangle is read and overwritten with `L`). False if `A` is not positive
 /// definite.
+///
+/// Column by column, each column's entries are dot products of rows of `L` with the
+/// column's own row, four rows at a time (the row's chunks loaded once for four), in one
+/// vectorised function (one CPU-feature dispatch per factorisation: a dispatched dot
+/// product per entry spent most of its time outside the arithmetic at 140 x 140).
+#[multiversion::multiversion(targets("x86_64+avx2+fma"))]
 pub fn cholesky(a: &mut [f64], n: usize) -> bool {
+    assert!(a.len() >= n * n, "cholesky shape");
     for j in 0..n {
-        let mut d = a[j * n + j];
-        for k in 0..j {
-            d -= a[j * n + k] * a[j * n + k];
-        }
+        let (head, tail) = a.split_at_mut((j + 1) * n);
+        let rj = &mut head[j * n..j * n + n];
+        let d = rj[j] - dot4(&rj[..j], [&rj[..j]; 4])[0];
         if d.is_nan() || d <= 0.0 || !d.is_finite() {
             return false;
         }
         let d = crate::math::sqrt64(d);
-        a[j * n + j] = d;
-        for i in j + 1..n {
-            let mut s = a[i * n + j];
-            for k in 0..j {
-                s -= a[i * n + k] * a[j * n + k];
+        rj[j] = d;
+        let rj = &rj[..j];
+        let mut rows = tail.chunks_exact_mut(n).take(n - j - 1);
+        loop {
+            let mut group: [Option<&mut [f64]>; 4] = [None, None, None, None];
+            for g in group.iter_mut() {
+                *g = rows.next();
             }
-            a[i * n + j] = s / d;
+            if group[0].is_none() {
+                break;
+            }
+            let refs: [&[f64]; 4] =
+                core::array::from_fn(|q| group[q].as_deref().map_or(rj, |r| &r[..j]));
+            let dots = dot4(rj, refs);
+            for (g, dot) in group.iter_mut().zip(dots) {
+                if let Some(row) = g {
+                    row[j] = (row[j] - dot) / d;
+                }
+            }
         }
     }
     true
+}
+
+/// `[x . ys[0], .., x . ys[3]]`, the four sharing each chunk of `x`: written to vectorise
+/// inside [`cholesky`] (inlined into its CPU-feature versions).
+#[inline(always)]
+fn dot4(x: &[f64], ys: [&[f64]; 4]) -> [f64; 4] {
+    let mut acc = [[0.0f64; 4]; 4];
+    let n = x.len() / 4 * 4;
+    for t in (0..n).step_by(4) {
+        for (q, y) in ys.iter().enumerate() {
+            for l in 0..4 {
+                acc[q][l] += y[t + l] * x[t + l];
+            }
+        }
+    }
+    let mut out = [0.0; 4];
+    for (q, y) in ys.iter().enumerate() {
+        out[q] = acc[q].iter().sum::<f64>()
+            + x[n..].iter().zip(&y[n..]).map(|(a, b)| a * b).sum::<f64>();
+    }
+    out
 }
 
 /// Solves `L L^T x = b` in place of `b`, `L` from [`cholesky`].
@@ -484,5 +670,67 @@ mod tests {
         let mut bad = a;
         bad[0] = -1.0;
         assert!(!cholesky(&mut bad, n));
+    }
+
+    /// The dual solve with the f32 Gram and f64 refinement gives the step of the direct
+    /// solve with the f64 Gram (the form before it), and that step solves the primal
+    /// equations `(K^T K + lambda D) step = -g` to the accuracy the dual form has (its
+    /// `g - K^T z` cancels as `|K|^2 / lambda` grows); where the f32 Gram's rounding swamps
+    /// the damping (nearly equal rows), the solve falls back to the f64 Gram.
+    #[test]
+    fn dual_solve_with_an_f32_gram_matches_the_f64_gram() {
+        let mut rng = crate::test_rng::Rng::new(5);
+        let (c, p) = (30, 50);
+        // (row scale, lambda, nearly equal rows, bound on the primal residual, f64 path)
+        for (scale, lambda, near, residual, exact) in [
+            (1.0f64, 0.5, false, 1e-11, false),
+            (1e2, 1e-1, false, 1e-7, false),
+            (1e3, 1e-3, true, f64::INFINITY, true),
+        ] {
+            let diag: Vec<f64> = (0..p).map(|i| 0.5 + (i % 3) as f64).collect();
+            let mut gn = GnBuffers::new(p, 1, diag.clone(), true, c, None).unwrap();
+            let base: Vec<f64> = (0..p).map(|_| rng.normal()).collect();
+            for (i, kd) in gn.kmat.iter_mut().enumerate() {
+                let k = if near {
+                    scale * (base[i % p] + 1e-4 * rng.normal())
+                } else {
+                    rng.normal() * if i / p % 2 == 0 { scale } else { 1.0 }
+                };
+                *kd = (k * gn.inv_root_diag[i % p]) as f32; // stored as K D^-1/2
+            }
+            for g in gn.grad.iter_mut() {
+                *g = rng.normal();
+            }
+            assert!(gn.solve_dual(lambda, c), "scale {scale}: solved");
+            assert_eq!(gn.gram_exact, exact, "scale {scale}: which Gram");
+            let step = gn.step.clone();
+            // The direct solve with the f64 Gram.
+            gn.gram_f64(c);
+            gn.gram_exact = true;
+            assert!(gn.solve_dual(lambda, c));
+            let size = gn.step.iter().fold(0.0f64, |m, s| m.max(s.abs()));
+            for (a, b) in step.iter().zip(&gn.step) {
+                assert!((a - b).abs() <= 1e-9 * size, "scale {scale}: {a} vs {b}");
+            }
+            // r = K^T (K step) + lambda D step + g, against the size of its terms, with
+            // the K the solve saw (its f32 rows, unscaled in f64).
+            let k: Vec<f64> = (0..c * p)
+                .map(|i| gn.kmat[i] as f64 / gn.inv_root_diag[i % p])
+                .collect();
+            let ks: Vec<f64> = (0..c)
+                .map(|r| (0..p).map(|i| k[r * p + i] * step[i]).sum())
+                .collect();
+            for i in 0..p {
+                let ktks: f64 = (0..c).map(|r| k[r * p + i] * ks[r]).sum();
+                let terms: f64 = (0..c).map(|r| (k[r * p + i] * ks[r]).abs()).sum::<f64>()
+                    + (lambda * diag[i] * step[i]).abs()
+                    + gn.grad[i].abs();
+                let r = ktks + lambda * diag[i] * step[i] + gn.grad[i];
+                assert!(
+                    r.abs() <= residual * terms,
+                    "scale {scale}: residual {r} of {terms}"
+                );
+            }
+        }
     }
 }

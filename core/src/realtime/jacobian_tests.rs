@@ -55,7 +55,7 @@ fn check_rows_frozen(net: NetSpec, rng: &mut Rng, what: &str, frozen: &[usize]) 
     s.forward_chunk(&x, 1);
     let mut gn = s.gn.take().unwrap();
     let (fo, p) = (model.output_len, gn.p);
-    s.jacobian_rows(&mut gn.jac, &mut gn.jz);
+    s.jacobian_rows(&mut gn);
     let direct = gn.jac.clone();
     let mut reverse = vec![0.0f32; fo * p];
     for o in 0..fo {
@@ -127,7 +127,7 @@ fn direct_and_forward_mode_rows_equal_backward_passes() {
     }
 }
 
-/// Nets of dense layers take `jacobian_rows_dense` (U layers' `z_j` once per example):
+/// Nets of dense layers take `dense_rows` (U layers' `z_j` for a batch of examples):
 /// every activation, U and plain weights, with and without biases, against one backward
 /// pass per output.
 #[test]
@@ -174,8 +174,53 @@ fn dense_nets_rows_equal_backward_passes() {
             loss: crate::spec::Loss::Mse,
         };
         check_rows(net.clone(), &mut rng, name);
+        check_batched_rows(net.clone(), &mut rng, name, &[]);
+        check_batched_rows(net.clone(), &mut rng, name, &[1]);
         // A frozen first layer (the lowest moved one above it) and a frozen middle one.
         check_rows_frozen(net.clone(), &mut rng, name, &[0]);
         check_rows_frozen(net, &mut rng, name, &[1]);
     }
+}
+
+/// `dense_rows` for a batch in the middle of a chunk (examples 2..6 of 7, the chunk's
+/// activations computed together) against one backward pass per output of each example
+/// alone.
+fn check_batched_rows(net: NetSpec, rng: &mut Rng, what: &str, frozen: &[usize]) {
+    let mut rec = record(net, rng);
+    for &l in frozen {
+        rec.layers[l].lr = 0.0;
+    }
+    let model = RtModel::new(&rec).unwrap();
+    let (m, first, count) = (7, 2, 4);
+    let mut s = Session::new(model.clone(), m).unwrap();
+    s.set_inner(Inner::GaussNewton { damping: 1.0 }).unwrap();
+    let fi = model.input_len;
+    let x: Vec<f32> = (0..m * fi).map(|_| rng.normal() as f32).collect();
+    let mut gn = s.gn.take().unwrap();
+    assert_eq!(gn.batch, m, "{what}: a batch holds the chunk");
+    let (fo, p) = (model.output_len, gn.p);
+    s.forward_chunk(&x, m);
+    let mut rows = vec![f32::NAN; count * fo * p];
+    s.dense_rows(first, count, &mut rows, p, &mut gn.jz, &mut gn.deltas);
+    let mut worst = 0.0f32;
+    for e in 0..count {
+        let ex = first + e;
+        s.forward_chunk(&x[ex * fi..(ex + 1) * fi], 1);
+        for o in 0..fo {
+            let mut want = vec![0.0f32; p];
+            s.jacobian_row(o, &mut want);
+            let got = &rows[(e * fo + o) * p..(e * fo + o + 1) * p];
+            assert!(
+                want.iter().any(|v| v.abs() > 1e-6),
+                "{what}: example {ex} output {o}: a zero row"
+            );
+            for (g, w) in got.iter().zip(&want) {
+                worst = worst.max((g - w).abs() / (1.0 + w.abs()));
+            }
+        }
+    }
+    assert!(
+        worst < 1e-5,
+        "{what} (frozen {frozen:?}): batched rows differ by {worst}"
+    );
 }

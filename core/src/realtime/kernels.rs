@@ -63,6 +63,50 @@ pub(crate) fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     s
 }
 
+/// Dot product of f64 vectors, 16 independent accumulators.
+#[multiversion(targets("x86_64+avx2+fma"))]
+pub(crate) fn dot64(a: &[f64], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 16];
+    let (ca, ra) = a.as_chunks::<16>();
+    let (cb, rb) = b.as_chunks::<16>();
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] * y[l];
+        }
+    }
+    let mut s = acc.iter().sum::<f64>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Dot product of an f32 vector with an f64 one, in f64, 16 independent accumulators.
+#[multiversion(targets("x86_64+avx2+fma"))]
+pub(crate) fn dot_mixed(a: &[f32], b: &[f64]) -> f64 {
+    let mut acc = [0.0f64; 16];
+    let (ca, ra) = a.as_chunks::<16>();
+    let (cb, rb) = b.as_chunks::<16>();
+    for (x, y) in ca.iter().zip(cb) {
+        for l in 0..16 {
+            acc[l] += x[l] as f64 * y[l];
+        }
+    }
+    let mut s = acc.iter().sum::<f64>();
+    for (x, y) in ra.iter().zip(rb) {
+        s += *x as f64 * y;
+    }
+    s
+}
+
+/// `y += alpha * x` in f64 for an f32 `x`.
+#[multiversion(targets("x86_64+avx2+fma"))]
+pub(crate) fn axpy_f64(alpha: f64, x: &[f32], y: &mut [f64]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += alpha * *xi as f64;
+    }
+}
+
 /// `y += alpha * x`.
 #[multiversion(targets("x86_64+avx2+fma"))]
 pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
@@ -202,8 +246,12 @@ fn tanh_branch_free(x: f32) -> f32 {
     // tanh(x) rounds to 1 in f32 from x = 9.1; the clamp keeps e^y finite. (A
     // comparison, not `min`: NaN must stay NaN.)
     let y = 2.0 * if ax > 10.0 { 10.0 } else { ax };
-    let n = (y * core::f32::consts::LOG2_E + 0.5) as i32;
-    let nf = n as f32;
+    // n = round(y / ln 2) by the 1.5 * 2^23 trick: the sum's low mantissa bits hold n
+    // (a float-to-int `as` would not vectorise: it saturates).
+    const SHIFT: f32 = 12_582_912.0;
+    let shifted = y * core::f32::consts::LOG2_E + SHIFT;
+    let nf = shifted - SHIFT;
+    let n = shifted.to_bits() as i32 - SHIFT.to_bits() as i32;
     let r = (y - nf * LN2_HI) - nf * LN2_LO;
     // e^r by its Taylor series to r^7 (|r| <= 0.35: the next term is under 1e-8).
     let mut er = 1.0 / 5040.0;
@@ -218,7 +266,7 @@ fn tanh_branch_free(x: f32) -> f32 {
     ] {
         er = er * r + c;
     }
-    let e = er * f32::from_bits(((n + 127) as u32) << 23);
+    let e = er * f32::from_bits(((n + 127) << 23) as u32);
     let large = 1.0 - 2.0 / (e + 1.0);
     let t = if ax < 0.5 { small } else { large };
     t.copysign(x)

@@ -48,6 +48,24 @@ use weights::materialize;
 pub const DEFAULT_CAPACITY: usize = 32;
 /// The largest chunk capacity a session may be created with.
 pub const MAX_CAPACITY: usize = 1 << 16;
+/// Examples per batch of Jacobian rows of a dense net: each layer's `U` is read once per
+/// batch (a support set of 20 in one).
+const JACOBIAN_BATCH: usize = 32;
+/// The most floats of a batch's scratch (`z_j` and backpropagated outputs): the batch
+/// shrinks to fit.
+const JACOBIAN_SCRATCH: usize = 1 << 20;
+
+/// Batches of Jacobian rows of a dense net ([`RtModel::dense_jacobian`]).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct JacobianPlan {
+    /// Examples per batch.
+    pub(crate) batch: usize,
+    /// Floats per example of `z_j = reshape(U e_j) h` for every moved `U` layer.
+    pub(crate) z: usize,
+    /// Floats per example of its outputs' gradients through the widest layer.
+    pub(crate) delta: usize,
+}
+
 /// The most memory one session may allocate ([`RtModel::session_bytes`]): 1 GiB.
 pub const MAX_SESSION_BYTES: u64 = 1 << 30;
 
@@ -457,22 +475,24 @@ impl RtModel {
             0
         } else {
             let moved: Vec<bool> = self.layers.iter().map(|l| l.lr != 0.0).collect();
-            gn::GnBuffers::bytes(p, self.output_len, primal, dual_rows, self.jz_len(&moved))
+            let plan = self.dense_jacobian(capacity, &moved);
+            gn::GnBuffers::bytes(p, self.output_len, primal, dual_rows, plan)
         }
     }
 
-    /// The Jacobian scratch of a net of dense layers whose `moved` layers Gauss-Newton
-    /// moves: `k * out` per moved `W = reshape(U v)` layer (0 for any other net: its rows
-    /// come from backward passes).
-    pub(crate) fn jz_len(&self, moved: &[bool]) -> usize {
-        if !self
-            .layers
-            .iter()
-            .all(|l| matches!(l.kind, Kind::Dense { .. }))
-        {
-            return 0;
+    /// How a net of dense layers gets the rows of its Jacobian, in batches of examples
+    /// (`Session::dense_rows`): `None` unless every layer is dense, Gauss-Newton moves some
+    /// layer, and every layer it moves has `W = reshape(U v)` or plain weights.
+    pub(crate) fn dense_jacobian(&self, capacity: usize, moved: &[bool]) -> Option<JacobianPlan> {
+        let dense = self.layers.iter().zip(moved).all(|(l, m)| {
+            matches!(l.kind, Kind::Dense { .. })
+                && (!m || matches!(l.weights, Weights::Dense { .. } | Weights::Plain))
+        });
+        if !dense || !moved.iter().any(|m| *m) {
+            return None;
         }
-        self.layers
+        let z = self
+            .layers
             .iter()
             .zip(moved)
             .filter(|(_, m)| **m)
@@ -480,7 +500,14 @@ impl RtModel {
                 Weights::Dense { ut, rows, .. } => ut.len() / rows.max(&1) * l.out_len,
                 _ => 0,
             })
-            .sum()
+            .sum();
+        let widest = self.layers.iter().map(|l| l.in_len.max(l.out_len)).max()?;
+        let delta = self.output_len * widest;
+        let mut batch = capacity.min(JACOBIAN_BATCH);
+        while batch > 1 && batch * (z + 2 * delta) > JACOBIAN_SCRATCH {
+            batch /= 2;
+        }
+        Some(JacobianPlan { batch, z, delta })
     }
 
     pub(crate) fn max_patch(&self) -> usize {

@@ -401,14 +401,14 @@ impl Session {
                         diag.extend(core::iter::repeat_n(*d as f64, n));
                     }
                 }
-                let jz = self.model.jz_len(&layers);
+                let plan = self.model.dense_jacobian(self.capacity, &layers);
                 self.gn = Some(GnBuffers::new(
                     p,
                     self.model.output_len,
                     diag,
                     primal,
                     dual_rows,
-                    jz,
+                    plan,
                 )?);
                 self.gn_layers = layers;
             }
@@ -432,9 +432,12 @@ impl Session {
         self.gn_anchor();
         let mut objective = loss as f64;
         let mut nu = 0.0f64;
+        // Whether the activations hold the support set's at the current parameters (the
+        // last pass over it was at them).
+        let mut fresh = true;
         for _ in 0..self.inner_steps {
             if dual {
-                self.gn_accumulate_dual(x, y, n);
+                self.gn_accumulate_dual(x, y, n, fresh);
             } else {
                 self.gn_accumulate(x, y, n);
             }
@@ -467,6 +470,7 @@ impl Session {
                 if solved {
                     self.gn_apply(true);
                     let trial = self.pass(x, y, n, false);
+                    fresh = true;
                     let total = trial as f64 + self.gn_prior(base);
                     if trial.is_finite() && total <= objective && self.params_finite() {
                         (loss, objective) = (trial, total);
@@ -475,6 +479,7 @@ impl Session {
                         break;
                     }
                     self.gn_apply(false);
+                    fresh = false;
                 }
                 nu = if nu == 0.0 { 1.0 } else { nu * 10.0 };
             }
@@ -564,7 +569,7 @@ impl Session {
             }
             let xe = &x[e * fi..(e + 1) * fi];
             self.jacobian_input(xe, head.is_some());
-            self.jacobian_rows(&mut gn.jac, &mut gn.jz);
+            self.jacobian_rows(&mut gn);
             if let Some(k) = head {
                 // The output is linear in the moved parameters: J (v, b), from the rows
                 // just computed, without W.
@@ -802,7 +807,7 @@ impl Session {
                 }
                 None => &y[e * fo..(e + 1) * fo],
             };
-            self.jacobian_rows(&mut gn.jac, &mut gn.jz);
+            self.jacobian_rows(&mut gn);
             let out = &self.acts.last().expect("non-empty")[..fo];
             match self.model.loss {
                 Loss::Mse => {
@@ -876,7 +881,14 @@ impl Session {
     /// `j` as the layer's output for `W = reshape(U e_j)` without bias (forward mode: `k`
     /// layer passes instead of one backward pass per output: rot8's 21,600 outputs, k of a
     /// few dozen); d out_o / d b_o = 1. Otherwise one backward pass per output.
-    fn jacobian_rows(&mut self, jac: &mut [f32], jz: &mut [f32]) {
+    fn jacobian_rows(&mut self, gn: &mut GnBuffers) {
+        let GnBuffers {
+            jac,
+            jz,
+            deltas,
+            batch,
+            ..
+        } = gn;
         let fo = self.model.output_len;
         let p = jac.len() / fo.max(1);
         let last = self.model.layers.len() - 1;
@@ -936,7 +948,8 @@ impl Session {
                 return;
             }
         }
-        if self.jacobian_rows_dense(jac, jz) {
+        if *batch > 0 {
+            self.dense_rows(0, 1, jac, p, jz, deltas);
             return;
         }
         for o in 0..fo {
@@ -944,83 +957,95 @@ impl Session {
         }
     }
 
-    /// The rows of `J` for the example in the activations when every layer is dense and
-    /// every moved layer's weight is `W = reshape(U v)` or plain: per moved U layer, `k`
-    /// matrix-vector products `z_j = reshape(U e_j) h` once per example (`jz`), then per
-    /// output only the backward of a vector through the weights and `k` dot products:
-    /// `d out_o / d v_j = delta_o . z_j` (the burn path's `delta (h U)`). One backward pass
-    /// per output would form `U^T vec(delta_o h^T)` for every output (`F` times the
-    /// `out x in x k` work). False (nothing written) for any other net.
-    fn jacobian_rows_dense(&mut self, jac: &mut [f32], jz: &mut [f32]) -> bool {
+    /// Rows of `J` for examples `first..first + count` of the chunk in the activations,
+    /// for a net of dense layers ([`RtModel::dense_jacobian`]): row `e F + o` of `rows`
+    /// (rows `p` apart) is output `o` of example `first + e`. Per moved `U` layer, the
+    /// `z_j = reshape(U e_j) h` of every example of the batch in one product (`U` read once
+    /// per batch, not once per example); the outputs' gradients go backward through the
+    /// layers for all `count F` rows at once, and `d out_o / d v_j = delta_o . z_j` (the
+    /// burn path's `delta (h U)`). One backward pass per output would form
+    /// `U^T vec(delta_o h^T)` for every output: `F` times the `out x in x k` work.
+    fn dense_rows(
+        &self,
+        first: usize,
+        count: usize,
+        rows: &mut [f32],
+        p: usize,
+        jz: &mut [f32],
+        deltas: &mut [f32],
+    ) {
+        use super::gemm::{Mat, MatMut, gemm};
         let model = &*self.model;
-        let dense_net = model.layers.iter().enumerate().all(|(i, l)| {
-            matches!(l.kind, super::Kind::Dense { .. })
-                && (!self.gn_layers[i]
-                    || matches!(
-                        l.weights,
-                        super::Weights::Dense { .. } | super::Weights::Plain
-                    ))
-        });
-        let Some(lowest) = self.gn_layers.iter().position(|m| *m) else {
-            return false;
-        };
-        if !dense_net || jz.len() != model.jz_len(&self.gn_layers) {
-            return false;
-        }
         let fo = model.output_len;
-        let p = jac.len() / fo.max(1);
-        let Session {
-            acts,
-            pre,
-            da,
-            db,
-            w,
-            adapted,
-            gn_layers,
-            ..
-        } = self;
-        // z_j for every moved U layer, in layer order.
+        let lowest = self
+            .gn_layers
+            .iter()
+            .position(|m| *m)
+            .expect("a dense plan moves some layer");
+        let r = count * fo;
+        // z_j for every moved U layer, in layer order: [count, k, out] each.
         let mut zat = 0;
         for (i, layer) in model.layers.iter().enumerate() {
-            if let (true, super::Weights::Dense { ut, rows, .. }) = (gn_layers[i], &layer.weights) {
-                let h = &acts[i][..layer.in_len];
-                let out = layer.out_len;
-                for (j, col) in ut.chunks_exact(*rows).enumerate() {
-                    let z = &mut jz[zat + j * out..zat + (j + 1) * out];
-                    super::kernels::matvec(col, h, None, z);
-                }
-                zat += ut.len() / rows * out;
+            if let (true, super::Weights::Dense { ut, rows: len, .. }) =
+                (self.gn_layers[i], &layer.weights)
+            {
+                let (inputs, out) = (layer.in_len, layer.out_len);
+                let k = ut.len() / len;
+                let h = &self.acts[i][first * inputs..(first + count) * inputs];
+                gemm(
+                    Mat::rows(h, count, inputs),
+                    Mat::rows(ut, k * out, inputs).t(),
+                    MatMut::rows(&mut jz[zat..zat + count * k * out], count, k * out),
+                    None,
+                    false,
+                );
+                zat += count * k * out;
             }
         }
-        for o in 0..fo {
-            let row = &mut jac[o * p..(o + 1) * p];
-            let (mut da, mut db) = (&mut da[..], &mut db[..]);
-            da[..fo].fill(0.0);
-            da[o] = 1.0;
-            // Moved layers' blocks and z's, walked from the end.
-            let (mut at, mut zend) = (p, zat);
-            for i in (lowest..model.layers.len()).rev() {
-                let layer = &model.layers[i];
-                let (inputs, outputs) = (layer.in_len, layer.out_len);
-                let delta = &mut da[..outputs];
-                activation_backward(layer.activation, delta, &acts[i + 1], &pre[i]);
-                if gn_layers[i] {
-                    let len: usize = adapted[i].iter().map(Vec::len).sum();
-                    at -= len;
-                    let block = &mut row[at..at + len];
-                    let main = adapted[i][0].len();
-                    match &layer.weights {
-                        super::Weights::Dense { .. } => {
-                            zend -= main * outputs;
-                            for (j, b) in block[..main].iter_mut().enumerate() {
-                                let z = &jz[zend + j * outputs..zend + (j + 1) * outputs];
-                                *b = super::kernels::dot(delta, z);
-                            }
+        let half = deltas.len() / 2;
+        let (mut da, mut db) = deltas.split_at_mut(half);
+        da[..r * fo].fill(0.0);
+        for q in 0..r {
+            da[q * fo + q % fo] = 1.0;
+        }
+        // Moved layers' blocks and z's, walked from the end.
+        let (mut at, mut zend) = (p, zat);
+        for i in (lowest..model.layers.len()).rev() {
+            let layer = &model.layers[i];
+            let (inputs, out) = (layer.in_len, layer.out_len);
+            for e in 0..count {
+                let ex = first + e;
+                let act = &self.acts[i + 1][ex * out..(ex + 1) * out];
+                let pre = self.pre[i].get(ex * out..(ex + 1) * out).unwrap_or(&[]);
+                for d in da[e * fo * out..(e + 1) * fo * out].chunks_exact_mut(out) {
+                    activation_backward(layer.activation, d, act, pre);
+                }
+            }
+            if self.gn_layers[i] {
+                let len: usize = self.adapted[i].iter().map(Vec::len).sum();
+                at -= len;
+                let main = self.adapted[i][0].len();
+                match &layer.weights {
+                    super::Weights::Dense { .. } => {
+                        zend -= count * main * out;
+                        for e in 0..count {
+                            let z = &jz[zend + e * main * out..zend + (e + 1) * main * out];
+                            gemm(
+                                Mat::rows(&da[e * fo * out..(e + 1) * fo * out], fo, out),
+                                Mat::rows(z, main, out).t(),
+                                MatMut::strided(&mut rows[e * fo * p + at..], fo, main, p),
+                                None,
+                                false,
+                            );
                         }
-                        _ => {
-                            // Plain: d out / d W[a, b] = delta_a h_b.
-                            let h = &acts[i][..inputs];
-                            for (a, d) in delta.iter().enumerate() {
+                    }
+                    _ => {
+                        // Plain: d out / d W[a, b] = delta_a h_b.
+                        for q in 0..r {
+                            let ex = first + q / fo;
+                            let h = &self.acts[i][ex * inputs..(ex + 1) * inputs];
+                            let block = &mut rows[q * p + at..q * p + at + main];
+                            for (a, d) in da[q * out..(q + 1) * out].iter().enumerate() {
                                 for (b, x) in block[a * inputs..(a + 1) * inputs].iter_mut().zip(h)
                                 {
                                     *b = d * x;
@@ -1028,93 +1053,69 @@ impl Session {
                             }
                         }
                     }
-                    if len > main {
-                        block[main..].copy_from_slice(delta);
-                    }
                 }
-                if i > lowest {
-                    let dx = &mut db[..inputs];
-                    dx.fill(0.0);
-                    for (a, d) in delta.iter().enumerate() {
-                        super::kernels::axpy(*d, &w[i][a * inputs..(a + 1) * inputs], dx);
+                if len > main {
+                    for q in 0..r {
+                        rows[q * p + at + main..q * p + at + len]
+                            .copy_from_slice(&da[q * out..(q + 1) * out]);
                     }
-                    core::mem::swap(&mut da, &mut db);
                 }
             }
+            if i > lowest {
+                gemm(
+                    Mat::rows(&da[..r * out], r, out),
+                    Mat::rows(&self.w[i], out, inputs),
+                    MatMut::rows(&mut db[..r * inputs], r, inputs),
+                    None,
+                    false,
+                );
+                core::mem::swap(&mut da, &mut db);
+            }
         }
-        true
     }
 
     /// The dual form's accumulation: the gradient, and the rows of `K` with `G = K^T K`
     /// (`sqrt(s) J` for the mean squared error; for cross-entropy, per example,
-    /// `sqrt(mass p_o / n) (J_o - sum_o' p_o' J_o')`).
-    fn gn_accumulate_dual(&mut self, x: &[f32], y: &[f32], n: usize) {
+    /// `sqrt(mass p_o / n) (J_o - sum_o' p_o' J_o')`). A dense net's rows come in batches
+    /// straight into `K` ([`Session::dense_rows`]); with `fresh`, the activations already
+    /// hold the whole support set at the current parameters (the pass that measured its
+    /// loss) and are not computed again.
+    fn gn_accumulate_dual(&mut self, x: &[f32], y: &[f32], n: usize, fresh: bool) {
         let (fi, fo) = (self.model.input_len, self.model.output_len);
         let mut gn = self.gn.take().expect("allocated by set_inner");
         let p = gn.p;
         gn.grad.fill(0.0);
-        for e in 0..n {
-            self.forward_chunk(&x[e * fi..(e + 1) * fi], 1);
-            self.jacobian_rows(&mut gn.jac, &mut gn.jz);
-            let out = &self.acts.last().expect("non-empty")[..fo];
-            let stats = self
-                .model
-                .normalizer
-                .as_ref()
-                .and_then(|s| s.output.as_ref());
-            let target = |o: usize| match stats {
-                Some(s) => (y[e * fo + o] - s.mean[o]) / s.scale[o],
-                None => y[e * fo + o],
-            };
-            let rows = &mut gn.kmat[e * fo * p..(e + 1) * fo * p];
-            match self.model.loss {
-                Loss::Mse => {
-                    let s = 2.0 / (n * fo) as f64;
-                    let root = crate::math::sqrt64(s) as f32;
-                    for o in 0..fo {
-                        let j = &gn.jac[o * p..(o + 1) * p];
-                        let r = (out[o] - target(o)) as f64;
-                        for (g, ji) in gn.grad.iter_mut().zip(j) {
-                            *g += s * r * *ji as f64;
-                        }
-                        // Stored as K D^-1/2 (see `GnBuffers::solve_dual`).
-                        for ((k, ji), d) in rows[o * p..(o + 1) * p]
-                            .iter_mut()
-                            .zip(j)
-                            .zip(&gn.inv_root_diag)
-                        {
-                            *k = (root as f64 * *ji as f64 * d) as f32;
-                        }
-                    }
+        gn.gram_ready = false;
+        if gn.batch > 0 {
+            let mut start = 0;
+            while start < n {
+                let m = (n - start).min(self.capacity);
+                if !(fresh && n <= self.capacity) {
+                    self.forward_chunk(&x[start * fi..(start + m) * fi], m);
                 }
-                Loss::CrossEntropy => {
-                    let max = out.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let sum: f64 = out.iter().map(|v| exp(v - max) as f64).sum();
-                    let pr = |o: usize| exp(out[o] - max) as f64 / sum;
-                    let mass: f64 = (0..fo).map(|o| target(o) as f64).sum();
-                    // u = sum_o p_o J_o, in `step` (free until the solve).
-                    gn.step.fill(0.0);
-                    for o in 0..fo {
-                        let (po, j) = (pr(o), &gn.jac[o * p..(o + 1) * p]);
-                        let q = (po * mass - target(o) as f64) / n as f64;
-                        for ((g, u), ji) in gn.grad.iter_mut().zip(gn.step.iter_mut()).zip(j) {
-                            *g += q * *ji as f64;
-                            *u += po * *ji as f64;
-                        }
-                    }
-                    for o in 0..fo {
-                        let w = crate::math::sqrt64(mass.max(0.0) * pr(o) / n as f64);
-                        let j = &gn.jac[o * p..(o + 1) * p];
-                        for (((k, ji), u), d) in rows[o * p..(o + 1) * p]
-                            .iter_mut()
-                            .zip(j)
-                            .zip(&gn.step)
-                            .zip(&gn.inv_root_diag)
-                        {
-                            *k = (w * (*ji as f64 - u) * d) as f32;
-                        }
-                    }
+                let mut e = 0;
+                while e < m {
+                    let count = (m - e).min(gn.batch);
+                    let GnBuffers {
+                        kmat, jz, deltas, ..
+                    } = &mut gn;
+                    let rows = &mut kmat[(start + e) * fo * p..(start + e + count) * fo * p];
+                    self.dense_rows(e, count, rows, p, jz, deltas);
+                    e += count;
                 }
+                for e in 0..m {
+                    let out = &self.acts.last().expect("non-empty")[e * fo..(e + 1) * fo];
+                    dual_rows(&self.model, out, &mut gn, start + e, y, n);
+                }
+                start += m;
+            }
+        } else {
+            for e in 0..n {
+                self.forward_chunk(&x[e * fi..(e + 1) * fi], 1);
+                self.jacobian_rows(&mut gn);
+                gn.kmat[e * fo * p..(e + 1) * fo * p].copy_from_slice(&gn.jac[..fo * p]);
+                let out = &self.acts.last().expect("non-empty")[..fo];
+                dual_rows(&self.model, out, &mut gn, e, y, n);
             }
         }
         self.gn = Some(gn);
@@ -1423,6 +1424,61 @@ impl Session {
     /// The adapted vectors of layer `i` (v or W, then the bias).
     pub fn adapted(&self, i: usize) -> &[Vec<f32>] {
         &self.adapted[i]
+    }
+}
+
+/// Example `e`'s rows of `K`, which hold its rows of `J` on entry, made the dual form's
+/// (stored as `K D^-1/2`, see `GnBuffers::solve_dual`), and its share of the gradient
+/// added; `out` is its output.
+fn dual_rows(model: &RtModel, out: &[f32], gn: &mut GnBuffers, e: usize, y: &[f32], n: usize) {
+    let (fo, p) = (model.output_len, gn.p);
+    let stats = model.normalizer.as_ref().and_then(|s| s.output.as_ref());
+    let target = |o: usize| match stats {
+        Some(s) => (y[e * fo + o] - s.mean[o]) / s.scale[o],
+        None => y[e * fo + o],
+    };
+    let rows = &mut gn.kmat[e * fo * p..(e + 1) * fo * p];
+    match model.loss {
+        Loss::Mse => {
+            let s = 2.0 / (n * fo) as f64;
+            let root = crate::math::sqrt64(s) as f32;
+            for o in 0..fo {
+                let row = &mut rows[o * p..(o + 1) * p];
+                let r = (out[o] - target(o)) as f64;
+                for (g, ji) in gn.grad.iter_mut().zip(row.iter()) {
+                    *g += s * r * *ji as f64;
+                }
+                for (k, d) in row.iter_mut().zip(&gn.inv_root_diag) {
+                    *k = (root as f64 * *k as f64 * d) as f32;
+                }
+            }
+        }
+        Loss::CrossEntropy => {
+            let max = out.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = out.iter().map(|v| exp(v - max) as f64).sum();
+            let pr = |o: usize| exp(out[o] - max) as f64 / sum;
+            let mass: f64 = (0..fo).map(|o| target(o) as f64).sum();
+            // u = sum_o p_o J_o, in `step` (free until the solve).
+            gn.step.fill(0.0);
+            for o in 0..fo {
+                let (po, j) = (pr(o), &rows[o * p..(o + 1) * p]);
+                let q = (po * mass - target(o) as f64) / n as f64;
+                for ((g, u), ji) in gn.grad.iter_mut().zip(gn.step.iter_mut()).zip(j) {
+                    *g += q * *ji as f64;
+                    *u += po * *ji as f64;
+                }
+            }
+            for o in 0..fo {
+                let w = crate::math::sqrt64(mass.max(0.0) * pr(o) / n as f64);
+                for ((k, u), d) in rows[o * p..(o + 1) * p]
+                    .iter_mut()
+                    .zip(&gn.step)
+                    .zip(&gn.inv_root_diag)
+                {
+                    *k = (w * (*k as f64 - u) * d) as f32;
+                }
+            }
+        }
     }
 }
 
