@@ -752,7 +752,7 @@ fn huge_finite_inputs_never_give_ok_with_nan() {
         "{}",
         last_error()
     );
-    let zeros = vec![0.0f32; 4 * 6];
+    let zeros = [0.0f32; 4 * 6];
     let st =
         unsafe { msr_session_predict(sess, zeros.as_ptr(), zeros.len(), 4, out.as_mut_ptr(), 12) };
     assert_eq!(st, msr_status::MSR_ERR_NON_FINITE, "{}", last_error());

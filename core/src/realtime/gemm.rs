@@ -327,7 +327,7 @@ mod avx2 {
     ) {
         let m = c.rows;
         let c = &mut c;
-        // SAFETY (all calls below): the tiles lie inside the views.
+        // SAFETY: every call below passes tiles that lie inside the views.
         unsafe {
             if m == 1 {
                 broadcast_rows::<1, 4>(a, b, 0, c, bias, acc);
@@ -361,7 +361,7 @@ mod avx2 {
     ) {
         let n = c.cols;
         let mut j = 0;
-        // SAFETY (all calls): columns j.. of the tile lie inside the views.
+        // SAFETY: every call below passes columns j.. that lie inside the views.
         unsafe {
             while j + 8 * NV <= n {
                 broadcast_tile::<MR, NV>(a, b, i, j, 8, c, bias, acc);

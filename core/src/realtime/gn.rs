@@ -133,7 +133,7 @@ pub(crate) struct GnBuffers {
 }
 
 /// Rows of the f32 Gram matrix computed per product.
-const GRAM_BLOCK: usize = 32;
+const GRAM_BLOCK: usize = 16;
 /// Refinement steps of the dual solve against the f32 Gram matrix before falling back to
 /// the f64 one.
 const MAX_REFINE: usize = 4;
