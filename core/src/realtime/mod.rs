@@ -173,6 +173,9 @@ pub(crate) struct Layer {
     pub(crate) out_len: usize,
     pub(crate) adapted0: Vec<Vec<f32>>,
     pub(crate) lr: f32,
+    /// The initial weight `W = reshape(U v0)` (empty for a layer without parameters):
+    /// resetting a session copies it instead of reading U again.
+    pub(crate) w0: Vec<f32>,
 }
 
 /// A frozen model prepared for the real-time engine. Immutable; share it across threads
@@ -298,6 +301,7 @@ impl RtModel {
                     .map(|v| copy_of(v, "initial parameters"))
                     .collect::<Result<_, _>>()?,
                 lr: rec.lr,
+                w0: Vec::new(),
             });
         }
         // The initial weights W = reshape(U v0) must be finite: finite U and v0 can still
@@ -307,7 +311,7 @@ impl RtModel {
             zeros(max_kron, "materialisation scratch")?,
             zeros(max_kron, "materialisation scratch")?,
         );
-        for (i, layer) in layers.iter().enumerate() {
+        for (i, layer) in layers.iter_mut().enumerate() {
             if let Some(v0) = layer.adapted0.first() {
                 let mut w = zeros(layer.weight_len, "an initial weight")?;
                 materialize(&layer.weights, v0, &mut w, &mut s0, &mut s1);
@@ -317,6 +321,7 @@ impl RtModel {
                     ))
                     .into());
                 }
+                layer.w0 = w;
             }
         }
         Ok(Arc::new(RtModel {

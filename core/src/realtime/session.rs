@@ -184,7 +184,13 @@ impl Session {
                 v.copy_from_slice(v0);
             }
         }
-        self.materialize_all();
+        // The initial weights, materialised once when the model was loaded.
+        self.stale_last = false;
+        for (w, layer) in self.w.iter_mut().zip(&self.model.layers) {
+            if !layer.w0.is_empty() {
+                w.copy_from_slice(&layer.w0);
+            }
+        }
     }
 
     fn materialize_all(&mut self) {
