@@ -36,8 +36,15 @@ impl<'a> Mat<'a> {
     /// outside `data`.
     pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
         if rows > 0 && cols > 0 {
-            let last = (rows - 1) * rs + (cols - 1) * cs;
-            assert!(last < data.len(), "matrix view out of bounds");
+            // Checked: a wrapped product must not pass for an element inside `data`.
+            let last = (rows - 1)
+                .checked_mul(rs)
+                .zip((cols - 1).checked_mul(cs))
+                .and_then(|(r, c)| r.checked_add(c));
+            assert!(
+                last.is_some_and(|l| l < data.len()),
+                "matrix view out of bounds"
+            );
         }
         Mat {
             data,
@@ -89,8 +96,9 @@ impl<'a> MatMut<'a> {
     pub(crate) fn strided(data: &'a mut [f32], rows: usize, cols: usize, rs: usize) -> Self {
         if rows > 0 && cols > 0 {
             assert!(cols <= rs || rows == 1, "rows of a view overlap");
+            let end = (rows - 1).checked_mul(rs).and_then(|r| r.checked_add(cols));
             assert!(
-                (rows - 1) * rs + cols <= data.len(),
+                end.is_some_and(|e| e <= data.len()),
                 "matrix view out of bounds"
             );
         }
@@ -115,8 +123,13 @@ pub(crate) fn gemm(a: Mat, b: Mat, c: MatMut, bias: Option<&[f32]>, accumulate: 
     if c.rows == 0 || c.cols == 0 {
         return;
     }
+    // (An empty inner dimension goes to the plain loop: the kernels' pointer arithmetic
+    // assumes views whose elements exist.)
     #[cfg(all(target_arch = "x86_64", feature = "std"))]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+    if a.cols > 0
+        && std::arch::is_x86_feature_detected!("avx2")
+        && std::arch::is_x86_feature_detected!("fma")
+    {
         if a.cs == 1 && b.rs == 1 {
             // SAFETY: AVX2 and FMA are present (checked just above); the views were checked
             // to lie inside their slices when made, and the shapes above.
@@ -498,7 +511,7 @@ mod tests {
     #[test]
     fn products_match_the_definition_in_every_layout_and_shape() {
         let dims = [1usize, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 33];
-        let inner = [1usize, 3, 7, 8, 9, 16, 28, 31, 128];
+        let inner = [0usize, 1, 3, 7, 8, 9, 16, 28, 31, 128];
         let mut seed = 1;
         for &m in &dims {
             for &n in &dims {
@@ -563,5 +576,13 @@ mod tests {
     fn a_view_past_its_slice_is_refused() {
         let d = [0.0f32; 11];
         let _ = Mat::rows(&d, 3, 4);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn a_view_whose_stride_wraps_is_refused() {
+        let d = [0.0f32; 8];
+        // The last column is 2 * 2^63 apart from the first: 0 when the product wraps.
+        let _ = Mat::strided(&d, 1, 3, 1, usize::MAX / 2 + 1);
     }
 }

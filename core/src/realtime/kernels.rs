@@ -63,24 +63,6 @@ pub(crate) fn dot_f64(a: &[f32], b: &[f32]) -> f64 {
     s
 }
 
-/// Dot product of f64 vectors, 16 independent accumulators.
-#[multiversion(targets("x86_64+avx2+fma"))]
-pub(crate) fn dot64(a: &[f64], b: &[f64]) -> f64 {
-    let mut acc = [0.0f64; 16];
-    let (ca, ra) = a.as_chunks::<16>();
-    let (cb, rb) = b.as_chunks::<16>();
-    for (x, y) in ca.iter().zip(cb) {
-        for l in 0..16 {
-            acc[l] += x[l] * y[l];
-        }
-    }
-    let mut s = acc.iter().sum::<f64>();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
 /// Dot product of an f32 vector with an f64 one, in f64, 16 independent accumulators.
 #[multiversion(targets("x86_64+avx2+fma"))]
 pub(crate) fn dot_mixed(a: &[f32], b: &[f64]) -> f64 {
