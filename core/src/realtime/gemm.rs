@@ -480,16 +480,10 @@ mod tests {
 
     use super::*;
 
+    /// `n` values uniform in [-0.5, 0.5).
     fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
-            .collect()
+        let mut rng = crate::test_rng::Rng::new(seed);
+        (0..n).map(|_| rng.uniform() as f32 - 0.5).collect()
     }
 
     /// The product in f64 by the definition, element by element.
