@@ -906,11 +906,19 @@ impl Session {
             let main = match (&layer.kind, &layer.weights) {
                 (super::Kind::Dense { .. }, super::Weights::Dense { ut, rows, .. }) => {
                     // Column j of the rows is W_j a, W_j = reshape(U e_j): one
-                    // matrix-vector product each (the vectorised kernel of predict).
+                    // matrix-vector product each (the kernel of the forward pass).
+                    use super::gemm::{Mat, MatMut, gemm};
                     jac.fill(0.0);
                     let col_out = &mut self.db[..fo];
+                    let inputs = a.len();
                     for (j, col) in ut.chunks_exact(*rows).enumerate() {
-                        super::kernels::matvec(col, a, None, col_out);
+                        gemm(
+                            Mat::rows(a, 1, inputs),
+                            Mat::rows(col, fo, inputs).t(),
+                            MatMut::rows(col_out, 1, fo),
+                            None,
+                            false,
+                        );
                         for (o, v) in col_out.iter().enumerate() {
                             jac[o * p + j] = *v;
                         }
