@@ -182,14 +182,78 @@ mod avx2 {
 
     use super::{Mat, MatMut};
 
-    /// Lane `l` set where `l < n` (n <= 8), for masked loads and stores of a tail.
+    /// The first `n` floats at `p` (1 <= n <= 8), the other lanes 0. Plain 128-, 64- and
+    /// 32-bit loads: AVX2's masked load costs about eight cycles on the first Zen cores,
+    /// which made a 28-input layer as slow as a 128-input one.
+    ///
+    /// # Safety
+    /// `p .. p + n` must be readable.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn tail_mask(n: usize) -> __m256i {
-        let lanes: [i32; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
-        // SAFETY: reads 8 i32 from a local array.
-        let idx = unsafe { _mm256_loadu_si256(lanes.as_ptr().cast()) };
-        _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), idx)
+    unsafe fn load_first(p: *const f32, n: usize) -> __m256 {
+        // SAFETY: every load below reads inside p .. p + n.
+        unsafe {
+            if n >= 8 {
+                return _mm256_loadu_ps(p);
+            }
+            let (lo, hi) = if n >= 4 {
+                (_mm_loadu_ps(p), load_first4(p.add(4), n - 4))
+            } else {
+                (load_first4(p, n), _mm_setzero_ps())
+            };
+            _mm256_set_m128(hi, lo)
+        }
+    }
+
+    /// The first `n` floats at `p` (0 <= n <= 3; 4 reads all four), the other lanes 0.
+    ///
+    /// # Safety
+    /// `p .. p + min(n, 4)` must be readable.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn load_first4(p: *const f32, n: usize) -> __m128 {
+        // SAFETY: every load below reads inside p .. p + n.
+        unsafe {
+            match n {
+                0 => _mm_setzero_ps(),
+                1 => _mm_load_ss(p),
+                2 => _mm_castpd_ps(_mm_load_sd(p.cast())),
+                3 => _mm_movelh_ps(_mm_castpd_ps(_mm_load_sd(p.cast())), _mm_load_ss(p.add(2))),
+                _ => _mm_loadu_ps(p),
+            }
+        }
+    }
+
+    /// Stores the first `n` lanes of `v` at `p` (1 <= n <= 8); nothing past `p + n` is
+    /// written.
+    ///
+    /// # Safety
+    /// `p .. p + n` must be writable.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn store_first(p: *mut f32, n: usize, v: __m256) {
+        // SAFETY: every store below writes inside p .. p + n.
+        unsafe {
+            if n >= 8 {
+                return _mm256_storeu_ps(p, v);
+            }
+            let (lo, hi) = (_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+            let (q, rest, part) = if n >= 4 {
+                _mm_storeu_ps(p, lo);
+                (p.add(4), n - 4, hi)
+            } else {
+                (p, n, lo)
+            };
+            match rest {
+                0 => {}
+                1 => _mm_store_ss(q, part),
+                2 => _mm_store_sd(q.cast(), _mm_castps_pd(part)),
+                _ => {
+                    _mm_store_sd(q.cast(), _mm_castps_pd(part));
+                    _mm_store_ss(q.add(2), _mm_movehl_ps(part, part));
+                }
+            }
+        }
     }
 
     /// The sums of the lanes of four vectors: `[sum a0, sum a1, sum a2, sum a3]`.
@@ -210,14 +274,23 @@ mod avx2 {
         let (m, n) = (c.rows, c.cols);
         // Tiles of 2 rows of A by 6 columns of B: 12 accumulators, the 2 rows of A and one
         // column of B at a time fill the 16 vector registers without spilling.
+        if m == 1 {
+            // One row (a single example's forward pass): 8 columns per tile, their sums
+            // reduced together (the reduction costs as much as a quarter of the loop).
+            for j in (0..n).step_by(8) {
+                // SAFETY: the tile lies inside the views (j + nr <= n).
+                unsafe { dots_tile::<1, 8>(a, b, 0, j, (n - j).min(8), &mut c, bias, acc) };
+            }
+            return;
+        }
         let tile = |c: &mut MatMut, i: usize, j: usize| {
             let nr = (n - j).min(NR);
             // SAFETY: the tile lies inside the views (i < m, j + nr <= n).
             unsafe {
                 if m - i >= 2 {
-                    dots_tile::<2>(a, b, i, j, nr, c, bias, acc);
+                    dots_tile::<2, NR>(a, b, i, j, nr, c, bias, acc);
                 } else {
-                    dots_tile::<1>(a, b, i, j, nr, c, bias, acc);
+                    dots_tile::<1, NR>(a, b, i, j, nr, c, bias, acc);
                 }
             }
         };
@@ -242,12 +315,24 @@ mod avx2 {
     /// Columns of B per tile of [`dots`].
     const NR: usize = 6;
 
-    /// One `MR x nr` tile (nr <= NR; columns past nr computed from column j again and not
-    /// stored) at row `i`, column `j` of `C`.
+    /// The sums of the lanes of eight vectors: `[sum s0, ..., sum s7]`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum8(s: &[__m256]) -> __m256 {
+        let u0 = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+        let u1 = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
+        _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(u0, u1),
+            _mm256_permute2f128_ps::<0x31>(u0, u1),
+        )
+    }
+
+    /// One `MR x nr` tile (nr <= NC, NC 6 or 8; columns past nr computed from column j
+    /// again and not stored) at row `i`, column `j` of `C`.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn dots_tile<const MR: usize>(
+    unsafe fn dots_tile<const MR: usize, const NC: usize>(
         a: Mat,
         b: Mat,
         i: usize,
@@ -264,12 +349,12 @@ mod avx2 {
             // SAFETY: row i + r < a.rows lies inside a.data (checked at the view).
             *p = unsafe { p.add((i + r) * a.rs) };
         }
-        let mut bp = [b.data.as_ptr(); NR];
+        let mut bp = [b.data.as_ptr(); NC];
         for (q, p) in bp.iter_mut().enumerate() {
             // SAFETY: column j + min(q, nr - 1) < b.cols lies inside b.data.
             *p = unsafe { p.add((j + q.min(nr - 1)) * b.cs) };
         }
-        let mut s = [[_mm256_setzero_ps(); NR]; MR];
+        let mut s = [[_mm256_setzero_ps(); NC]; MR];
         let mut t = 0;
         while t < full {
             // SAFETY: t + 8 <= k: every load reads inside its row or column.
@@ -278,7 +363,7 @@ mod avx2 {
                 for (v, p) in av.iter_mut().zip(&ap) {
                     *v = _mm256_loadu_ps(p.add(t));
                 }
-                for q in 0..NR {
+                for q in 0..NC {
                     let bv = _mm256_loadu_ps(bp[q].add(t));
                     for r in 0..MR {
                         s[r][q] = _mm256_fmadd_ps(av[r], bv, s[r][q]);
@@ -288,15 +373,15 @@ mod avx2 {
             t += 8;
         }
         if full < k {
-            let mask = tail_mask(k - full);
-            // SAFETY: masked loads touch only the lanes below k - full, inside the rows.
+            let tail = k - full;
+            // SAFETY: the loads read the last k - full values of the rows and columns.
             unsafe {
                 let mut av = [_mm256_setzero_ps(); MR];
                 for (v, p) in av.iter_mut().zip(&ap) {
-                    *v = _mm256_maskload_ps(p.add(full), mask);
+                    *v = load_first(p.add(full), tail);
                 }
-                for q in 0..NR {
-                    let bv = _mm256_maskload_ps(bp[q].add(full), mask);
+                for q in 0..NC {
+                    let bv = load_first(bp[q].add(full), tail);
                     for r in 0..MR {
                         s[r][q] = _mm256_fmadd_ps(av[r], bv, s[r][q]);
                     }
@@ -304,6 +389,21 @@ mod avx2 {
             }
         }
         let zero = _mm256_setzero_ps();
+        if NC == 8 {
+            // Eight sums in one vector: C's row, the bias and the store as vectors too.
+            for (r, sr) in s.iter().enumerate() {
+                // SAFETY: row i + r < c.rows, columns j..j + nr <= c.cols inside c.data,
+                // bias has c.cols entries; only the first nr lanes are read and written.
+                unsafe {
+                    let dst = c.data.as_mut_ptr().add((i + r) * c.rs + j);
+                    let base = if acc { load_first(dst, nr) } else { zero };
+                    let bias = bias.map_or(zero, |b| load_first(b.as_ptr().add(j), nr));
+                    let v = _mm256_add_ps(_mm256_add_ps(base, hsum8(sr)), bias);
+                    store_first(dst, nr, v);
+                }
+            }
+            return;
+        }
         for (r, sr) in s.iter().enumerate() {
             let mut out = [0.0f32; 8];
             // SAFETY: stores 8 floats into a local array.
@@ -406,7 +506,6 @@ mod avx2 {
         acc: bool,
     ) {
         let k = a.cols;
-        let mask = tail_mask(last);
         let masked = last < 8;
         let cp = c.data.as_mut_ptr();
         let mut s = [[_mm256_setzero_ps(); NV]; MR];
@@ -419,14 +518,14 @@ mod avx2 {
                     let tail = masked && v == NV - 1;
                     if acc {
                         *sv = if tail {
-                            _mm256_maskload_ps(row.add(8 * v), mask)
+                            load_first(row.add(8 * v), last)
                         } else {
                             _mm256_loadu_ps(row.add(8 * v))
                         };
                     } else if let Some(bias) = bias {
                         let bp = bias.as_ptr().add(j + 8 * v);
                         *sv = if tail {
-                            _mm256_maskload_ps(bp, mask)
+                            load_first(bp, last)
                         } else {
                             _mm256_loadu_ps(bp)
                         };
@@ -444,7 +543,7 @@ mod avx2 {
                 let mut bv = [_mm256_setzero_ps(); NV];
                 for (v, x) in bv.iter_mut().enumerate() {
                     *x = if masked && v == NV - 1 {
-                        _mm256_maskload_ps(brow.add(8 * v), mask)
+                        load_first(brow.add(8 * v), last)
                     } else {
                         _mm256_loadu_ps(brow.add(8 * v))
                     };
@@ -463,7 +562,7 @@ mod avx2 {
                 let row = cp.add((i + r) * c.rs + j);
                 for (v, sv) in sr.iter().enumerate() {
                     if masked && v == NV - 1 {
-                        _mm256_maskstore_ps(row.add(8 * v), mask, *sv);
+                        store_first(row.add(8 * v), last, *sv);
                     } else {
                         _mm256_storeu_ps(row.add(8 * v), *sv);
                     }
