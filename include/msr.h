@@ -76,6 +76,11 @@ typedef enum msr_inner {
   // with a prior at the meta-learned initialisation: the support objective never rises,
   // so more steps or more examples never diverge. Switchable on the CPU real-time engine.
   MSR_INNER_GAUSS_NEWTON = 1,
+  // The session's SGD steps, then damped Gauss-Newton steps from where they ended (the
+  // prior centred there): the adaptation `trainer train --inner sgd+gn` meta-trains
+  // through, and the default of a model whose file has a `refine` record (then with its
+  // number of Gauss-Newton steps; 1 otherwise). CPU real-time engine, regression models.
+  MSR_INNER_SGD_THEN_GAUSS_NEWTON = 2,
 } msr_inner;
 
 // A loaded model (opaque). Immutable; share it freely across threads.
@@ -189,10 +194,13 @@ enum msr_status msr_session_new(const struct msr_model *model,
 void msr_session_free(struct msr_session **session);
 
 // Adapts the meta-learned initialisation to a regression support set: `x` `[n, input_len]`,
-// `y` `[n, output_len]`, with the session's inner steps. If `loss_out` is not NULL it
-// receives the support loss after adapting (the objective adaptation minimises: for a
-// model that standardises its targets, the MSE of the standardised targets). On any error the session keeps its previous
-// parameters (`MSR_ERR_DIVERGED`: the adaptation went non-finite or exploded and was
+// `y` `[n, output_len]`, with the session's algorithm (`msr_session_set_inner`; by
+// default the one the model was meta-trained through: its SGD steps, Gauss-Newton for a
+// model with a `solver` record, its SGD steps then its Gauss-Newton steps for a model with
+// a `refine` record; the GPU and burn backends run the SGD steps alone). If `loss_out` is
+// not NULL it receives the support loss after adapting (the objective adaptation
+// minimises: for a model that standardises its targets, the MSE of the standardised
+// targets). On any error the session keeps its previous parameters (`MSR_ERR_DIVERGED`: the adaptation went non-finite or exploded and was
 // rolled back). Allocation-free.
 //
 // # Safety
@@ -208,11 +216,13 @@ enum msr_status msr_session_adapt(struct msr_session *session,
 // Like `msr_session_adapt`, but from the session's current parameters instead of the
 // meta-learned initialisation, with `steps` steps (at most the options' limit on inner
 // steps; 0 only reports the support loss) of the session's current algorithm (for
-// Gauss-Newton, the prior centred where it starts). The adaptation a model meta-trained
-// with `trainer train --inner sgd+gn` expects: `msr_session_adapt` (its SGD steps), then
-// `msr_session_set_inner(s, MSR_INNER_GAUSS_NEWTON, D)` with the trained damping `D`,
-// then `msr_session_refine` on the same support set with `steps` 1
-// (docs/adaptation.md). Regression models; CPU real-time engine only
+// Gauss-Newton, the prior centred where it starts; for SGD then Gauss-Newton, `steps`
+// Gauss-Newton steps). A model meta-trained with `trainer train --inner sgd+gn` carries a
+// `refine` record and `msr_session_adapt` runs both stages; a file written before that
+// record existed adapts as trained with `msr_session_set_inner(s,
+// MSR_INNER_SGD_THEN_GAUSS_NEWTON, D)` and its trained damping `D`, or with
+// `msr_session_adapt` under SGD, then Gauss-Newton on, then `msr_session_refine` on the
+// same support set with `steps` 1 (docs/adaptation.md). Regression models; CPU real-time engine only
 // (`MSR_ERR_UNSUPPORTED`). On any error the session keeps its previous parameters.
 // Allocation-free.
 //
@@ -256,20 +266,25 @@ enum msr_status msr_session_predict(struct msr_session *session,
                                     size_t out_len);
 
 // Chooses how the session adapts: `inner` is an `msr_inner` (as an integer). For
-// Gauss-Newton, `damping` (finite, positive; ignored for SGD) multiplies the model's
+// Gauss-Newton, alone or after SGD, `damping` (finite, positive; ignored for SGD) multiplies the model's
 // per-layer dampings (meta-learned for a model trained with Gauss-Newton, 1 otherwise):
 // larger keeps the parameters closer to where they start. Switching Gauss-Newton on
 // allocates its buffers (see docs/adaptation.md: a `P x P` matrix for up to 2048 adapted
 // parameters, or the dual form's rows for a support set of at most the session's
 // capacity; a model with neither is refused with `MSR_ERR_INVALID_ARGUMENT`): call it at
 // set-up, not in the control loop; later adaptations allocate nothing. It ends any stream
-// of `msr_session_observe`. Sessions on the GPU and burn backends cannot switch
+// of `msr_session_observe`. SGD then Gauss-Newton takes the model's `refine` record's
+// number of Gauss-Newton steps (1 without one) and is refused for a model that adapts by
+// Gauss-Newton alone. Sessions on the GPU and burn backends cannot switch
 // (`MSR_ERR_UNSUPPORTED`); they adapt as the model was meta-trained (Gauss-Newton for a
-// model with a solver record).
+// model with a solver record), except that they run only the SGD steps of a model with a
+// `refine` record.
 //
 // # Safety
 // See the crate documentation: pointers NULL or valid for the documented lengths.
-enum msr_status msr_session_set_inner(struct msr_session *session, int32_t inner, float damping);
+enum msr_status msr_session_set_inner(struct msr_session *session,
+                                      int32_t inner,
+                                      float damping);
 
 // Folds `n` new examples (`x` `[n, input_len]`, `y` `[n, output_len]`, raw units) into
 // the session's adaptation without re-solving from scratch: a recursive least-squares

@@ -152,6 +152,27 @@ pub struct Solver {
     pub log_damping: Vec<f32>,
 }
 
+/// The name of the refinement extension record (required: the model was meta-trained
+/// through its SGD steps *and* this refinement, so a reader that ran the SGD steps alone
+/// would not adapt it as trained).
+pub const REFINE: &str = "refine";
+
+/// The most Gauss-Newton steps a [`Refine`] record may ask for.
+pub const MAX_REFINE_STEPS: u32 = 16;
+
+/// Extension record [`REFINE`]: after its SGD steps (`inner_steps`, the meta-learned
+/// learning rates), the model adapts by `steps` damped Gauss-Newton steps from where SGD
+/// ended, every moved parameter damped by `damping` (the prior centred where SGD ended):
+/// what `trainer train --inner sgd+gn` meta-trains through (docs/adaptation.md). Regression
+/// models without a [`Solver`] record only.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Refine {
+    /// Gauss-Newton steps after the SGD ones, 1 to [`MAX_REFINE_STEPS`].
+    pub steps: u32,
+    /// The damping of every moved parameter: finite, positive, at most 1e30.
+    pub damping: f32,
+}
+
 /// One extension record as stored: a name, whether a reader that does not know it must
 /// refuse the model (`required`) or may skip it, and its postcard-encoded body.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -171,6 +192,9 @@ pub struct Extensions {
     pub normalizer: Option<Normalizer>,
     /// [`SOLVER`]: how the model adapts, if not by SGD.
     pub solver: Option<Solver>,
+    /// [`REFINE`]: Gauss-Newton steps after the SGD ones, if the model was meta-trained
+    /// through them.
+    pub refine: Option<Refine>,
     /// Optional records this build does not know, kept so that a model is written back
     /// as it was read.
     pub unknown: Vec<Extension>,
@@ -192,6 +216,13 @@ impl Extensions {
                 name: SOLVER.into(),
                 required: true,
                 body: postcard::to_allocvec(sv).expect("postcard encoding into a Vec cannot fail"),
+            });
+        }
+        if let Some(r) = &self.refine {
+            out.push(Extension {
+                name: REFINE.into(),
+                required: true,
+                body: postcard::to_allocvec(r).expect("postcard encoding into a Vec cannot fail"),
             });
         }
         out.extend(self.unknown.iter().cloned());
@@ -249,6 +280,20 @@ impl Extensions {
                         ));
                     }
                     ext.solver = Some(sv);
+                }
+                REFINE => {
+                    if ext.refine.is_some() {
+                        return Err(bad_extension(REFINE, "stored twice".into()));
+                    }
+                    let (r, rest): (Refine, &[u8]) = postcard::take_from_bytes(r.body)
+                        .map_err(|e| bad_extension(REFINE, e.to_string()))?;
+                    if !rest.is_empty() {
+                        return Err(bad_extension(
+                            REFINE,
+                            format!("{} bytes after its settings", rest.len()),
+                        ));
+                    }
+                    ext.refine = Some(r);
                 }
                 _ if r.required => {
                     return Err(FormatError::UnknownExtension {
@@ -637,6 +682,26 @@ impl ModelRecord {
                 ));
             }
         }
+        if let Some(r) = &self.ext.refine {
+            let bad = |m: &str| Err(bad_extension(REFINE, m.into()));
+            if !(1..=MAX_REFINE_STEPS).contains(&r.steps) {
+                return Err(bad_extension(
+                    REFINE,
+                    format!("{} Gauss-Newton steps (1 to {MAX_REFINE_STEPS})", r.steps),
+                ));
+            }
+            if !(r.damping.is_finite() && r.damping > 0.0 && r.damping <= 1e30) {
+                return bad("the damping must be finite, positive and at most 1e30");
+            }
+            if self.net.loss != crate::spec::Loss::Mse {
+                return bad("Gauss-Newton refinement is for mean squared error models");
+            }
+            if self.ext.solver.is_some() {
+                return bad(
+                    "a model that adapts by Gauss-Newton (solver record) has no SGD steps to refine",
+                );
+            }
+        }
         if let Some(n) = &self.ext.normalizer {
             let bad = |m| bad_extension(NORMALIZE, m);
             if let Some(s) = &n.input {
@@ -989,6 +1054,86 @@ mod tests {
         let v2 = back.to_bytes();
         assert_eq!(u16::from_le_bytes([v2[4], v2[5]]), 2);
         assert_eq!(ModelRecord::from_bytes(&v2).unwrap(), rec);
+    }
+
+    #[test]
+    fn a_refine_record_round_trips_and_bad_ones_are_refused() {
+        let mut rec = record(&mut Rng::new(13));
+        rec.net.loss = Loss::Mse;
+        rec.ext.refine = Some(Refine {
+            steps: 2,
+            damping: 10.0,
+        });
+        let bytes = rec.to_bytes();
+        let back = ModelRecord::from_bytes(&bytes).unwrap();
+        assert_eq!(back, rec);
+        assert_eq!(back.to_bytes(), bytes);
+        // Required: a reader that does not know it refuses the model (here: stored under
+        // a name this reader does not know, the same bytes).
+        let mut renamed = rec.clone();
+        renamed.ext.refine = None;
+        renamed.ext.unknown.push(Extension {
+            name: "refine2".into(),
+            required: true,
+            body: postcard::to_allocvec(&Refine {
+                steps: 2,
+                damping: 10.0,
+            })
+            .unwrap(),
+        });
+        assert!(matches!(
+            ModelRecord::from_bytes(&renamed.to_bytes()),
+            Err(FormatError::UnknownExtension { .. })
+        ));
+        let refused = |edit: &dyn Fn(&mut ModelRecord), want: &str| {
+            let mut bad = rec.clone();
+            edit(&mut bad);
+            let e = ModelRecord::from_bytes(&bad.to_bytes()).unwrap_err();
+            assert!(
+                matches!(e, FormatError::BadExtension { name: REFINE, .. }),
+                "{e}"
+            );
+            assert!(e.to_string().contains(want), "{e}");
+        };
+        let set = |steps: u32, damping: f32| {
+            move |r: &mut ModelRecord| r.ext.refine = Some(Refine { steps, damping })
+        };
+        refused(&set(0, 10.0), "0 Gauss-Newton steps");
+        refused(&set(MAX_REFINE_STEPS + 1, 10.0), "Gauss-Newton steps (1 to");
+        for d in [0.0, -1.0, f32::NAN, f32::INFINITY, 2e30] {
+            refused(&set(1, d), "damping");
+        }
+        refused(
+            &|r: &mut ModelRecord| r.net.loss = Loss::CrossEntropy,
+            "mean squared error",
+        );
+        refused(
+            &|r: &mut ModelRecord| {
+                r.ext.solver = Some(Solver {
+                    log_damping: vec![0.0; r.net.layers.len()],
+                })
+            },
+            "solver record",
+        );
+        // Stored twice, or with bytes after its settings.
+        let mut twice = rec.clone();
+        let body = postcard::to_allocvec(rec.ext.refine.as_ref().unwrap()).unwrap();
+        twice.ext.unknown.push(Extension {
+            name: REFINE.into(),
+            required: true,
+            body: body.clone(),
+        });
+        let e = ModelRecord::from_bytes(&twice.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("stored twice"), "{e}");
+        let mut padded = rec.clone();
+        padded.ext.refine = None;
+        padded.ext.unknown.push(Extension {
+            name: REFINE.into(),
+            required: true,
+            body: [body, vec![0, 0]].concat(),
+        });
+        let e = ModelRecord::from_bytes(&padded.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("2 bytes after"), "{e}");
     }
 
     #[test]

@@ -136,6 +136,7 @@ fn model(loss: Loss) -> ModelRecord {
                 }),
             }),
             solver: None,
+            refine: None,
             unknown: Vec::new(),
         },
     }

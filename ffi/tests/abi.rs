@@ -1105,3 +1105,132 @@ fn refine_continues_from_the_current_parameters() {
     unsafe { msr_session_free(&mut sess) };
     unsafe { msr_model_free(&mut m) };
 }
+
+/// A model meta-trained through SGD then Gauss-Newton (its file's `refine` record):
+/// `msr_session_adapt` runs both stages by default, to the bit what a device got before
+/// the record existed (adapt by SGD, switch Gauss-Newton on, refine one step), without
+/// allocating; `MSR_INNER_SGD_THEN_GAUSS_NEWTON` switches a plain SGD model to the same;
+/// `msr_session_refine` then takes Gauss-Newton steps alone; the switch is refused for a
+/// model that adapts by Gauss-Newton alone, and an unknown algorithm is named.
+#[test]
+fn a_refine_record_makes_sgd_then_gauss_newton_the_default() {
+    use msr_core::format::{Refine, Solver};
+    let (x, y) = (data(8, 6, 0.3), data(8, 3, 1.1));
+    let predict = |sess: *mut msr_session| {
+        let mut out = vec![0.0f32; 24];
+        let st = unsafe { msr_session_predict(sess, x.as_ptr(), x.len(), 8, out.as_mut_ptr(), 24) };
+        assert_eq!(st, msr_status::MSR_OK, "{}", last_error());
+        out
+    };
+    let session = |rec: &ModelRecord| {
+        let (s, m) = load(&rec.to_bytes());
+        assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
+        let mut sess = ptr::null_mut();
+        let s = unsafe { msr_session_new(m, ptr::null(), &mut sess) };
+        assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
+        (m, sess)
+    };
+    let refine = |sess: *mut msr_session, steps: usize| {
+        let st = unsafe {
+            msr_session_refine(
+                sess,
+                x.as_ptr(),
+                x.len(),
+                y.as_ptr(),
+                y.len(),
+                8,
+                steps,
+                ptr::null_mut(),
+            )
+        };
+        assert_eq!(st, msr_status::MSR_OK, "{}", last_error());
+    };
+    let set = |sess: *mut msr_session, inner: msr_inner, damping: f32| unsafe {
+        msr_session_set_inner(sess, inner as i32, damping)
+    };
+
+    // Before the record: SGD, then one Gauss-Newton step at damping 0.1.
+    let plain = record(Loss::Mse);
+    let (m0, s0) = session(&plain);
+    assert_eq!(adapt(s0, &x, &y, 8), msr_status::MSR_OK);
+    let sgd = predict(s0);
+    assert_eq!(
+        set(s0, msr_inner::MSR_INNER_GAUSS_NEWTON, 0.1),
+        msr_status::MSR_OK
+    );
+    refine(s0, 1);
+    let want = predict(s0);
+    assert_ne!(want, sgd, "the Gauss-Newton step moved");
+
+    // With it: msr_session_adapt alone, allocation-free.
+    let mut with = plain.clone();
+    with.ext.refine = Some(Refine {
+        steps: 1,
+        damping: 0.1,
+    });
+    let (m1, s1) = session(&with);
+    assert_eq!(adapt(s1, &x, &y, 8), msr_status::MSR_OK);
+    let allocs = allocations(|| assert_eq!(adapt(s1, &x, &y, 8), msr_status::MSR_OK));
+    assert_eq!(allocs, 0, "adapting allocates nothing");
+    assert_eq!(predict(s1), want);
+    // Plain SGD on request; back to the model's adaptation on request.
+    assert_eq!(set(s1, msr_inner::MSR_INNER_SGD, 0.0), msr_status::MSR_OK);
+    assert_eq!(adapt(s1, &x, &y, 8), msr_status::MSR_OK);
+    assert_eq!(predict(s1), sgd);
+    assert_eq!(
+        set(s1, msr_inner::MSR_INNER_SGD_THEN_GAUSS_NEWTON, 0.1),
+        msr_status::MSR_OK
+    );
+    assert_eq!(adapt(s1, &x, &y, 8), msr_status::MSR_OK);
+    assert_eq!(predict(s1), want);
+    // refine: Gauss-Newton steps alone, as with Gauss-Newton switched on.
+    refine(s1, 2);
+    refine(s0, 2);
+    assert_eq!(predict(s1), predict(s0));
+    assert_eq!(adapt(s1, &x, &y, 8), msr_status::MSR_OK);
+    assert_eq!(predict(s1), want, "refine left the algorithm as it was");
+
+    // A plain SGD model switched to SGD then Gauss-Newton: the same adaptation.
+    let (m2, s2) = session(&plain);
+    assert_eq!(
+        set(s2, msr_inner::MSR_INNER_SGD_THEN_GAUSS_NEWTON, 0.1),
+        msr_status::MSR_OK
+    );
+    assert_eq!(adapt(s2, &x, &y, 8), msr_status::MSR_OK);
+    assert_eq!(predict(s2), want);
+    for bad in [0.0, -1.0, f32::NAN] {
+        assert_eq!(
+            set(s2, msr_inner::MSR_INNER_SGD_THEN_GAUSS_NEWTON, bad),
+            msr_status::MSR_ERR_INVALID_ARGUMENT
+        );
+    }
+    assert_eq!(
+        unsafe { msr_session_set_inner(s2, 3, 1.0) },
+        msr_status::MSR_ERR_INVALID_ARGUMENT
+    );
+    assert!(
+        last_error().contains("2: SGD then Gauss-Newton"),
+        "{}",
+        last_error()
+    );
+
+    // A model that adapts by Gauss-Newton alone has no SGD rates to run first.
+    let mut gn = plain.clone();
+    gn.ext.solver = Some(Solver {
+        log_damping: vec![0.0; 2],
+    });
+    let (m3, s3) = session(&gn);
+    assert_eq!(
+        set(s3, msr_inner::MSR_INNER_SGD_THEN_GAUSS_NEWTON, 1.0),
+        msr_status::MSR_ERR_INVALID_ARGUMENT
+    );
+    assert!(
+        last_error().contains("Gauss-Newton alone"),
+        "{}",
+        last_error()
+    );
+    for (mut m, mut s) in [(m0, s0), (m1, s1), (m2, s2), (m3, s3)] {
+        unsafe { msr_session_free(&mut s) };
+        unsafe { msr_model_free(&mut m) };
+    }
+}

@@ -4,7 +4,9 @@
 //! mutations, and the arguments of each call.
 
 use msr_runtime::ModelRecord;
-use msr_runtime::format::{Extension, Extensions, LayerRecord, ModelInfo, Normalizer, Standardize};
+use msr_runtime::format::{
+    Extension, Extensions, LayerRecord, ModelInfo, Normalizer, Refine, Standardize,
+};
 use msr_runtime::spec::{
     Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op,
 };
@@ -349,9 +351,25 @@ fn extensions(r: &mut Rng, net: &NetSpec, special: f64) -> Extensions {
         let output = r.chance(0.8).then(|| stats(r, fo.min(1 << 16)));
         ext.normalizer = Some(Normalizer { input, output });
     }
+    if r.chance(0.1) {
+        // SGD then Gauss-Newton: usually valid, sometimes steps or dampings out of range
+        // (the loss may be cross-entropy: refused).
+        ext.refine = Some(Refine {
+            steps: if r.chance(0.8) {
+                1 + r.below(3) as u32
+            } else {
+                r.pick(&[0, 17, u32::MAX])
+            },
+            damping: if r.chance(0.8) {
+                0.1 + 10.0 * (r.next() >> 40) as f32 / (1u64 << 24) as f32
+            } else {
+                float(r, 1.0)
+            },
+        });
+    }
     if r.chance(0.05) {
         ext.unknown.push(Extension {
-            name: r.pick(&["solver", "normalize2", ""]).into(),
+            name: r.pick(&["solver", "refine", "normalize2", ""]).into(),
             required: r.chance(0.5),
             body: (0..r.below(16))
                 .map(|_| r.below(256) as u8)

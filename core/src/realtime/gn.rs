@@ -71,6 +71,27 @@ pub enum Inner {
         /// them closer to where they start).
         damping: f32,
     },
+    /// `inner_steps` SGD steps, then `steps` damped Gauss-Newton steps from where they
+    /// ended (the prior centred there): what `trainer train --inner sgd+gn` meta-trains
+    /// through, and the default of a model whose file has a `refine` record.
+    SgdThenGaussNewton {
+        /// The Gauss-Newton steps' damping, as for [`Inner::GaussNewton`].
+        damping: f32,
+        /// Gauss-Newton steps after the SGD ones (at least 1).
+        steps: usize,
+    },
+}
+
+impl Inner {
+    /// The Gauss-Newton damping, if this algorithm takes Gauss-Newton steps.
+    pub fn gauss_newton_damping(&self) -> Option<f32> {
+        match *self {
+            Inner::Sgd => None,
+            Inner::GaussNewton { damping } | Inner::SgdThenGaussNewton { damping, .. } => {
+                Some(damping)
+            }
+        }
+    }
 }
 
 /// Buffers of the Gauss-Newton solver, allocated once.

@@ -193,6 +193,9 @@ pub struct RtModel {
     /// whether sessions adapt by Gauss-Newton by default.
     pub(crate) damping: Vec<f32>,
     pub(crate) gauss_newton: bool,
+    /// Gauss-Newton steps after the SGD ones and their damping (the model's `refine`
+    /// record): how its sessions adapt by default.
+    pub(crate) refine: Option<(usize, f32)>,
     /// CRC-32 of the model record, to tie saved session states to their model.
     pub(crate) fingerprint: u32,
 }
@@ -339,6 +342,11 @@ impl RtModel {
                 None => alloc::vec![1.0; record.net.layers.len()],
             },
             gauss_newton: record.ext.solver.is_some(),
+            refine: record
+                .ext
+                .refine
+                .as_ref()
+                .map(|r| (r.steps as usize, r.damping)),
             normalizer: match &record.ext.normalizer {
                 Some(n) => Some(crate::format::Normalizer {
                     input: n.input.as_ref().map(copy_stats).transpose()?,
@@ -376,6 +384,12 @@ impl RtModel {
     /// default).
     pub fn gauss_newton(&self) -> bool {
         self.gauss_newton
+    }
+    /// The Gauss-Newton steps after the SGD ones and their damping, if the model was
+    /// meta-trained through them (its `refine` record; its sessions then adapt so by
+    /// default: [`Inner::SgdThenGaussNewton`]).
+    pub fn refine(&self) -> Option<(usize, f32)> {
+        self.refine
     }
     /// Number of adapted scalars per task (v and biases of every layer).
     pub fn adapted_len(&self) -> usize {
@@ -446,8 +460,9 @@ impl RtModel {
             + 2 * cap.checked_mul(max_act)?
             + 2 * self.max_patch() as u128
             + 2 * kron_scratch_len(&self.layers) as u128;
-        // A model meta-trained for Gauss-Newton switches it on in every session.
-        let gn = if self.gauss_newton {
+        // A model meta-trained for Gauss-Newton (alone or after SGD) switches it on in
+        // every session.
+        let gn = if self.gauss_newton || self.refine.is_some() {
             self.gn_bytes(capacity)
         } else {
             0
@@ -613,6 +628,8 @@ impl Engine for Session {
     fn set_forgetting(&mut self, gamma: f32) -> Option<Result<(), Error>> {
         Some(Session::set_forgetting(self, gamma))
     }
+    /// `steps` steps of the session's algorithm from the current parameters; for SGD then
+    /// Gauss-Newton, `steps` Gauss-Newton steps (the refinement alone).
     fn refine(
         &mut self,
         x: &[f32],
@@ -620,10 +637,14 @@ impl Engine for Session {
         n: usize,
         steps: usize,
     ) -> Option<Result<f32, Error>> {
-        let kept = self.inner_steps;
+        let (kept, inner) = (self.inner_steps, self.inner);
+        if let Inner::SgdThenGaussNewton { damping, .. } = inner {
+            // The buffers exist (allocated when it was switched on): no allocation.
+            self.inner = Inner::GaussNewton { damping };
+        }
         self.inner_steps = steps;
         let result = Session::refine(self, x, y, n);
-        self.inner_steps = kept;
+        (self.inner_steps, self.inner) = (kept, inner);
         Some(result)
     }
 }

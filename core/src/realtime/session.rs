@@ -50,7 +50,7 @@ pub struct Session {
     dpatch: Vec<f32>,
     scratch: [Vec<f32>; 2],
     /// The adaptation algorithm ([`Session::set_inner`]).
-    inner: Inner,
+    pub(crate) inner: Inner,
     /// Gauss-Newton buffers (allocated when Gauss-Newton is switched on) and which layers
     /// it moves.
     gn: Option<GnBuffers>,
@@ -166,6 +166,8 @@ impl Session {
         s.materialize_all();
         if s.model.gauss_newton {
             s.set_inner(Inner::GaussNewton { damping: 1.0 })?;
+        } else if let Some((steps, damping)) = s.model.refine {
+            s.set_inner(Inner::SgdThenGaussNewton { damping, steps })?;
         }
         Ok(s)
     }
@@ -264,7 +266,8 @@ impl Session {
         self.adapt_impl(x, y, n, true)
     }
 
-    /// Like [`Session::adapt`], but continues from the current parameters.
+    /// Like [`Session::adapt`], but continues from the current parameters (with the whole
+    /// algorithm: for SGD then Gauss-Newton, both stages).
     pub fn refine(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
         self.adapt_impl(x, y, n, false)
     }
@@ -278,7 +281,7 @@ impl Session {
     ) -> Result<f32, Error> {
         self.check("inputs", x, n, self.model.input_len)?;
         self.check("targets", y, n, self.model.output_len)?;
-        if matches!(self.inner, Inner::GaussNewton { .. }) {
+        if self.inner.gauss_newton_damping().is_some() {
             self.gn_form(n)?;
         }
         self.save_backup();
@@ -286,9 +289,24 @@ impl Session {
             self.reset();
         }
         self.end_stream();
-        if let Inner::GaussNewton { damping } = self.inner {
-            return self.gn_adapt(x, y, n, damping as f64);
+        match self.inner {
+            Inner::Sgd => self.sgd_adapt(x, y, n),
+            Inner::GaussNewton { damping } => {
+                let loss = self.current_loss(x, y, n)?;
+                self.gn_adapt(x, y, n, damping as f64, self.inner_steps, loss)
+            }
+            Inner::SgdThenGaussNewton { damping, steps } => {
+                // SGD's last pass measured its loss over the whole support set at the
+                // parameters it ends with: Gauss-Newton starts from that.
+                let loss = self.sgd_adapt(x, y, n)?;
+                self.gn_adapt(x, y, n, damping as f64, steps, loss)
+            }
         }
+    }
+
+    /// `inner_steps` SGD steps from the current parameters (the backup taken); returns the
+    /// support loss at the end, after a pass over the whole support set.
+    fn sgd_adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
         // Each gradient pass also yields the loss at the current parameters, so a check
         // costs one extra forward pass in all: after the last step.
         let mut initial = f32::NAN;
@@ -354,7 +372,22 @@ impl Session {
     /// not finite and positive is refused. Never allocates otherwise; adapting afterwards
     /// allocates nothing.
     pub fn set_inner(&mut self, inner: Inner) -> Result<(), Error> {
-        if let Inner::GaussNewton { damping } = inner {
+        if let Inner::SgdThenGaussNewton { steps, .. } = inner {
+            if steps == 0 || steps as u64 > crate::spec::limits::MAX_INNER_STEPS {
+                return Err(DataError::Shape(ShapeError::InvalidLayer(format!(
+                    "{steps} Gauss-Newton steps after SGD: 1 to {}",
+                    crate::spec::limits::MAX_INNER_STEPS
+                )))
+                .into());
+            }
+            if self.model.gauss_newton {
+                return Err(DataError::Shape(ShapeError::InvalidLayer(
+                    "this model adapts by Gauss-Newton alone (its learning-rate slots are switches, not SGD rates)".into(),
+                ))
+                .into());
+            }
+        }
+        if let Some(damping) = inner.gauss_newton_damping() {
             if !(damping.is_finite() && damping > 0.0) {
                 return Err(DataError::Shape(ShapeError::InvalidLayer(format!(
                     "Gauss-Newton damping {damping}: it must be finite and positive"
@@ -426,8 +459,17 @@ impl Session {
 
     /// Damped Gauss-Newton steps from the current parameters (see [`super::gn`]); the
     /// support loss never rises. Returns it.
-    fn gn_adapt(&mut self, x: &[f32], y: &[f32], n: usize, base: f64) -> Result<f32, Error> {
-        let mut loss = self.current_loss(x, y, n)?;
+    /// `steps` damped Gauss-Newton steps from the current parameters, whose support loss
+    /// `loss` the last pass (over the whole support set) measured.
+    fn gn_adapt(
+        &mut self,
+        x: &[f32],
+        y: &[f32],
+        n: usize,
+        base: f64,
+        steps: usize,
+        mut loss: f32,
+    ) -> Result<f32, Error> {
         let c = n * self.model.output_len;
         let dual = self.gn_form(n)?;
         // The objective is the support loss plus the prior 1/2 |v - v_start|^2_Lambda that
@@ -441,7 +483,7 @@ impl Session {
         // Whether the activations hold the support set's at the current parameters (the
         // last pass over it was at them).
         let mut fresh = true;
-        for _ in 0..self.inner_steps {
+        for _ in 0..steps {
             if dual {
                 self.gn_accumulate_dual(x, y, n, fresh);
             } else {
@@ -536,7 +578,7 @@ impl Session {
     /// `O(F P^2 / 2 + 2 P^3)`). Allocation-free. If a parameter turns non-finite the call
     /// is undone and the stream restarts.
     pub fn observe(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<(), Error> {
-        let Inner::GaussNewton { damping } = self.inner else {
+        let Some(damping) = self.inner.gauss_newton_damping() else {
             return Err(DataError::NotConfigured(
                 "observe folds examples into the Gauss-Newton system: switch Gauss-Newton on first (set_inner / msr_session_set_inner)",
             )

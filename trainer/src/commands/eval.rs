@@ -70,7 +70,8 @@ pub(crate) struct EvalArgs {
     /// meta-trained through sgd+gn]
     #[arg(long)]
     damping: Option<f32>,
-    /// With --inner sgd+gn: the Gauss-Newton steps after the SGD ones. [default: 1]
+    /// With --inner sgd+gn: the Gauss-Newton steps after the SGD ones. [default: the
+    /// model's (its refine record), else 1]
     #[arg(long)]
     gn_steps: Option<usize>,
 }
@@ -78,7 +79,8 @@ pub(crate) struct EvalArgs {
 pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     let device = msr_runtime::device::by_name(&args.device)?;
     let model = Model::load(&args.model, &device)?;
-    let trained = trained_config(&model.to_record());
+    let record = model.to_record();
+    let trained = trained_config(&record);
     let problem = args
         .problem
         .unwrap_or_else(|| model.info().task_family.clone());
@@ -107,25 +109,40 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     };
     // A model meta-trained through SGD then Gauss-Newton adapts so unless told otherwise.
     // (Not when the burn engine is asked for: it adapts by the model's SGD alone.)
-    let trained_refine = trained
+    // (Its `refine` record, or, in files written before that record, the run's
+    // configuration.)
+    let trained_refine = record
+        .ext
+        .refine
         .as_ref()
-        .filter(|c| c.inner == InnerKind::SgdThenGaussNewton)
-        .filter(|_| args.engine.as_deref() != Some("burn"))
-        .map(|c| c.damping);
+        .map(|r| (r.damping, r.steps as usize))
+        .or_else(|| {
+            trained
+                .as_ref()
+                .filter(|c| c.inner == InnerKind::SgdThenGaussNewton)
+                .map(|c| (c.damping, 1))
+        })
+        .filter(|_| args.engine.as_deref() != Some("burn"));
     let inner_name = args.inner.as_deref().or(trained_refine.map(|_| "sgd+gn"));
-    let damping = args.damping.or(trained_refine).unwrap_or(1.0);
-    if let (None, Some(d)) = (&args.inner, trained_refine) {
-        log::info!("adapting as the model was meta-trained: SGD, then Gauss-Newton (damping {d})");
+    let damping = args
+        .damping
+        .or(trained_refine.map(|(d, _)| d))
+        .unwrap_or(1.0);
+    if let (None, Some((d, s))) = (&args.inner, trained_refine) {
+        log::info!(
+            "adapting as the model was meta-trained: SGD, then {s} Gauss-Newton step(s) (damping {d})"
+        );
     }
     if args.gn_steps.is_some() && inner_name != Some("sgd+gn") {
         return Err("--gn-steps is for --inner sgd+gn".into());
     }
     let gn = msr_runtime::realtime::Inner::GaussNewton { damping };
+    let trained_steps = trained_refine.map_or(1, |(_, s)| s);
     let (inner, refine) = match inner_name {
         None => (None, None),
         Some("sgd") => (Some(msr_runtime::realtime::Inner::Sgd), None),
         Some("gn") => (Some(gn), None),
-        Some("sgd+gn") => match args.gn_steps.unwrap_or(1) {
+        Some("sgd+gn") => match args.gn_steps.unwrap_or(trained_steps) {
             0 => return Err("--gn-steps must be at least 1".into()),
             s => (Some(msr_runtime::realtime::Inner::Sgd), Some((damping, s))),
         },
@@ -204,6 +221,9 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             let (name, damping) = match inner {
                 Some(msr_runtime::realtime::Inner::GaussNewton { damping }) => {
                     ("gn", Some(damping))
+                }
+                Some(msr_runtime::realtime::Inner::SgdThenGaussNewton { damping, .. }) => {
+                    ("sgd+gn", Some(damping))
                 }
                 Some(msr_runtime::realtime::Inner::Sgd) => ("sgd", None),
                 None if model.gauss_newton() => ("gn", Some(1.0)),

@@ -208,8 +208,8 @@ pub enum InnerKind {
     /// SGD with meta-learned per-layer learning rates, then one damped Gauss-Newton step on
     /// the same support set from where SGD ended (the prior centred there), every moved
     /// parameter damped by the run's fixed `damping` (not meta-learned). The model file is
-    /// an SGD model; a device refines as `trainer eval --inner sgd+gn` does (see
-    /// docs/adaptation.md), and `trainer eval` does so by default for such a model.
+    /// an SGD model with a `refine` record saying so: every real-time session (libmsr's
+    /// `msr_session_adapt`, `trainer eval`) adapts it so by default (docs/adaptation.md).
     SgdThenGaussNewton,
 }
 

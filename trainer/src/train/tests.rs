@@ -478,14 +478,31 @@ fn sgd_then_gauss_newton_is_meta_trained_as_a_device_adapts() {
         "meta-training path {trained} vs the device's {device}"
     );
     let rec = t.record();
-    let sgd = evaluate_realtime(&rec, t.family(), &ids, c.support, c.query, 2)
-        .unwrap()
-        .loss;
+    let on = |inner, refine| {
+        evaluate_realtime_refined(&rec, t.family(), &ids, c.support, c.query, 2, inner, refine)
+            .unwrap()
+            .loss
+    };
+    let sgd = on(Some(msr_runtime::realtime::Inner::Sgd), None);
     assert!(
         (sgd - device).abs() > 1e-2 * device,
         "the Gauss-Newton step moved: SGD alone {sgd} vs {device}"
     );
+    // The file says how it adapts (a refine record): a session's default adaptation is
+    // SGD then the Gauss-Newton step, the same bits as a device's explicit calls (adapt
+    // by SGD, switch Gauss-Newton on, refine).
     assert!(rec.ext.solver.is_none(), "an SGD model file");
+    assert_eq!(
+        rec.ext.refine,
+        Some(msr_runtime::format::Refine {
+            steps: 1,
+            damping: 0.3
+        })
+    );
+    let default = on(None, None);
+    let explicit = on(Some(msr_runtime::realtime::Inner::Sgd), Some((0.3, 1)));
+    assert_eq!(default, explicit);
+    assert_eq!(default, device);
     assert_eq!(
         trained_config(&rec).map(|c| c.inner),
         Some(InnerKind::SgdThenGaussNewton)

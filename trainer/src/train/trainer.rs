@@ -2,7 +2,7 @@
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use msr_runtime::format::{
-    Extension, Extensions, LayerRecord, ModelInfo, ModelRecord, Normalizer, Solver,
+    Extension, Extensions, LayerRecord, ModelInfo, ModelRecord, Normalizer, Refine, Solver,
 };
 use msr_runtime::model::{params_from_record, record_from_params};
 use msr_runtime::{MetaParams, Model, Net, NetSpec};
@@ -455,16 +455,15 @@ impl Trainer {
     /// would (plain device, the run's support/query sizes and inner steps).
     pub fn evaluate(&self, tasks: usize) -> Result<EvalResult, msr_runtime::Error> {
         if self.config.inner == InnerKind::SgdThenGaussNewton {
-            // The refinement runs on the real-time engine, as a device does it.
-            return super::eval::evaluate_realtime_refined(
+            // The refinement runs on the real-time engine, as a device does it: the model
+            // file's refine record makes it the sessions' default.
+            return super::eval::evaluate_realtime(
                 &self.record(),
                 &self.family,
                 &self.family.val_ids(tasks),
                 self.config.support,
                 self.config.query,
                 self.config.inner_steps,
-                Some(msr_runtime::realtime::Inner::Sgd),
-                Some((self.config.damping, 1)),
             );
         }
         let model = Model::from_record(&self.record(), &self.device, DType::F32)?;
@@ -517,6 +516,12 @@ impl Trainer {
             ext: Extensions {
                 normalizer: self.normalizer.clone(),
                 solver,
+                // Meta-trained through one fixed-damping Gauss-Newton step after SGD: every
+                // reader's sessions adapt so by default.
+                refine: (self.config.inner == InnerKind::SgdThenGaussNewton).then_some(Refine {
+                    steps: 1,
+                    damping: self.config.damping,
+                }),
                 unknown: vec![Extension {
                     name: TRAINER_CONFIG.into(),
                     required: false,
