@@ -518,6 +518,14 @@ fn panda_payload(c: &mut Criterion) {
             black_box(&out);
         };
         let (mut m_sg, mut sg) = c_session(&rec);
+        // The same adaptation written in the model file (a `refine` record, as
+        // `trainer train --inner sgd+gn` exports): one msr_session_adapt call.
+        let mut with_refine = rec.clone();
+        with_refine.ext.refine = Some(msr_runtime::format::Refine {
+            steps: 1,
+            damping: 10.0,
+        });
+        let (mut m_rf, mut rf) = c_session(&with_refine);
         let sgd_then_gn = |s: *mut msr_session| {
             use msr_inner::{MSR_INNER_GAUSS_NEWTON, MSR_INNER_SGD};
             unsafe {
@@ -556,6 +564,9 @@ fn panda_payload(c: &mut Criterion) {
         g.bench_function("C ABI, 3 SGD steps then 1 Gauss-Newton step", |b| {
             b.iter(|| sgd_then_gn(sg))
         });
+        g.bench_function("C ABI, the file's refine record: msr_session_adapt", |b| {
+            b.iter(|| adapt(rf))
+        });
         g.finish();
         let mut i = 0usize;
         let mut tick = || {
@@ -580,6 +591,8 @@ fn panda_payload(c: &mut Criterion) {
         unsafe { msr_model_free(&mut m_gn) };
         unsafe { msr_session_free(&mut sg) };
         unsafe { msr_model_free(&mut m_sg) };
+        unsafe { msr_session_free(&mut rf) };
+        unsafe { msr_model_free(&mut m_rf) };
     }
 }
 

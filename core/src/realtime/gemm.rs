@@ -217,8 +217,12 @@ mod avx2 {
             match n {
                 0 => _mm_setzero_ps(),
                 1 => _mm_load_ss(p),
-                2 => _mm_castpd_ps(_mm_load_sd(p.cast())),
-                3 => _mm_movelh_ps(_mm_castpd_ps(_mm_load_sd(p.cast())), _mm_load_ss(p.add(2))),
+                // (Unaligned 64-bit loads: p is only 4-byte aligned.)
+                2 => _mm_castsi128_ps(_mm_loadu_si64(p.cast())),
+                3 => _mm_movelh_ps(
+                    _mm_castsi128_ps(_mm_loadu_si64(p.cast())),
+                    _mm_load_ss(p.add(2)),
+                ),
                 _ => _mm_loadu_ps(p),
             }
         }
@@ -247,21 +251,14 @@ mod avx2 {
             match rest {
                 0 => {}
                 1 => _mm_store_ss(q, part),
-                2 => _mm_store_sd(q.cast(), _mm_castps_pd(part)),
+                // (Unaligned 64-bit stores: q is only 4-byte aligned.)
+                2 => _mm_storeu_si64(q.cast(), _mm_castps_si128(part)),
                 _ => {
-                    _mm_store_sd(q.cast(), _mm_castps_pd(part));
+                    _mm_storeu_si64(q.cast(), _mm_castps_si128(part));
                     _mm_store_ss(q.add(2), _mm_movehl_ps(part, part));
                 }
             }
         }
-    }
-
-    /// The sums of the lanes of four vectors: `[sum a0, sum a1, sum a2, sum a3]`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    fn hsum4(a0: __m256, a1: __m256, a2: __m256, a3: __m256) -> __m128 {
-        let t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
-        _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t))
     }
 
     /// `C (+)= A B` with the rows of `A` and the columns of `B` contiguous: tiles of
@@ -277,9 +274,23 @@ mod avx2 {
         if m == 1 {
             // One row (a single example's forward pass): 8 columns per tile, their sums
             // reduced together (the reduction costs as much as a quarter of the loop).
-            for j in (0..n).step_by(8) {
-                // SAFETY: the tile lies inside the views (j + nr <= n).
-                unsafe { dots_tile::<1, 8>(a, b, 0, j, (n - j).min(8), &mut c, bias, acc) };
+            // The last tile computes no more columns than it must (each is a stream over
+            // the whole inner dimension: `U^T vec(dW)` has 10 columns of 65 536).
+            let mut j = 0;
+            // SAFETY: every tile below lies inside the views (j + nr <= n).
+            unsafe {
+                while j + 8 <= n {
+                    dots_tile::<1, 8>(a, b, 0, j, 8, &mut c, bias, acc);
+                    j += 8;
+                }
+                let c = &mut c;
+                match n - j {
+                    0 => {}
+                    1 => dots_tile::<1, 1>(a, b, 0, j, 1, c, bias, acc),
+                    2 => dots_tile::<1, 2>(a, b, 0, j, 2, c, bias, acc),
+                    r @ (3 | 4) => dots_tile::<1, 4>(a, b, 0, j, r, c, bias, acc),
+                    r => dots_tile::<1, 8>(a, b, 0, j, r, c, bias, acc),
+                }
             }
             return;
         }
@@ -327,8 +338,8 @@ mod avx2 {
         )
     }
 
-    /// One `MR x nr` tile (nr <= NC, NC 6 or 8; columns past nr computed from column j
-    /// again and not stored) at row `i`, column `j` of `C`.
+    /// One `MR x nr` tile (nr <= NC <= 8; columns past nr computed from column j again and
+    /// not stored) at row `i`, column `j` of `C`.
     #[inline]
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx2,fma")]
@@ -388,38 +399,20 @@ mod avx2 {
                 }
             }
         }
+        // The sums of each row's accumulators in one vector (padded to eight), then C's
+        // row, the bias and the store as vectors too.
         let zero = _mm256_setzero_ps();
-        if NC == 8 {
-            // Eight sums in one vector: C's row, the bias and the store as vectors too.
-            for (r, sr) in s.iter().enumerate() {
-                // SAFETY: row i + r < c.rows, columns j..j + nr <= c.cols inside c.data,
-                // bias has c.cols entries; only the first nr lanes are read and written.
-                unsafe {
-                    let dst = c.data.as_mut_ptr().add((i + r) * c.rs + j);
-                    let base = if acc { load_first(dst, nr) } else { zero };
-                    let bias = bias.map_or(zero, |b| load_first(b.as_ptr().add(j), nr));
-                    let v = _mm256_add_ps(_mm256_add_ps(base, hsum8(sr)), bias);
-                    store_first(dst, nr, v);
-                }
-            }
-            return;
-        }
         for (r, sr) in s.iter().enumerate() {
-            let mut out = [0.0f32; 8];
-            // SAFETY: stores 8 floats into a local array.
+            let mut v8 = [zero; 8];
+            v8[..NC].copy_from_slice(sr);
+            // SAFETY: row i + r < c.rows, columns j..j + nr <= c.cols inside c.data, bias
+            // has c.cols entries; only the first nr lanes are read and written.
             unsafe {
-                _mm_storeu_ps(out.as_mut_ptr(), hsum4(sr[0], sr[1], sr[2], sr[3]));
-                _mm_storeu_ps(out.as_mut_ptr().add(4), hsum4(sr[4], sr[5], zero, zero));
-            }
-            let row = (i + r) * c.rs + j;
-            // SAFETY: row i + r < c.rows and columns j..j + nr <= c.cols lie inside c.data.
-            unsafe {
-                let dst = c.data.as_mut_ptr().add(row);
-                for (q, v) in out.iter().enumerate().take(nr) {
-                    let base = if acc { *dst.add(q) } else { 0.0 };
-                    let bias = bias.map_or(0.0, |b| b[j + q]);
-                    *dst.add(q) = base + v + bias;
-                }
+                let dst = c.data.as_mut_ptr().add((i + r) * c.rs + j);
+                let base = if acc { load_first(dst, nr) } else { zero };
+                let bias = bias.map_or(zero, |b| load_first(b.as_ptr().add(j), nr));
+                let v = _mm256_add_ps(_mm256_add_ps(base, hsum8(&v8)), bias);
+                store_first(dst, nr, v);
             }
         }
     }
@@ -603,8 +596,10 @@ mod tests {
     /// bias and accumulation, written into a strided C whose gaps must stay untouched.
     #[test]
     fn products_match_the_definition_in_every_layout_and_shape() {
-        let dims = [1usize, 2, 3, 4, 5, 7, 8, 9, 13, 16, 17, 33];
-        let inner = [0usize, 1, 3, 7, 8, 9, 16, 28, 31, 128];
+        // Every tail length 1..7 of the 8-lane vectors, in both the inner dimension and
+        // the columns, and the 6-column tiles' edges.
+        let dims = [1usize, 2, 3, 4, 5, 6, 7, 8, 9, 13, 14, 16, 17, 33];
+        let inner = [0usize, 1, 2, 3, 5, 6, 7, 8, 9, 10, 16, 28, 31, 128];
         let mut seed = 1;
         for &m in &dims {
             for &n in &dims {

@@ -366,10 +366,13 @@ impl Session {
         self.inner
     }
 
-    /// Chooses the adaptation algorithm. Switching Gauss-Newton on allocates its buffers
-    /// (once; the `P x P` matrix of the adapted parameters, see [`super::gn`]): a model with
-    /// more than [`MAX_GN_PARAMS`] adapted parameters is refused, and a damping that is
-    /// not finite and positive is refused. Never allocates otherwise; adapting afterwards
+    /// Chooses the adaptation algorithm. Switching Gauss-Newton on (alone or after SGD)
+    /// allocates its buffers (once; the `P x P` matrix of the adapted parameters, see
+    /// [`super::gn`]): a model with more than [`MAX_GN_PARAMS`] adapted parameters is
+    /// refused, and a damping that is not finite and positive is refused; SGD then
+    /// Gauss-Newton is refused with 0 or over [`crate::spec::limits::MAX_INNER_STEPS`]
+    /// Gauss-Newton steps, and for a model that adapts by Gauss-Newton alone (its
+    /// learning-rate slots are on/off switches, not SGD rates). Never allocates otherwise; adapting afterwards
     /// allocates nothing.
     pub fn set_inner(&mut self, inner: Inner) -> Result<(), Error> {
         if let Inner::SgdThenGaussNewton { steps, .. } = inner {
@@ -457,10 +460,9 @@ impl Session {
         Ok(())
     }
 
-    /// Damped Gauss-Newton steps from the current parameters (see [`super::gn`]); the
+    /// `steps` damped Gauss-Newton steps from the current parameters (see [`super::gn`]),
+    /// whose support loss `loss` the last pass (over the whole support set) measured; the
     /// support loss never rises. Returns it.
-    /// `steps` damped Gauss-Newton steps from the current parameters, whose support loss
-    /// `loss` the last pass (over the whole support set) measured.
     fn gn_adapt(
         &mut self,
         x: &[f32],

@@ -138,13 +138,15 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
     }
     let gn = msr_runtime::realtime::Inner::GaussNewton { damping };
     let trained_steps = trained_refine.map_or(1, |(_, s)| s);
-    let (inner, refine) = match inner_name {
-        None => (None, None),
-        Some("sgd") => (Some(msr_runtime::realtime::Inner::Sgd), None),
-        Some("gn") => (Some(gn), None),
+    // sgd+gn as a device runs it by default (one adaptation: after an SGD divergence,
+    // rolled back, no refinement).
+    let inner = match inner_name {
+        None => None,
+        Some("sgd") => Some(msr_runtime::realtime::Inner::Sgd),
+        Some("gn") => Some(gn),
         Some("sgd+gn") => match args.gn_steps.unwrap_or(trained_steps) {
             0 => return Err("--gn-steps must be at least 1".into()),
-            s => (Some(msr_runtime::realtime::Inner::Sgd), Some((damping, s))),
+            steps => Some(msr_runtime::realtime::Inner::SgdThenGaussNewton { damping, steps }),
         },
         Some(other) => {
             return Err(
@@ -175,7 +177,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             query,
             steps,
             inner,
-            refine,
+            None,
         )?
     } else {
         evaluate_on(&model, &family, &ids, support, query, steps)?
@@ -222,7 +224,8 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
                 Some(msr_runtime::realtime::Inner::GaussNewton { damping }) => {
                     ("gn", Some(damping))
                 }
-                Some(msr_runtime::realtime::Inner::SgdThenGaussNewton { damping, .. }) => {
+                Some(msr_runtime::realtime::Inner::SgdThenGaussNewton { damping, steps }) => {
+                    v["gn_steps"] = steps.into();
                     ("sgd+gn", Some(damping))
                 }
                 Some(msr_runtime::realtime::Inner::Sgd) => ("sgd", None),
@@ -231,11 +234,6 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             };
             v["inner"] = name.into();
             v["damping_scale"] = damping.into();
-            if let Some((damping, steps)) = refine {
-                v["inner"] = "sgd+gn".into();
-                v["damping_scale"] = damping.into();
-                v["gn_steps"] = steps.into();
-            }
         }
         add_references(&mut v, references.as_ref());
         println!("{v}");
