@@ -43,6 +43,13 @@ impl BurnSession {
         adapted_len: usize,
     ) -> Result<Self, Error> {
         let model = Model::from_record(record, device, DType::F32)?;
+        if let Some(r) = &record.ext.refine {
+            log::warn!(
+                "model {}: its refine record asks for {} Gauss-Newton step(s) after SGD; this backend runs the SGD steps only (the CPU real-time engine runs both)",
+                record.info.name,
+                r.steps
+            );
+        }
         let task = model.initial(1);
         Ok(BurnSession {
             inner_steps: record.info.inner_steps as usize,
