@@ -79,7 +79,7 @@ typedef enum msr_inner {
   // The session's SGD steps, then damped Gauss-Newton steps from where they ended (the
   // prior centred there): the adaptation `trainer train --inner sgd+gn` meta-trains
   // through, and the default of a model whose file has a `refine` record (then with its
-  // number of Gauss-Newton steps; 1 otherwise). CPU real-time engine, regression models.
+  // number of Gauss-Newton steps; 1 otherwise). CPU real-time engine.
   MSR_INNER_SGD_THEN_GAUSS_NEWTON = 2,
 } msr_inner;
 
@@ -291,9 +291,10 @@ enum msr_status msr_session_set_inner(struct msr_session *session,
 // update of the Gauss-Newton system (exact for layers linear in v), so a robot can feed
 // every new sample as it arrives; `msr_session_predict` uses the current estimate. The
 // first call after `msr_session_adapt`, `_reset` or `_load_state` starts from the
-// current parameters, with the prior of `msr_session_adapt` on one example (observing one
-// example from the start equals adapting on it; n examples, a batch step on them with the
-// damping divided by n). Needs Gauss-Newton on (`msr_session_set_inner`; otherwise
+// current parameters, with the prior of a Gauss-Newton `msr_session_adapt` on one example
+// (observing one example from the start equals a one-step Gauss-Newton adaptation on it;
+// n examples, a batch step on them with the damping divided by n). Needs Gauss-Newton on,
+// alone or after SGD (`msr_session_set_inner`; otherwise
 // `MSR_ERR_INVALID_ARGUMENT`) and at most 2048 adapted parameters; CPU real-time engine
 // only (`MSR_ERR_UNSUPPORTED`). A numerically unusable update is undone and reported as
 // `MSR_ERR_DIVERGED` (the stream then restarts).
