@@ -48,6 +48,28 @@ pub fn describe(record: &ModelRecord, file_bytes: usize) -> String {
         );
     }
     let _ = writeln!(s, "frozen parameters {frozen}, adapted per task {adapted}");
+    let _ = writeln!(s, "adapts by {}", adaptation(record));
+    if let Some(n) = &record.ext.normalizer {
+        let _ = writeln!(
+            s,
+            "standardises {}",
+            match (&n.input, &n.output) {
+                (Some(_), Some(_)) => "inputs and targets",
+                (Some(_), None) => "inputs",
+                (None, Some(_)) => "targets",
+                (None, None) => "nothing",
+            }
+        );
+    }
+    for e in &record.ext.unknown {
+        let _ = writeln!(
+            s,
+            "extension record '{}' ({} bytes, {})",
+            e.name,
+            e.body.len(),
+            if e.required { "required" } else { "optional" }
+        );
+    }
     if let Some(band) = band_energy(record) {
         let _ = writeln!(
             s,
@@ -57,6 +79,22 @@ pub fn describe(record: &ModelRecord, file_bytes: usize) -> String {
         );
     }
     s
+}
+
+/// How the model's sessions adapt by default, from its records.
+fn adaptation(record: &ModelRecord) -> String {
+    let steps = record.info.inner_steps;
+    match (&record.ext.solver, &record.ext.refine) {
+        (Some(sv), _) => format!(
+            "{steps} damped Gauss-Newton step(s), meta-learned dampings {:?}",
+            sv.log_damping.iter().map(|d| d.exp()).collect::<Vec<_>>()
+        ),
+        (None, Some(r)) => format!(
+            "{steps} SGD step(s), then {} damped Gauss-Newton step(s) at damping {} (refine record)",
+            r.steps, r.damping
+        ),
+        (None, None) => format!("{steps} SGD step(s), meta-learned learning rates"),
+    }
 }
 
 fn first_share_linear(record: &ModelRecord) -> Option<(usize, usize, usize, &Vec<f32>)> {
@@ -251,4 +289,60 @@ fn save_png(
             path: path.to_path_buf(),
             source: std::io::Error::other(e),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{ModelKind, init};
+    use msr_runtime::format::{ModelInfo, Refine, Solver};
+    use msr_runtime::{Activation, FeatureShape, LayerSpec, Loss, NetSpec};
+
+    fn record() -> ModelRecord {
+        let net = NetSpec {
+            input: FeatureShape(vec![3]),
+            layers: vec![LayerSpec {
+                op: Op::ShareLinear {
+                    inputs: 3,
+                    outputs: 2,
+                    k: 2,
+                    bias: true,
+                },
+                activation: Activation::Identity,
+            }],
+            loss: Loss::Mse,
+        };
+        let layers = init(&net, ModelKind::MsrFc, 0.01, &mut crate::rng::Rng::new(1)).unwrap();
+        ModelRecord {
+            info: ModelInfo {
+                name: "m".into(),
+                task_family: "rank1".into(),
+                inner_steps: 3,
+                trainer_version: "test".into(),
+            },
+            net,
+            layers,
+            ext: Default::default(),
+        }
+    }
+
+    #[test]
+    fn the_description_says_how_the_model_adapts() {
+        let mut rec = record();
+        assert!(describe(&rec, 1).contains("adapts by 3 SGD step(s)"));
+        rec.ext.refine = Some(Refine {
+            steps: 1,
+            damping: 10.0,
+        });
+        let d = describe(&rec, 1);
+        assert!(
+            d.contains("3 SGD step(s), then 1 damped Gauss-Newton step(s) at damping 10"),
+            "{d}"
+        );
+        rec.ext.refine = None;
+        rec.ext.solver = Some(Solver {
+            log_damping: vec![0.0],
+        });
+        assert!(describe(&rec, 1).contains("Gauss-Newton step(s), meta-learned dampings [1.0]"));
+    }
 }
