@@ -267,34 +267,8 @@ impl Extensions {
                     }
                     ext.normalizer = Some(n);
                 }
-                SOLVER => {
-                    if ext.solver.is_some() {
-                        return Err(bad_extension(SOLVER, "stored twice".into()));
-                    }
-                    let (sv, rest): (Solver, &[u8]) = postcard::take_from_bytes(r.body)
-                        .map_err(|e| bad_extension(SOLVER, e.to_string()))?;
-                    if !rest.is_empty() {
-                        return Err(bad_extension(
-                            SOLVER,
-                            format!("{} bytes after its settings", rest.len()),
-                        ));
-                    }
-                    ext.solver = Some(sv);
-                }
-                REFINE => {
-                    if ext.refine.is_some() {
-                        return Err(bad_extension(REFINE, "stored twice".into()));
-                    }
-                    let (r, rest): (Refine, &[u8]) = postcard::take_from_bytes(r.body)
-                        .map_err(|e| bad_extension(REFINE, e.to_string()))?;
-                    if !rest.is_empty() {
-                        return Err(bad_extension(
-                            REFINE,
-                            format!("{} bytes after its settings", rest.len()),
-                        ));
-                    }
-                    ext.refine = Some(r);
-                }
+                SOLVER => settings(SOLVER, r.body, &mut ext.solver)?,
+                REFINE => settings(REFINE, r.body, &mut ext.refine)?,
                 _ if r.required => {
                     return Err(FormatError::UnknownExtension {
                         name: r.name.into(),
@@ -317,6 +291,28 @@ impl Extensions {
         }
         Ok(ext)
     }
+}
+
+/// Decodes a small settings record (`solver`, `refine`) into `slot`: stored once, its body
+/// exactly one value.
+fn settings<'a, T: Deserialize<'a>>(
+    name: &'static str,
+    body: &'a [u8],
+    slot: &mut Option<T>,
+) -> Result<(), FormatError> {
+    if slot.is_some() {
+        return Err(bad_extension(name, "stored twice".into()));
+    }
+    let (value, rest): (T, &[u8]) =
+        postcard::take_from_bytes(body).map_err(|e| bad_extension(name, e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(bad_extension(
+            name,
+            format!("{} bytes after its settings", rest.len()),
+        ));
+    }
+    *slot = Some(value);
+    Ok(())
 }
 
 /// At most this many extension records in a model, with names of at most
