@@ -608,6 +608,10 @@ pub mod limits {
     /// Bytes of a model file's body: the parameters at their limit, plus 1 MiB for the
     /// architecture and metadata.
     pub const MAX_BODY_BYTES: u64 = 4 * MAX_MODEL_ELEMENTS + (1 << 20);
+    /// Work units (multiply-adds; see `realtime::cost`) of any one call of a session: its
+    /// fixed part and its part per example, each. A session (or a model's default
+    /// session) whose worst call is over it is refused.
+    pub const MAX_CALL_WORK: u64 = 1 << 34;
 }
 
 /// Checks `value <= limit`; `None` is a product that overflowed.

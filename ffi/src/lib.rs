@@ -105,6 +105,21 @@ pub enum msr_inner {
     MSR_INNER_SGD_THEN_GAUSS_NEWTON = 2,
 }
 
+/// A call of a session, for `msr_session_cost`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum msr_call {
+    /// `msr_session_predict`.
+    MSR_CALL_PREDICT = 0,
+    /// `msr_session_adapt` and `msr_session_adapt_labels` (and `msr_session_refine` with
+    /// the session's own number of steps), with the session's algorithm.
+    MSR_CALL_ADAPT = 1,
+    /// `msr_session_observe` (needs Gauss-Newton on).
+    MSR_CALL_OBSERVE = 2,
+    /// `msr_session_save_state` and `msr_session_load_state`.
+    MSR_CALL_STATE = 3,
+}
+
 /// Facts about a model.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -664,6 +679,10 @@ pub unsafe extern "C" fn msr_session_new(
                 if opts.lr_scale > 0.0 {
                     session.lr_scale = opts.lr_scale;
                 }
+                // Every call with these options within the compute limit, or refused now.
+                if let Err(e) = session.check_budget() {
+                    return from_error(e);
+                }
                 Box::new(session)
             }
             #[cfg(feature = "burn")]
@@ -1000,6 +1019,63 @@ pub unsafe extern "C" fn msr_session_set_inner(
                 s.session.set_inner(choice),
                 "this backend adapts with SGD only; Gauss-Newton runs on the CPU real-time engine",
             )
+        };
+        // SAFETY: `session` was checked non-NULL; a live session by the C contract.
+        unsafe { with_session(session, run) }
+    })
+}
+
+/// Writes to `*work` the most work a `call` (an `msr_call`, as an integer) on `n` examples
+/// does with the session's current algorithm, steps and capacity, in work units
+/// (multiply-adds; an element-wise tanh, erf or exp counts 32): the cost model every call
+/// is checked against (docs/model-format.md, "Limits"). A session whose worst call would
+/// exceed the limit (2^34 units, fixed and per example) is refused by `msr_session_new` or
+/// `msr_session_set_inner`, and `msr_session_refine` with more steps than that allows is
+/// refused before it starts. Saturates at `UINT64_MAX`. `MSR_ERR_INVALID_ARGUMENT` for an
+/// unknown call or observe without Gauss-Newton on; CPU real-time engine only
+/// (`MSR_ERR_UNSUPPORTED`). Allocation-free.
+///
+/// # Safety
+/// See the crate documentation: pointers NULL or valid for the documented lengths.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn msr_session_cost(
+    session: *mut msr_session,
+    call: i32,
+    n: usize,
+    work: *mut u64,
+) -> msr_status {
+    guard(|| {
+        non_null!(session, work);
+        if !(0..=3).contains(&call) {
+            return fail(
+                msr_status::MSR_ERR_INVALID_ARGUMENT,
+                format!("unknown call {call} (0: predict, 1: adapt, 2: observe, 3: state)"),
+            );
+        }
+        let run = |s: &mut SessionState| {
+            let Some(costs) = s.session.costs() else {
+                return fail(
+                    msr_status::MSR_ERR_UNSUPPORTED,
+                    "this backend has no cost model; use the CPU real-time engine",
+                );
+            };
+            let cost = match call {
+                0 => costs.predict,
+                1 => costs.adapt,
+                2 => match costs.observe {
+                    Some(c) => c,
+                    None => {
+                        return fail(
+                            msr_status::MSR_ERR_INVALID_ARGUMENT,
+                            "observe needs Gauss-Newton on (msr_session_set_inner)",
+                        );
+                    }
+                },
+                _ => costs.state,
+            };
+            // SAFETY: checked non-NULL.
+            unsafe { *work = cost.at(n).min(u64::MAX as u128) as u64 };
+            msr_status::MSR_OK
         };
         // SAFETY: `session` was checked non-NULL; a live session by the C contract.
         unsafe { with_session(session, run) }

@@ -1234,3 +1234,99 @@ fn a_refine_record_makes_sgd_then_gauss_newton_the_default() {
         unsafe { msr_model_free(&mut m) };
     }
 }
+
+#[test]
+fn every_call_reports_its_bound_and_sessions_past_it_are_refused() {
+    let (mut m, mut sess) = mse_session();
+    let cost = |sess, call: i32, n| {
+        let mut w = 0u64;
+        let s = unsafe { msr_session_cost(sess, call, n, &mut w) };
+        (s, w)
+    };
+    let (s, p1) = cost(sess, msr_call::MSR_CALL_PREDICT as i32, 1);
+    assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
+    let (_, p10) = cost(sess, msr_call::MSR_CALL_PREDICT as i32, 10);
+    let (_, a10) = cost(sess, msr_call::MSR_CALL_ADAPT as i32, 10);
+    let (_, st) = cost(sess, msr_call::MSR_CALL_STATE as i32, 0);
+    // Two layers of 30 and 15 multiply-adds per example, and more to adapt.
+    assert!(
+        p1 >= 45 && p10 > p1 && a10 > p10 && st > 0,
+        "{p1} {p10} {a10} {st}"
+    );
+    // Observe needs Gauss-Newton; unknown calls and NULLs are refused.
+    let (s, _) = cost(sess, msr_call::MSR_CALL_OBSERVE as i32, 1);
+    assert_eq!(s, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("Gauss-Newton"), "{}", last_error());
+    assert_eq!(cost(sess, 4, 1).0, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    let s = unsafe { msr_session_cost(sess, 0, 1, ptr::null_mut()) };
+    assert_eq!(s, msr_status::MSR_ERR_NULL);
+    let s = unsafe { msr_session_set_inner(sess, msr_inner::MSR_INNER_GAUSS_NEWTON as i32, 1.0) };
+    assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
+    let (s, o1) = cost(sess, msr_call::MSR_CALL_OBSERVE as i32, 1);
+    assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
+    assert!(o1 > p1);
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
+
+    // Two 2048-wide layers: 1000 SGD steps would take ~25 G multiply-adds per example.
+    let mut rec = record(Loss::Mse);
+    let w = |n: usize| {
+        (0..n)
+            .map(|i| ((i % 5) as f32 - 2.0) * 1e-3)
+            .collect::<Vec<f32>>()
+    };
+    rec.net.input = FeatureShape(vec![2048]);
+    rec.net.layers = (0..2)
+        .map(|_| LayerSpec {
+            op: Op::Linear {
+                inputs: 2048,
+                outputs: 2048,
+                bias: true,
+            },
+            activation: Activation::Tanh,
+        })
+        .collect();
+    rec.layers = (0..2)
+        .map(|_| LayerRecord {
+            shared: vec![],
+            adapted0: vec![w(2048 * 2048), w(2048)],
+            lr: 0.01,
+        })
+        .collect();
+    let (s, mut m) = load(&rec.to_bytes());
+    assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
+    let mut options = msr_session_options {
+        inner_steps: 1000,
+        ..Default::default()
+    };
+    let mut sess = ptr::null_mut();
+    let s = unsafe { msr_session_new(m, &options, &mut sess) };
+    assert_eq!(s, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    assert!(sess.is_null());
+    let e = last_error();
+    assert!(
+        e.contains("work of adapt (per example") && e.contains("17179869184"),
+        "{e}"
+    );
+    options.inner_steps = 2;
+    let s = unsafe { msr_session_new(m, &options, &mut sess) };
+    assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
+    // refine with more steps than the bound allows is refused before it starts.
+    let (x, y) = (data(1, 2048, 0.1), data(1, 2048, 0.2));
+    let s = unsafe {
+        msr_session_refine(
+            sess,
+            x.as_ptr(),
+            x.len(),
+            y.as_ptr(),
+            y.len(),
+            1,
+            1000,
+            ptr::null_mut(),
+        )
+    };
+    assert_eq!(s, msr_status::MSR_ERR_INVALID_ARGUMENT);
+    assert!(last_error().contains("work of adapt"), "{}", last_error());
+    unsafe { msr_session_free(&mut sess) };
+    unsafe { msr_model_free(&mut m) };
+}

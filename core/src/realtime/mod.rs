@@ -28,6 +28,7 @@ use crate::error::{DataError, Error, ShapeError};
 use crate::format::ModelRecord;
 use crate::spec::{Activation, ConvSharing, Loss, Op};
 
+pub mod cost;
 mod gemm;
 pub mod gn;
 mod kernels;
@@ -36,6 +37,7 @@ pub mod session;
 pub mod state;
 mod weights;
 
+pub use cost::{CallCosts, Cost};
 pub use gn::{Inner, MAX_GN_PARAMS};
 pub use session::Session;
 pub use state::{check_state, encode_state, state_values};
@@ -198,6 +200,9 @@ pub struct RtModel {
     pub(crate) refine: Option<(usize, f32)>,
     /// CRC-32 of the model record, to tie saved session states to their model.
     pub(crate) fingerprint: u32,
+    /// Per layer, whether Gauss-Newton moves it (it adapts, and its learning-rate slot is
+    /// not 0).
+    pub(crate) gn_moved: Vec<bool>,
 }
 
 impl RtModel {
@@ -327,7 +332,12 @@ impl RtModel {
                 layer.w0 = w;
             }
         }
-        Ok(Arc::new(RtModel {
+        let gn_moved = layers
+            .iter()
+            .map(|l| l.lr != 0.0 && !l.adapted0.is_empty())
+            .collect();
+        let model = RtModel {
+            gn_moved,
             layers,
             loss: record.net.loss,
             input_len: shapes.activations[0].numel(),
@@ -357,7 +367,26 @@ impl RtModel {
             // The model file's own CRC (not a CRC over the file, trailer included: that is
             // the same constant for every file).
             fingerprint: fingerprint.unwrap_or_else(|| record.file_crc()),
-        }))
+        };
+        // The session the file asks for (its algorithm and steps, the default capacity)
+        // must keep every call within the compute limit.
+        let inner = model.default_inner();
+        // (`None`: Gauss-Newton cannot be switched on at all; sessions say so at creation.)
+        if let Some(costs) = model.call_costs(DEFAULT_CAPACITY, inner, model.inner_steps) {
+            costs.check()?;
+        }
+        Ok(Arc::new(model))
+    }
+
+    /// The algorithm a session of this model adapts with unless told otherwise.
+    pub fn default_inner(&self) -> Inner {
+        if self.gauss_newton {
+            Inner::GaussNewton { damping: 1.0 }
+        } else if let Some((steps, damping)) = self.refine {
+            Inner::SgdThenGaussNewton { damping, steps }
+        } else {
+            Inner::Sgd
+        }
     }
 
     /// Scalars per input example.
@@ -586,6 +615,11 @@ pub trait Engine: Send {
         let _ = gamma;
         None
     }
+    /// The bound of every call ([`Session::costs`]); `None` if this engine has no cost
+    /// model.
+    fn costs(&self) -> Option<CallCosts> {
+        None
+    }
     /// Adapts from the current parameters with `steps` steps ([`Session::refine`]);
     /// `None` if this engine can only adapt from the initialisation.
     fn refine(
@@ -627,6 +661,9 @@ impl Engine for Session {
     }
     fn set_forgetting(&mut self, gamma: f32) -> Option<Result<(), Error>> {
         Some(Session::set_forgetting(self, gamma))
+    }
+    fn costs(&self) -> Option<CallCosts> {
+        Some(Session::costs(self))
     }
     /// `steps` steps of the session's algorithm from the current parameters; for SGD then
     /// Gauss-Newton, `steps` Gauss-Newton steps (the refinement alone).

@@ -5,6 +5,7 @@ use alloc::sync::Arc;
 use alloc::vec;
 use alloc::vec::Vec;
 
+use super::cost::{CallCosts, Cost};
 use super::gn::{CONVERGED, GnBuffers, Inner, MAX_GN_PARAMS, MAX_TRIALS};
 use super::kernels::{all_finite, tanh_in_place};
 use super::layers::{backward, forward};
@@ -61,6 +62,9 @@ pub struct Session {
     pub inner_steps: usize,
     /// Multiplies every layer's learned inner learning rate.
     pub lr_scale: f32,
+    /// The algorithm and steps whose calls were last found within the compute limit
+    /// ([`Session::check_budget`]).
+    budget_checked: Option<(Inner, usize)>,
 }
 
 impl Session {
@@ -161,6 +165,7 @@ impl Session {
             forgetting: 1.0,
             inner_steps: model.inner_steps,
             lr_scale: 1.0,
+            budget_checked: None,
             model,
         };
         s.materialize_all();
@@ -169,7 +174,39 @@ impl Session {
         } else if let Some((steps, damping)) = s.model.refine {
             s.set_inner(Inner::SgdThenGaussNewton { damping, steps })?;
         }
+        s.check_budget()?;
         Ok(s)
+    }
+
+    /// The bound of every call with the session's current algorithm, steps and capacity, in
+    /// work units ([`super::cost`]): a call on `n` examples does at most `cost.at(n)`.
+    pub fn costs(&self) -> CallCosts {
+        let unbounded = Cost {
+            fixed: u128::MAX,
+            per_example: u128::MAX,
+        };
+        // `None` only for an algorithm `set_inner` refuses, which a session never holds.
+        self.model
+            .call_costs(self.capacity, self.inner, self.inner_steps)
+            .unwrap_or(CallCosts {
+                predict: unbounded,
+                adapt: unbounded,
+                observe: None,
+                state: unbounded,
+            })
+    }
+
+    /// Checks that every call with the session's algorithm and `inner_steps` stays within
+    /// [`crate::spec::limits::MAX_CALL_WORK`] ([`Session::costs`]); adapting, refining and
+    /// observing check it first (when the steps or the algorithm changed since), so no call
+    /// runs past the bound, whatever `inner_steps` was set to. Allocation-free.
+    pub fn check_budget(&mut self) -> Result<(), Error> {
+        let key = (self.inner, self.inner_steps);
+        if self.budget_checked != Some(key) {
+            self.costs().check().map_err(DataError::Shape)?;
+            self.budget_checked = Some(key);
+        }
+        Ok(())
     }
 
     /// The model.
@@ -281,6 +318,7 @@ impl Session {
     ) -> Result<f32, Error> {
         self.check("inputs", x, n, self.model.input_len)?;
         self.check("targets", y, n, self.model.output_len)?;
+        self.check_budget()?;
         if self.inner.gauss_newton_damping().is_some() {
             self.gn_form(n)?;
         }
@@ -307,6 +345,9 @@ impl Session {
     /// `inner_steps` SGD steps from the current parameters (the backup taken); returns the
     /// support loss at the end, after a pass over the whole support set.
     fn sgd_adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        if self.model.adapted_len() == 0 {
+            return self.current_loss(x, y, n); // nothing moves
+        }
         // Each gradient pass also yields the loss at the current parameters, so a check
         // costs one extra forward pass in all: after the last step.
         let mut initial = f32::NAN;
@@ -390,6 +431,12 @@ impl Session {
                 .into());
             }
         }
+        if let Some(costs) = self
+            .model
+            .call_costs(self.capacity, inner, self.inner_steps)
+        {
+            costs.check().map_err(DataError::Shape)?;
+        }
         if let Some(damping) = inner.gauss_newton_damping() {
             if !(damping.is_finite() && damping > 0.0) {
                 return Err(DataError::Shape(ShapeError::InvalidLayer(format!(
@@ -472,6 +519,9 @@ impl Session {
         steps: usize,
         mut loss: f32,
     ) -> Result<f32, Error> {
+        if self.gn.as_ref().is_some_and(|g| g.p == 0) {
+            return Ok(loss); // no parameter moves: no Jacobian, no solve
+        }
         let c = n * self.model.output_len;
         let dual = self.gn_form(n)?;
         // The objective is the support loss plus the prior 1/2 |v - v_start|^2_Lambda that
@@ -594,6 +644,10 @@ impl Session {
         }
         self.check("inputs", x, n, self.model.input_len)?;
         self.check("targets", y, n, self.model.output_len)?;
+        self.check_budget()?;
+        if self.gn.as_ref().is_some_and(|g| g.p == 0) {
+            return Ok(()); // no parameter moves: nothing to fold in
+        }
         self.save_backup();
         let (fi, fo) = (self.model.input_len, self.model.output_len);
         if !self.gn.as_ref().is_some_and(|g| g.primal) {

@@ -37,6 +37,7 @@ fn checked_in_header_matches_cbindgen() {
         "msr_session_adapt_labels",
         "msr_session_predict",
         "msr_session_reset",
+        "msr_session_cost",
         "msr_session_save_state",
         "msr_session_load_state",
         "msr_model_session_bytes",
