@@ -286,6 +286,23 @@ enum msr_status msr_session_set_inner(struct msr_session *session,
                                       int32_t inner,
                                       float damping);
 
+// Writes to `*work` the most work a `call` (an `msr_call`, as an integer) on `n` examples
+// does with the session's current algorithm, steps and capacity, in work units
+// (multiply-adds; an element-wise tanh, erf or exp counts 32): the cost model every call
+// is checked against (docs/model-format.md, "Limits"). A session whose worst call would
+// exceed the limit (2^34 units, fixed and per example) is refused by `msr_session_new` or
+// `msr_session_set_inner`, and `msr_session_refine` with more steps than that allows is
+// refused before it starts. Saturates at `UINT64_MAX`. `MSR_ERR_INVALID_ARGUMENT` for an
+// unknown call or observe without Gauss-Newton on; CPU real-time engine only
+// (`MSR_ERR_UNSUPPORTED`). Allocation-free.
+//
+// # Safety
+// See the crate documentation: pointers NULL or valid for the documented lengths.
+enum msr_status msr_session_cost(struct msr_session *session,
+                                 int32_t call,
+                                 size_t n,
+                                 uint64_t *work);
+
 // Folds `n` new examples (`x` `[n, input_len]`, `y` `[n, output_len]`, raw units) into
 // the session's adaptation without re-solving from scratch: a recursive least-squares
 // update of the Gauss-Newton system (exact for layers linear in v), so a robot can feed

@@ -156,6 +156,13 @@ public:
     }
     /// The forgetting factor of observe, in (0, 1].
     void set_forgetting(float gamma) { detail::check(msr_session_set_forgetting(s_, gamma)); }
+    /// The most work (multiply-adds) a call on n examples does with the session's current
+    /// algorithm and steps: what every call is bounded by (docs/model-format.md, "Limits").
+    uint64_t cost(msr_call call, std::size_t n) {
+        uint64_t work = 0;
+        detail::check(msr_session_cost(s_, static_cast<int32_t>(call), n, &work));
+        return work;
+    }
     /// The adapted state, to restore later with load_state.
     std::vector<uint8_t> save_state(std::size_t state_len) const {
         std::vector<uint8_t> buf(state_len);
