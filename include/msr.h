@@ -83,6 +83,19 @@ typedef enum msr_inner {
   MSR_INNER_SGD_THEN_GAUSS_NEWTON = 2,
 } msr_inner;
 
+// A call of a session, for `msr_session_cost`.
+typedef enum msr_call {
+  // `msr_session_predict`.
+  MSR_CALL_PREDICT = 0,
+  // `msr_session_adapt` and `msr_session_adapt_labels` (and `msr_session_refine` with
+  // the session's own number of steps), with the session's algorithm.
+  MSR_CALL_ADAPT = 1,
+  // `msr_session_observe` (needs Gauss-Newton on).
+  MSR_CALL_OBSERVE = 2,
+  // `msr_session_save_state` and `msr_session_load_state`.
+  MSR_CALL_STATE = 3,
+} msr_call;
+
 // A loaded model (opaque). Immutable; share it freely across threads.
 typedef struct msr_model msr_model;
 
