@@ -5,7 +5,7 @@
 
 use msr_runtime::ModelRecord;
 use msr_runtime::format::{
-    Extension, Extensions, LayerRecord, ModelInfo, Normalizer, Refine, Standardize,
+    Extension, Extensions, LayerRecord, ModelInfo, Normalizer, Refine, Solver, Standardize,
 };
 use msr_runtime::spec::{
     Activation, ConvGeom, ConvSharing, FeatureShape, LayerSpec, Loss, NetSpec, Op,
@@ -351,6 +351,20 @@ fn extensions(r: &mut Rng, net: &NetSpec, special: f64) -> Extensions {
         let output = r.chance(0.8).then(|| stats(r, fo.min(1 << 16)));
         ext.normalizer = Some(Normalizer { input, output });
     }
+    if r.chance(0.08) {
+        // Gauss-Newton alone: one log-damping per layer, usually in range.
+        ext.solver = Some(Solver {
+            log_damping: (0..net.layers.len().max(1))
+                .map(|_| {
+                    if r.chance(0.9) {
+                        r.normal() * 2.0
+                    } else {
+                        float(r, 0.5) * 100.0
+                    }
+                })
+                .collect(),
+        });
+    }
     if r.chance(0.1) {
         // SGD then Gauss-Newton: usually valid, sometimes steps or dampings out of range
         // (the loss may be cross-entropy: refused).
@@ -509,8 +523,125 @@ pub fn mutate(r: &mut Rng, bytes: &mut Vec<u8>) {
     }
 }
 
+/// Wide element-wise layers (a flatten with an activation, thousands of outputs) around a
+/// few adapted parameters, usually with a `solver` or `refine` record: where Gauss-Newton's
+/// Jacobian rows cost the square of the width (a 57-byte file of this shape took 18-29 s).
+pub fn wide(r: &mut Rng) -> ModelRecord {
+    let width = r.pick(&[1024usize, 4096, 16_384, 46_341, 65_536]);
+    let act = |r: &mut Rng| {
+        r.pick(&[
+            Activation::Gelu,
+            Activation::Tanh,
+            Activation::Relu,
+            Activation::Identity,
+        ])
+    };
+    let flatten = |r: &mut Rng| LayerSpec {
+        op: Op::Flatten,
+        activation: act(r),
+    };
+    let small = 1 + r.below(4) as usize;
+    let (input, layers) = match r.below(4) {
+        // No parameters at all.
+        0 => (width, vec![flatten(r)]),
+        // A few adapted parameters after the wide layer.
+        1 => (
+            width,
+            vec![
+                flatten(r),
+                LayerSpec {
+                    op: Op::ShareLinear {
+                        inputs: width,
+                        outputs: small,
+                        k: 1 + r.below(3) as usize,
+                        bias: r.chance(0.5),
+                    },
+                    activation: act(r),
+                },
+            ],
+        ),
+        // A few adapted parameters, then a wide output (many Jacobian rows).
+        _ => (
+            small,
+            vec![
+                LayerSpec {
+                    op: Op::ShareLinear {
+                        inputs: small,
+                        outputs: small,
+                        k: 1 + r.below(3) as usize,
+                        bias: r.chance(0.5),
+                    },
+                    activation: act(r),
+                },
+                LayerSpec {
+                    op: Op::Linear {
+                        inputs: small,
+                        outputs: width,
+                        bias: false,
+                    },
+                    activation: act(r),
+                },
+                flatten(r),
+            ],
+        ),
+    };
+    let net = NetSpec {
+        input: FeatureShape(vec![input]),
+        layers,
+        loss: Loss::Mse,
+    };
+    let mut rec = record(r, net.clone(), 0.0);
+    // Parameters of the right lengths (record's cap on a layer's size would garble the wide
+    // dense layer's).
+    if let Ok(shapes) = net.shapes() {
+        rec.layers = shapes
+            .params
+            .iter()
+            .map(|p| LayerRecord {
+                shared: p
+                    .shared
+                    .iter()
+                    .map(|[a, b]| (0..a * b).map(|_| r.normal() * 0.3).collect())
+                    .collect(),
+                adapted0: p
+                    .adapted
+                    .iter()
+                    .map(|&n| (0..n).map(|_| r.normal() * 0.3).collect())
+                    .collect(),
+                lr: 0.1,
+            })
+            .collect();
+    }
+    // The wide dense layer is frozen (learning rate 0: Gauss-Newton does not move it) or
+    // adapts.
+    if rec.layers.len() == 3 && r.chance(0.7) {
+        rec.layers[1].lr = 0.0;
+    }
+    match r.below(3) {
+        0 => {
+            rec.ext.solver = Some(Solver {
+                log_damping: vec![0.0; rec.net.layers.len()],
+            })
+        }
+        1 => {
+            rec.ext.refine = Some(Refine {
+                steps: 1 + r.below(2) as u32,
+                damping: 1.0,
+            })
+        }
+        _ => {}
+    }
+    if r.chance(0.3) {
+        rec.info.inner_steps = r.pick(&[1, 10, 100, 1000]);
+    }
+    rec
+}
+
 /// The model file of one case.
 pub fn model_bytes(r: &mut Rng) -> Vec<u8> {
+    if r.chance(0.03) {
+        return wide(r).to_bytes();
+    }
     match r.below(10) {
         // Structured: random architecture, boundary values, valid CRC.
         0..=3 => {

@@ -20,16 +20,78 @@ use crate::cases::{self, Rng};
 /// inner steps are capped so a valid but large model stays under it.
 const COMPUTE_BUDGET: u128 = 1 << 30;
 
+/// The documented time bound of a call whose cost model predicts `work` units
+/// (docs/model-format.md, "Limits"): [`BOUND_SLACK_NS`] plus [`BOUND_NS_PER_UNIT`] per unit.
+/// A call over it is a finding.
+pub const BOUND_NS_PER_UNIT: f64 = 2.0;
+/// The bound's constant part: scheduling noise and a call's set-up.
+pub const BOUND_SLACK_NS: f64 = 5e6;
+/// Calls shorter than this are not used for the slowest-ratio statistic (timer noise).
+const TIMED_MIN_NS: f64 = 2e5;
+
 /// What a case did.
 pub enum Outcome {
-    /// Every call gave a status; `loaded`, `adapted`: how far the case got.
-    Ok { loaded: bool, adapted: bool },
+    /// Every call gave a status; `loaded`, `adapted`: how far the case got; `slowest`: the
+    /// largest time per predicted work unit (ns) of its calls over 0.2 ms, and which.
+    Ok {
+        loaded: bool,
+        adapted: bool,
+        slowest: Option<(f64, &'static str)>,
+    },
     /// The model loads but no adaptation fits the compute budget.
     Skipped,
     /// A call returned MSR_ERR_INTERNAL.
     Internal(String),
     /// An OK call returned a non-finite number, or broke another guarantee.
     Broken(String),
+}
+
+/// Times calls of one session against the cost model's bound (`msr_session_cost`).
+struct Clock {
+    session: *mut msr_session,
+    slowest: Option<(f64, &'static str)>,
+}
+
+impl Clock {
+    /// The bound of `call` (an `msr_call`) on `n` examples, in work units; `None` when the
+    /// session has none for it (observe without Gauss-Newton: refused anyway).
+    fn predicted(&self, call: msr_call, n: usize) -> Option<u64> {
+        let mut work = 0u64;
+        let s = unsafe { msr_session_cost(self.session, call as i32, n, &mut work) };
+        (s == msr_status::MSR_OK).then_some(work)
+    }
+
+    /// Runs `f`, a call of kind `call` on `n` examples; an error if it took longer than the
+    /// bound.
+    fn time(
+        &mut self,
+        call: msr_call,
+        what: &'static str,
+        n: usize,
+        f: impl FnOnce() -> msr_status,
+    ) -> Result<msr_status, String> {
+        let predicted = self.predicted(call, n);
+        let start = std::time::Instant::now();
+        let status = f();
+        let ns = start.elapsed().as_nanos() as f64;
+        if let Some(work) = predicted {
+            let bound = BOUND_SLACK_NS + BOUND_NS_PER_UNIT * work as f64;
+            if ns > bound {
+                return Err(format!(
+                    "{what} took {:.1} ms, over its bound of {:.1} ms ({work} work units predicted)",
+                    ns / 1e6,
+                    bound / 1e6
+                ));
+            }
+            if ns >= TIMED_MIN_NS {
+                let ratio = ns / (work.max(1) as f64);
+                if self.slowest.is_none_or(|(r, _)| ratio > r) {
+                    self.slowest = Some((ratio, what));
+                }
+            }
+        }
+        Ok(status)
+    }
 }
 
 fn last_error() -> String {
@@ -81,6 +143,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
         return Outcome::Ok {
             loaded: false,
             adapted: false,
+            slowest: None,
         };
     }
     let mut info = msr_model_info::default();
@@ -148,6 +211,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
         return Outcome::Ok {
             loaded: true,
             adapted: false,
+            slowest: None,
         };
     }
     let (fi, fo) = (info.input_len, info.output_len);
@@ -161,11 +225,6 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
     } as u128;
     let gn_cost = (steps_now + 1) * (n as u128 * (fo as u128 + 2) * (3 * work + p * p) + p * p * p);
     let gauss_newton = p <= 2048 && gn_cost <= COMPUTE_BUDGET && r.chance(0.25);
-    if gn_cost > COMPUTE_BUDGET {
-        // A model whose file asks for Gauss-Newton steps after SGD (a refine record) would
-        // take them by default: SGD only, to stay within the budget.
-        check!(unsafe { msr_session_set_inner(g.1, 0, 0.0) }, "set_inner");
-    }
     if gauss_newton {
         let damping = if r.chance(0.9) {
             r.pick(&[1e-3, 0.01, 1.0, 100.0])
@@ -189,6 +248,23 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
             );
         }
     }
+    // The cost model says what fits the case's budget: a session whose adaptation would
+    // take more (a model whose file asks for Gauss-Newton, alone or after SGD) falls back
+    // to SGD, and the case is skipped if even that does not fit. Now and then (2%) a case
+    // runs an adaptation of up to 2^32 units, so that the time check sees the large end.
+    let adapt_cost = |s: *mut msr_session| {
+        let mut w = 0u64;
+        let status = unsafe { msr_session_cost(s, msr_call::MSR_CALL_ADAPT as i32, n, &mut w) };
+        (status == msr_status::MSR_OK).then_some(w as u128)
+    };
+    let large = r.chance(0.02);
+    let fits = |w: u128| w <= COMPUTE_BUDGET || (large && w <= 1 << 32);
+    if adapt_cost(g.1).is_some_and(|w| !fits(w)) {
+        check!(unsafe { msr_session_set_inner(g.1, 0, 0.0) }, "set_inner");
+        if adapt_cost(g.1).is_some_and(|w| !fits(w)) {
+            return Outcome::Skipped;
+        }
+    }
     let special = r.pick(&[0.0, 0.0, 0.0, 0.01, 0.3]);
     let scale = r.pick(&[1.0, 1.0, 1e3, 1e18]);
     let x = data(r, n * fi, special, scale);
@@ -201,10 +277,14 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
         3 => (0, x.len()),
         _ => (n, x.len()),
     };
+    let mut clock = Clock {
+        session: g.1,
+        slowest: None,
+    };
     let mut loss = f32::NAN;
     let s = if info.loss == msr_loss::MSR_LOSS_MSE as i32 {
         check!(
-            unsafe {
+            match clock.time(msr_call::MSR_CALL_ADAPT, "adapt", n, || unsafe {
                 msr_session_adapt(
                     g.1,
                     x.as_ptr(),
@@ -214,6 +294,9 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
                     call_n,
                     &mut loss,
                 )
+            }) {
+                Ok(s) => s,
+                Err(m) => return Outcome::Broken(m),
             },
             "adapt"
         )
@@ -230,8 +313,11 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
         // `labels` holds n entries; a call_n above n comes with an x_len that cannot hold
         // call_n rows, and libmsr checks x_len before it reads a label.
         check!(
-            unsafe {
+            match clock.time(msr_call::MSR_CALL_ADAPT, "adapt_labels", n, || unsafe {
                 msr_session_adapt_labels(g.1, x.as_ptr(), x_len, labels.as_ptr(), call_n, &mut loss)
+            }) {
+                Ok(s) => s,
+                Err(m) => return Outcome::Broken(m),
             },
             "adapt_labels"
         )
@@ -243,7 +329,12 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
 
     let mut out = vec![0.0f32; n * fo];
     let s = check!(
-        unsafe { msr_session_predict(g.1, x.as_ptr(), x.len(), n, out.as_mut_ptr(), out.len()) },
+        match clock.time(msr_call::MSR_CALL_PREDICT, "predict", n, || unsafe {
+            msr_session_predict(g.1, x.as_ptr(), x.len(), n, out.as_mut_ptr(), out.len())
+        }) {
+            Ok(s) => s,
+            Err(m) => return Outcome::Broken(m),
+        },
         "predict"
     );
     if s == msr_status::MSR_OK && out.iter().any(|v| !v.is_finite()) {
@@ -254,7 +345,12 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
     // Streaming updates on a Gauss-Newton session: OK leaves finite predictions.
     if gauss_newton && info.loss == msr_loss::MSR_LOSS_MSE as i32 && r.chance(0.5) {
         let o = check!(
-            unsafe { msr_session_observe(g.1, x.as_ptr(), x_len, y.as_ptr(), y.len(), call_n) },
+            match clock.time(msr_call::MSR_CALL_OBSERVE, "observe", n, || unsafe {
+                msr_session_observe(g.1, x.as_ptr(), x_len, y.as_ptr(), y.len(), call_n)
+            }) {
+                Ok(s) => s,
+                Err(m) => return Outcome::Broken(m),
+            },
             "observe"
         );
         let mut after = vec![0.0f32; n * fo];
@@ -347,5 +443,6 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
     Outcome::Ok {
         loaded: true,
         adapted,
+        slowest: clock.slowest,
     }
 }

@@ -79,6 +79,8 @@ struct Counts {
     internal: u64,
     broken: u64,
     findings: Vec<String>,
+    /// The largest time per predicted work unit (ns) of a call over 0.2 ms, and where.
+    slowest: Option<(f64, String)>,
 }
 
 impl Counts {
@@ -92,6 +94,11 @@ impl Counts {
         self.internal += o.internal;
         self.broken += o.broken;
         self.findings.extend(o.findings);
+        if let Some((r, w)) = o.slowest
+            && self.slowest.as_ref().is_none_or(|(mine, _)| r > *mine)
+        {
+            self.slowest = Some((r, w));
+        }
     }
     fn found(&self) -> u64 {
         self.crashes + self.hangs + self.internal + self.broken
@@ -103,9 +110,16 @@ fn worker(seed: u64, from: u64, to: u64) {
     let mut out = stdout.lock();
     for i in from..to {
         let line = match drive::case(seed, i) {
-            drive::Outcome::Ok { loaded, adapted } => {
-                format!("{i} ok {} {}", loaded as u8, adapted as u8)
-            }
+            drive::Outcome::Ok {
+                loaded,
+                adapted,
+                slowest,
+            } => match slowest {
+                Some((ratio, call)) => {
+                    format!("{i} ok {} {} {ratio} {call}", loaded as u8, adapted as u8)
+                }
+                None => format!("{i} ok {} {}", loaded as u8, adapted as u8),
+            },
             drive::Outcome::Skipped => format!("{i} skip"),
             drive::Outcome::Internal(m) => format!("{i} internal {m}"),
             drive::Outcome::Broken(m) => format!("{i} broken {m}"),
@@ -164,8 +178,15 @@ fn supervise(seed: u64, from: u64, to: u64, timeout: Duration, memory: u64) -> C
                     c.cases += 1;
                     match kind {
                         "ok" => {
-                            c.loaded += rest.starts_with('1') as u64;
-                            c.adapted += rest.ends_with('1') as u64;
+                            let mut f = rest.split(' ');
+                            c.loaded += (f.next() == Some("1")) as u64;
+                            c.adapted += (f.next() == Some("1")) as u64;
+                            if let (Some(ratio), Some(call)) =
+                                (f.next().and_then(|r| r.parse::<f64>().ok()), f.next())
+                                && c.slowest.as_ref().is_none_or(|(r, _)| ratio > *r)
+                            {
+                                c.slowest = Some((ratio, format!("case {i}: {call}")));
+                            }
                         }
                         "skip" => {
                             c.loaded += 1;
@@ -227,8 +248,14 @@ fn main() {
                 println!("wrote {} ({} bytes)", out.display(), bytes.len());
             }
             match drive::case(seed, index) {
-                drive::Outcome::Ok { loaded, adapted } => {
-                    println!("ok (loaded: {loaded}, adapted: {adapted})")
+                drive::Outcome::Ok {
+                    loaded,
+                    adapted,
+                    slowest,
+                } => {
+                    println!(
+                        "ok (loaded: {loaded}, adapted: {adapted}, slowest call: {slowest:?} ns per work unit)"
+                    )
                 }
                 drive::Outcome::Skipped => println!("skipped (over the compute budget)"),
                 drive::Outcome::Internal(m) => println!("MSR_ERR_INTERNAL: {m}"),
@@ -281,6 +308,14 @@ fn main() {
                 total.internal,
                 total.broken,
             );
+            if let Some((ratio, at)) = &total.slowest {
+                println!(
+                    "slowest call over 0.2 ms: {ratio:.3} ns per predicted work unit ({at}); \
+                     the bound: {} ms + {} ns per unit",
+                    drive::BOUND_SLACK_NS / 1e6,
+                    drive::BOUND_NS_PER_UNIT
+                );
+            }
             println!(
                 "fuzz: {} passed, {} failed",
                 total.cases - total.found(),

@@ -49,6 +49,7 @@ pub fn describe(record: &ModelRecord, file_bytes: usize) -> String {
     }
     let _ = writeln!(s, "frozen parameters {frozen}, adapted per task {adapted}");
     let _ = writeln!(s, "adapts by {}", adaptation(record));
+    let _ = writeln!(s, "{}", call_costs(record));
     if let Some(n) = &record.ext.normalizer {
         let _ = writeln!(
             s,
@@ -79,6 +80,28 @@ pub fn describe(record: &ModelRecord, file_bytes: usize) -> String {
         );
     }
     s
+}
+
+/// The bound of each call of the model's default real-time session (docs/model-format.md,
+/// "The per-call bound"), or why the engine refuses the model.
+fn call_costs(record: &ModelRecord) -> String {
+    use msr_runtime::realtime::{DEFAULT_CAPACITY, RtModel, Session};
+    let session = RtModel::new(record).and_then(|m| Session::new(m, DEFAULT_CAPACITY));
+    match session {
+        Ok(s) => {
+            let c = s.costs();
+            let mut line = format!(
+                "work per call (multiply-adds, at most; limit 2^34 per example and fixed): predict 1 example {}, adapt on 20 examples {}",
+                c.predict.at(1),
+                c.adapt.at(20)
+            );
+            if let Some(o) = c.observe {
+                line += &format!(", observe 1 example {}", o.at(1));
+            }
+            line
+        }
+        Err(e) => format!("refused by the real-time engine: {e}"),
+    }
 }
 
 /// How the model's sessions adapt by default, from its records.
@@ -330,6 +353,9 @@ mod tests {
     fn the_description_says_how_the_model_adapts() {
         let mut rec = record();
         assert!(describe(&rec, 1).contains("adapts by 3 SGD step(s)"));
+        let d = describe(&rec, 1);
+        assert!(d.contains("predict 1 example ") && d.contains("adapt on 20 examples "), "{d}");
+        assert!(!d.contains("observe"), "{d}");
         rec.ext.refine = Some(Refine {
             steps: 1,
             damping: 10.0,
