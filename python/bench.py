@@ -21,7 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-import msr
+# This file sits beside the package's sources (python/msr, without the compiled extension):
+# import the installed package, not them.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+import msr  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +66,7 @@ def main():
     p.add_argument("--n", type=int, default=10, help="support examples")
     p.add_argument("--m", type=int, default=1, help="query examples")
     p.add_argument("--iters", type=int, default=5000)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=11)
     a = p.parse_args()
 
     raw = Path(a.model).read_bytes()
@@ -124,9 +127,13 @@ def main():
     print(f"machine: {cpu}; Python {platform.python_version()}; numpy {np.__version__}")
     print(f"model {Path(a.model).name}: {model.inputs} inputs, {model.outputs} outputs, {model.adapted_len} adapted; "
           f"adapt on {a.n} + predict {a.m}; {a.rounds} rounds x {a.iters} iterations, medians")
+    # The overhead: the median over rounds of each round's difference (the machine's load
+    # changes between rounds, much less within one).
+    over = statistics.median(r[1] - r[0] for r in rows)
+    over_alloc = statistics.median(r[2] - r[0] for r in rows)
     print(f"  C ABI (tight C loop)              {c_med / 1e3:8.2f} us")
-    print(f"  Python, predict(q, out=out)       {py_med / 1e3:8.2f} us   overhead {(py_med - c_med) / 1e3:+.2f} us")
-    print(f"  Python, predict(q) (new array)    {py_alloc / 1e3:8.2f} us   overhead {(py_alloc - c_med) / 1e3:+.2f} us")
+    print(f"  Python, predict(q, out=out)       {py_med / 1e3:8.2f} us   overhead {over / 1e3:+.2f} us")
+    print(f"  Python, predict(q) (new array)    {py_alloc / 1e3:8.2f} us   overhead {over_alloc / 1e3:+.2f} us")
     for i, r in enumerate(rows):
         print(f"  round {i}: C {r[0] / 1e3:.2f}, Python {r[1] / 1e3:.2f}, Python new array {r[2] / 1e3:.2f} us")
     return 0
