@@ -21,7 +21,7 @@ python3 -m venv "$venv"
 py=$venv/bin/python
 "$py" -m pip install -q --upgrade pip
 "$py" -m pip install -q 'maturin>=1.5,<2' numpy pytest
-export PYO3_PYTHON=$py
+export PYO3_PYTHON=$py PATH=$venv/bin:$PATH
 
 step "fmt and clippy of the extension crate"
 cargo fmt --manifest-path python/Cargo.toml -- --check

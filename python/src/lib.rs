@@ -769,7 +769,13 @@ impl PySession {
         };
         {
             let xr = x.try_readonly()?;
-            let mut ow = out.try_readwrite()?;
+            let mut ow = out.try_readwrite().map_err(|e| {
+                raise(
+                    py,
+                    Status::InvalidArgument,
+                    format!("out cannot be written (read-only, or also passed as x): {e}"),
+                )
+            })?;
             let (xs, os) = (xr.as_slice()?, ow.as_slice_mut()?);
             self.with(py, true, |s| Ok(s.session.predict(xs, n, os)?))?;
         }

@@ -218,3 +218,13 @@ except msr.OutOfMemoryError as e:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, cwd=tmp_path)
     assert "OOM-OK" in out.stdout, out.stdout + out.stderr
+
+
+def test_out_aliasing_or_read_only_is_refused(rank1):
+    s = rank1.session()
+    x, _ = data(rank1, 3)
+    ro = np.zeros((3, rank1.outputs), np.float32)
+    ro.flags.writeable = False
+    with pytest.raises(msr.InvalidArgumentError, match="out cannot be written"):
+        s.predict(x, out=ro)
+    assert not ro.any()
