@@ -9,11 +9,15 @@ and the exported model adapts to a new filter from one example.
 
     pip install ./python "jax[cpu]"
     python python/examples/jax_meta_train.py --out rank1-jax.msr
-    examples/c/adapt rank1-jax.msr          # the same file through libmsr's C example
+    # ... and the same file through libmsr's C example (examples/c/adapt.c), built here:
+    python python/examples/jax_meta_train.py --out rank1-jax.msr --libmsr target/release/libmsr.so
 """
 
 import argparse
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -43,6 +47,8 @@ def main():
     p.add_argument("--support", type=int, default=1)
     p.add_argument("--query", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--libmsr", default=None,
+                   help="libmsr.so: also build examples/c/adapt.c against it and run it on the file")
     a = p.parse_args()
 
     rng = np.random.default_rng(a.seed)
@@ -111,6 +117,16 @@ def main():
           f"before adapting, {np.mean(after):.4f} after (msr); largest difference from JAX's "
           f"own adaptation {gap:.1e} (relative)")
     assert gap < 1e-3, "msr does not adapt as JAX meta-trained"
+
+    if a.libmsr:
+        root = Path(__file__).resolve().parents[2]
+        libdir = str(Path(a.libmsr).resolve().parent)
+        with tempfile.TemporaryDirectory() as tmp:
+            exe = str(Path(tmp) / "adapt")
+            subprocess.run(["cc", "-O2", "-I", str(root / "include"), str(root / "examples/c/adapt.c"),
+                            "-L", libdir, "-lmsr", f"-Wl,-rpath,{libdir}", "-lm", "-o", exe], check=True)
+            print(f"--- examples/c/adapt.c on {a.out}, through libmsr:")
+            subprocess.run([exe, a.out], check=True)
 
 
 if __name__ == "__main__":
