@@ -910,11 +910,16 @@ impl PySession {
     /// Whether `close` was called.
     #[getter]
     fn closed(&self) -> bool {
-        if self.busy.load(Ordering::Acquire) {
+        // In use by another call: open (close itself claims the session too).
+        if self
+            .busy
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
             return false;
         }
-        // SAFETY: a read of the discriminant only; a racing close makes the answer stale,
-        // as any answer about another thread's action is.
+        let _claim = Claim(&self.busy);
+        // SAFETY: claimed, as in `with`: no other reference to the state exists.
         unsafe { (*self.state.get()).is_none() }
     }
 
