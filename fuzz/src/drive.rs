@@ -21,8 +21,9 @@ use crate::cases::{self, Rng};
 const COMPUTE_BUDGET: u128 = 1 << 30;
 
 /// The documented time bound of a call whose cost model predicts `work` units
-/// (docs/model-format.md, "Limits"): [`BOUND_SLACK_NS`] plus [`BOUND_NS_PER_UNIT`] per unit.
-/// A call over it is a finding.
+/// (docs/model-format.md, "Limits"): [`BOUND_SLACK_NS`] plus [`BOUND_NS_PER_UNIT`] per unit,
+/// in the calling thread's CPU time (a busy machine adds waiting, not work). A call over it
+/// in two runs of its case is a finding.
 pub const BOUND_NS_PER_UNIT: f64 = 2.0;
 /// The bound's constant part: scheduling noise and a call's set-up.
 pub const BOUND_SLACK_NS: f64 = 5e6;
@@ -42,6 +43,8 @@ pub enum Outcome {
     Skipped,
     /// A call returned MSR_ERR_INTERNAL.
     Internal(String),
+    /// A call took longer than its bound (confirmed by running the case again).
+    Slow(String),
     /// An OK call returned a non-finite number, or broke another guarantee.
     Broken(String),
 }
@@ -71,9 +74,9 @@ impl Clock {
         f: impl FnOnce() -> msr_status,
     ) -> Result<msr_status, String> {
         let predicted = self.predicted(call, n);
-        let start = std::time::Instant::now();
+        let start = thread_cpu_ns();
         let status = f();
-        let ns = start.elapsed().as_nanos() as f64;
+        let ns = thread_cpu_ns() - start;
         if let Some(work) = predicted {
             let bound = BOUND_SLACK_NS + BOUND_NS_PER_UNIT * work as f64;
             if ns > bound {
@@ -92,6 +95,17 @@ impl Clock {
         }
         Ok(status)
     }
+}
+
+/// The calling thread's CPU time, in ns.
+fn thread_cpu_ns() -> f64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write; the clock id is a constant Linux knows.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    t.tv_sec as f64 * 1e9 + t.tv_nsec as f64
 }
 
 fn last_error() -> String {
@@ -125,9 +139,17 @@ fn data(r: &mut Rng, n: usize, special: f64, scale: f32) -> Vec<f32> {
 
 /// Runs case `index` of the run with `seed`.
 pub fn case(seed: u64, index: u64) -> Outcome {
-    let mut r = Rng::for_case(seed, index);
-    let bytes = cases::model_bytes(&mut r);
-    run(&mut r, &bytes)
+    let once = || {
+        let mut r = Rng::for_case(seed, index);
+        let bytes = cases::model_bytes(&mut r);
+        run(&mut r, &bytes)
+    };
+    match once() {
+        // A time over the bound once can be a page of memory or a cache that another
+        // process took: it counts if the case's second run is over it too.
+        Outcome::Slow(_) => once(),
+        o => o,
+    }
 }
 
 fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
@@ -296,7 +318,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
                 )
             }) {
                 Ok(s) => s,
-                Err(m) => return Outcome::Broken(m),
+                Err(m) => return Outcome::Slow(m),
             },
             "adapt"
         )
@@ -317,7 +339,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
                 msr_session_adapt_labels(g.1, x.as_ptr(), x_len, labels.as_ptr(), call_n, &mut loss)
             }) {
                 Ok(s) => s,
-                Err(m) => return Outcome::Broken(m),
+                Err(m) => return Outcome::Slow(m),
             },
             "adapt_labels"
         )
@@ -333,7 +355,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
             msr_session_predict(g.1, x.as_ptr(), x.len(), n, out.as_mut_ptr(), out.len())
         }) {
             Ok(s) => s,
-            Err(m) => return Outcome::Broken(m),
+            Err(m) => return Outcome::Slow(m),
         },
         "predict"
     );
@@ -349,7 +371,7 @@ fn run(r: &mut Rng, bytes: &[u8]) -> Outcome {
                 msr_session_observe(g.1, x.as_ptr(), x_len, y.as_ptr(), y.len(), call_n)
             }) {
                 Ok(s) => s,
-                Err(m) => return Outcome::Broken(m),
+                Err(m) => return Outcome::Slow(m),
             },
             "observe"
         );

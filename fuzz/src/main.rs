@@ -78,6 +78,8 @@ struct Counts {
     hangs: u64,
     internal: u64,
     broken: u64,
+    /// Cases with a call over its time bound, twice.
+    slow: u64,
     findings: Vec<String>,
     /// The largest time per predicted work unit (ns) of a call over 0.2 ms, and where.
     slowest: Option<(f64, String)>,
@@ -93,6 +95,7 @@ impl Counts {
         self.hangs += o.hangs;
         self.internal += o.internal;
         self.broken += o.broken;
+        self.slow += o.slow;
         self.findings.extend(o.findings);
         if let Some((r, w)) = o.slowest
             && self.slowest.as_ref().is_none_or(|(mine, _)| r > *mine)
@@ -101,7 +104,7 @@ impl Counts {
         }
     }
     fn found(&self) -> u64 {
-        self.crashes + self.hangs + self.internal + self.broken
+        self.crashes + self.hangs + self.internal + self.broken + self.slow
     }
 }
 
@@ -123,6 +126,7 @@ fn worker(seed: u64, from: u64, to: u64) {
             drive::Outcome::Skipped => format!("{i} skip"),
             drive::Outcome::Internal(m) => format!("{i} internal {m}"),
             drive::Outcome::Broken(m) => format!("{i} broken {m}"),
+            drive::Outcome::Slow(m) => format!("{i} slow {m}"),
         };
         writeln!(out, "{line}")
             .and_then(|_| out.flush())
@@ -192,6 +196,11 @@ fn supervise(seed: u64, from: u64, to: u64, timeout: Duration, memory: u64) -> C
                             c.loaded += 1;
                             c.skipped += 1;
                         }
+                        "slow" => {
+                            c.slow += 1;
+                            c.findings
+                                .push(format!("case {i}: over its time bound: {rest}"));
+                        }
                         "internal" => {
                             c.internal += 1;
                             c.findings
@@ -260,6 +269,7 @@ fn main() {
                 drive::Outcome::Skipped => println!("skipped (over the compute budget)"),
                 drive::Outcome::Internal(m) => println!("MSR_ERR_INTERNAL: {m}"),
                 drive::Outcome::Broken(m) => println!("broken: {m}"),
+                drive::Outcome::Slow(m) => println!("over its time bound: {m}"),
             }
         }
         Cmd::Run {
@@ -295,7 +305,8 @@ fn main() {
             println!(
                 "msr-fuzz seed {seed}: {} cases in {:.1} s ({workers} workers, {} MiB, {} ms timeout): \
                  {} loaded, {} adapted OK, {} over the compute budget; \
-                 crashes {}, hangs {}, internal errors {}, broken guarantees (OK with NaN...) {}",
+                 crashes {}, hangs {}, internal errors {}, broken guarantees (OK with NaN...) {}, \
+                 calls over their time bound {}",
                 total.cases,
                 wall.as_secs_f64(),
                 memory_mib,
@@ -307,6 +318,7 @@ fn main() {
                 total.hangs,
                 total.internal,
                 total.broken,
+                total.slow,
             );
             if let Some((ratio, at)) = &total.slowest {
                 println!(

@@ -129,6 +129,10 @@ class Session:
         """How the session adapts now."""
     @property
     def inner_steps(self) -> int: ...
+    def cost(self, call: str, n: int = 1) -> int:
+        """The most work (multiply-adds) `call` ("predict", "adapt", "observe", "state") on
+        `n` examples does with the session's options: the bound every call is checked
+        against."""
     @property
     def model(self) -> Model: ...
     @property

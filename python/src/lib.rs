@@ -514,6 +514,9 @@ impl PyModel {
                 if let Some(name) = inner {
                     session.set_inner(parse_inner(name, damping, refine_steps)?)?;
                 }
+                // Every call with these options within the compute limit, or refused now
+                // (as msr_session_new does).
+                session.check_budget()?;
                 let len = capacity * rt.output_len();
                 let mut onehot = Vec::new();
                 if onehot.try_reserve_exact(len).is_err() {
@@ -899,6 +902,40 @@ impl PySession {
     #[getter]
     fn inner_steps(&self, py: Python<'_>) -> PyResult<usize> {
         self.with(py, false, |s| Ok(s.session.inner_steps))
+    }
+
+    /// The most work (multiply-adds; an element-wise tanh, erf or exp counts 32) that
+    /// `call` ("predict", "adapt", "observe" or "state") on `n` examples does with the
+    /// session's current algorithm and steps: the bound every call is checked against
+    /// (docs/model-format.md, "The per-call bound"). As `msr_session_cost`.
+    #[pyo3(signature = (call, n=1))]
+    fn cost(&self, py: Python<'_>, call: String, n: usize) -> PyResult<u128> {
+        self.with(py, false, move |s| {
+            let c = s.session.costs();
+            let cost = match call.as_str() {
+                "predict" => c.predict,
+                "adapt" => c.adapt,
+                "observe" => match c.observe {
+                    Some(o) => o,
+                    None => {
+                        return fail(
+                            Status::InvalidArgument,
+                            "observe needs Gauss-Newton on (set_inner)",
+                        );
+                    }
+                },
+                "state" => c.state,
+                other => {
+                    return fail(
+                        Status::InvalidArgument,
+                        format!(
+                            "unknown call {other:?} (\"predict\", \"adapt\", \"observe\", \"state\")"
+                        ),
+                    );
+                }
+            };
+            Ok(cost.at(n))
+        })
     }
 
     /// The model of the session.

@@ -354,7 +354,10 @@ mod tests {
         let mut rec = record();
         assert!(describe(&rec, 1).contains("adapts by 3 SGD step(s)"));
         let d = describe(&rec, 1);
-        assert!(d.contains("predict 1 example ") && d.contains("adapt on 20 examples "), "{d}");
+        assert!(
+            d.contains("predict 1 example ") && d.contains("adapt on 20 examples "),
+            "{d}"
+        );
         assert!(!d.contains("observe"), "{d}");
         rec.ext.refine = Some(Refine {
             steps: 1,

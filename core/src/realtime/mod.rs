@@ -29,6 +29,7 @@ use crate::format::ModelRecord;
 use crate::spec::{Activation, ConvSharing, Loss, Op};
 
 pub mod cost;
+mod denormals;
 mod gemm;
 pub mod gn;
 mod kernels;
@@ -221,6 +222,7 @@ impl RtModel {
     }
 
     fn build(record: &ModelRecord, fingerprint: Option<u32>) -> Result<Arc<Self>, Error> {
+        let _flush = denormals::FlushDenormals::new();
         record.validate()?;
         let shapes = record.net.shapes()?;
         let mut layers = Vec::with_capacity(record.net.layers.len());

@@ -6,6 +6,7 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::cost::{CallCosts, Cost};
+use super::denormals::FlushDenormals;
 use super::gn::{CONVERGED, GnBuffers, Inner, MAX_GN_PARAMS, MAX_TRIALS};
 use super::kernels::{all_finite, tanh_in_place};
 use super::layers::{backward, forward};
@@ -73,6 +74,7 @@ impl Session {
     /// rather than an abort: a session over [`MAX_SESSION_BYTES`] is refused before anything
     /// is allocated, and a failed allocation is [`Error::OutOfMemory`].
     pub fn new(model: Arc<RtModel>, capacity: usize) -> Result<Self, Error> {
+        let _flush = FlushDenormals::new();
         if capacity == 0 || capacity > MAX_CAPACITY {
             return Err(DataError::Shape(ShapeError::OverLimit {
                 what: format!("session capacity {capacity} (examples per chunk; at least 1)"),
@@ -258,6 +260,7 @@ impl Session {
 
     /// Predicts `out` `[n, output_len]` for `x` `[n, input_len]`. Allocation-free.
     pub fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error> {
+        let _flush = FlushDenormals::new();
         self.check("inputs", x, n, self.model.input_len)?;
         let fo = self.model.output_len;
         check_len("output buffer", out.len(), n, fo)?;
@@ -287,6 +290,7 @@ impl Session {
 
     /// Mean support loss of the current parameters. Allocation-free.
     pub fn loss(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error> {
+        let _flush = FlushDenormals::new();
         self.check("inputs", x, n, self.model.input_len)?;
         self.check("targets", y, n, self.model.output_len)?;
         Ok(self.pass(x, y, n, false))
@@ -316,6 +320,7 @@ impl Session {
         n: usize,
         from_init: bool,
     ) -> Result<f32, Error> {
+        let _flush = FlushDenormals::new();
         self.check("inputs", x, n, self.model.input_len)?;
         self.check("targets", y, n, self.model.output_len)?;
         self.check_budget()?;
@@ -630,6 +635,7 @@ impl Session {
     /// `O(F P^2 / 2 + 2 P^3)`). Allocation-free. If a parameter turns non-finite the call
     /// is undone and the stream restarts.
     pub fn observe(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<(), Error> {
+        let _flush = FlushDenormals::new();
         let Some(damping) = self.inner.gauss_newton_damping() else {
             return Err(DataError::NotConfigured(
                 "observe folds examples into the Gauss-Newton system: switch Gauss-Newton on first (set_inner / msr_session_set_inner)",
@@ -1513,6 +1519,7 @@ impl Session {
     /// Restores parameters saved by [`Session::save_state`] for the same model. On any error
     /// the session is left as it was. Allocation-free.
     pub fn load_state(&mut self, buf: &[u8]) -> Result<(), Error> {
+        let _flush = FlushDenormals::new();
         check_state(self.model.fingerprint, self.model.adapted_len(), buf)?;
         self.save_backup();
         for (dst, v) in self
