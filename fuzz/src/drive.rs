@@ -27,13 +27,14 @@ const COMPUTE_BUDGET: u128 = 1 << 30;
 pub const BOUND_NS_PER_UNIT: f64 = 2.0;
 /// The bound's constant part: scheduling noise and a call's set-up.
 pub const BOUND_SLACK_NS: f64 = 5e6;
-/// Calls shorter than this are not used for the slowest-ratio statistic (timer noise).
-const TIMED_MIN_NS: f64 = 2e5;
+/// Calls shorter than this are not used for the slowest-ratio statistic (where a cold
+/// cache or a page fault weighs more than the work).
+const TIMED_MIN_NS: f64 = 1e6;
 
 /// What a case did.
 pub enum Outcome {
     /// Every call gave a status; `loaded`, `adapted`: how far the case got; `slowest`: the
-    /// largest time per predicted work unit (ns) of its calls over 0.2 ms, and which.
+    /// largest time per predicted work unit (ns) of its calls over 1 ms, and which.
     Ok {
         loaded: bool,
         adapted: bool,

@@ -81,7 +81,7 @@ struct Counts {
     /// Cases with a call over its time bound, twice.
     slow: u64,
     findings: Vec<String>,
-    /// The largest time per predicted work unit (ns) of a call over 0.2 ms, and where.
+    /// The largest time per predicted work unit (ns) of a call over 1 ms, and where.
     slowest: Option<(f64, String)>,
 }
 
@@ -322,7 +322,7 @@ fn main() {
             );
             if let Some((ratio, at)) = &total.slowest {
                 println!(
-                    "slowest call over 0.2 ms: {ratio:.3} ns per predicted work unit ({at}); \
+                    "slowest call over 1 ms: {ratio:.3} ns per predicted work unit ({at}); \
                      the bound: {} ms + {} ns per unit",
                     drive::BOUND_SLACK_NS / 1e6,
                     drive::BOUND_NS_PER_UNIT

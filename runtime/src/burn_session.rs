@@ -100,8 +100,13 @@ impl Engine for BurnSession {
                 let out = net.forward(params, &self.model.initial(1), xt.clone());
                 initial = net.loss(out, yt.clone()).into_scalar::<f32>();
             }
-            self.model
-                .adapt_standardized(xt.clone(), yt.clone(), self.inner_steps)
+            if self.adapted_len == 0 {
+                // Nothing moves (and an empty Jacobian has no columns to join).
+                self.model.initial(1)
+            } else {
+                self.model
+                    .adapt_standardized(xt.clone(), yt.clone(), self.inner_steps)
+            }
         } else {
             let mut task = self.model.initial(1);
             for step in 1..=self.inner_steps {

@@ -28,6 +28,7 @@ use crate::error::{DataError, Error, ShapeError};
 use crate::format::ModelRecord;
 use crate::spec::{Activation, ConvSharing, Loss, Op};
 
+mod activation;
 pub mod cost;
 mod denormals;
 mod gemm;
@@ -505,6 +506,11 @@ impl RtModel {
     /// for standardised targets).
     pub(crate) fn output_normalized(&self) -> bool {
         self.normalizer.as_ref().is_some_and(|n| n.output.is_some())
+    }
+
+    /// The standardisation of the model's outputs (and targets), if it has one.
+    pub(crate) fn output_stats(&self) -> Option<&crate::format::Standardize> {
+        self.normalizer.as_ref().and_then(|n| n.output.as_ref())
     }
 
     /// The model's standardisation of inputs and outputs, if it has one.
