@@ -1061,7 +1061,13 @@ pub unsafe extern "C" fn msr_session_cost(
             };
             let cost = match call {
                 0 => costs.predict,
-                1 => costs.adapt,
+                1 => {
+                    // The bound for exactly `n` examples (tighter for Gauss-Newton).
+                    let bound = s.session.adapt_cost_at(n).unwrap_or(u128::MAX);
+                    // SAFETY: checked non-NULL.
+                    unsafe { *work = bound.min(u64::MAX as u128) as u64 };
+                    return msr_status::MSR_OK;
+                }
                 2 => match costs.observe {
                     Some(c) => c,
                     None => {

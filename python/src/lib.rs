@@ -914,7 +914,7 @@ impl PySession {
             let c = s.session.costs();
             let cost = match call.as_str() {
                 "predict" => c.predict,
-                "adapt" => c.adapt,
+                "adapt" => return Ok(s.session.adapt_cost_at(n)),
                 "observe" => match c.observe {
                     Some(o) => o,
                     None => {

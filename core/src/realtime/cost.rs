@@ -26,6 +26,10 @@ pub const LAYER_OVERHEAD: u128 = 64;
 pub const CALL_OVERHEAD: u128 = 1 << 12;
 /// Refinement passes of the dual solve ([`gn`]'s mixed-precision refinement).
 const DUAL_REFINE: u128 = 4;
+/// Work units per multiply-add of a Kronecker factor's mode product: its loops run over
+/// rows as short as one float and read a transposed factor with a stride (measured at up
+/// to 4.7 ns per multiply-add, against 1 for the matrix products).
+const KRON_WEIGHT: u128 = 4;
 
 /// The work of one call on `n` examples: at most `fixed + n * per_example` work units.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -152,12 +156,13 @@ fn materialise_work(l: &Layer) -> u128 {
             ..
         } => {
             let [o, i, s, ka, kb, kc] = [*o, *i, *s, *ka, *kb, *kc].map(|d| d as u128);
-            ka * kb * kc * s
-                + ka * kb * s * i
-                + ka * i * s * o
-                + o * i * s * kc
-                + o * i * kb * kc
-                + o * ka * kb * kc
+            KRON_WEIGHT
+                * (ka * kb * kc * s
+                    + ka * kb * s * i
+                    + ka * i * s * o
+                    + o * i * s * kc
+                    + o * i * kb * kc
+                    + o * ka * kb * kc)
         }
     }
 }
@@ -290,7 +295,11 @@ impl RtModel {
     /// session can take (the larger of the two where both are possible); `None` when
     /// Gauss-Newton cannot be switched on. Zero work with no adapted parameters: the step
     /// is skipped.
-    fn gn_step_cost(&self, pc: &Pieces, capacity: usize) -> Option<Cost> {
+    ///
+    /// With `n`, the step on exactly `n` examples: the form the session takes for them (the
+    /// dual one when its `n F` rows are fewer than the parameters and fit), its Gram and
+    /// factorisation at `c = n F` rows; without, a bound for every `n`.
+    fn gn_step_cost(&self, pc: &Pieces, capacity: usize, n: Option<usize>) -> Option<Cost> {
         let (moved, p) = self.gn_moved();
         let (primal, dual_rows) = gn::forms(p, capacity, self.output_len);
         if !primal && dual_rows == 0 {
@@ -301,6 +310,11 @@ impl RtModel {
         }
         let jac = self.jacobian_work(pc, moved, p, capacity);
         let (pw, fo, c) = (p as u128, self.output_len as u128, dual_rows as u128);
+        // The form a call on `n` examples takes (`Session::gn_form`), if `n` is known.
+        let takes_dual = n.map(|n| {
+            let rows = n.saturating_mul(self.output_len);
+            dual_rows >= rows && rows < p
+        });
         let trials = MAX_TRIALS as u128;
         // Each trial moves, re-materialises and measures the loss, and may undo the move.
         let trial = Cost {
@@ -308,9 +322,10 @@ impl RtModel {
             per_example: pc.forward,
         };
         let mut step: Option<Cost> = None;
-        if primal {
+        if primal && takes_dual != Some(true) {
             let accumulate = pc.forward + jac + fo * (pw * pw / 2 + 3 * pw) + pw * pw;
-            let solve = pw * pw * pw / 3 + 6 * pw * pw;
+            // A Cholesky factorisation (P^3 / 6), its solves and the matrix's copy.
+            let solve = pw * pw * pw / 6 + 8 * pw * pw;
             step = Some(
                 Cost {
                     fixed: pw * pw + 2 * pw,
@@ -326,10 +341,14 @@ impl RtModel {
                 ),
             );
         }
-        if c > 0 {
+        if c > 0 && takes_dual != Some(false) {
             // With `c = n F <= dual_rows` rows, the Gram (f32, and f64 if refinement
-            // fails) is `c^2 p` per step and the factorisation `c^3 / 3` per trial: bounded
-            // per example by `dual_rows` times a row's share.
+            // fails) is `c^2 p` per step and the factorisation `c^3 / 3` per trial: for an
+            // unknown `n`, bounded per example by `dual_rows` times a row's share.
+            let c = match n {
+                Some(n) => (n as u128 * fo).min(c),
+                None => c,
+            };
             let accumulate = pc.forward + jac + 4 * fo * pw;
             let gram = c * fo * pw + 4 * fo * pw;
             let solve = c * c * fo / 3 + DUAL_REFINE * (4 * fo * pw + 2 * c * fo) + 4 * fo * pw;
@@ -355,7 +374,21 @@ impl RtModel {
     /// the algorithm cannot run in such a session.
     pub fn adapt_cost(&self, capacity: usize, inner: Inner, inner_steps: usize) -> Option<Cost> {
         let pc = self.pieces();
-        self.adapt_cost_with(&pc, capacity, inner, inner_steps)
+        self.adapt_cost_with(&pc, capacity, inner, inner_steps, None)
+    }
+
+    /// The bound of adapting on exactly `n` examples (tighter than [`RtModel::adapt_cost`]
+    /// for Gauss-Newton: the form `n` takes, and its solve at `n` rows).
+    pub fn adapt_cost_at(
+        &self,
+        capacity: usize,
+        inner: Inner,
+        inner_steps: usize,
+        n: usize,
+    ) -> Option<u128> {
+        let pc = self.pieces();
+        self.adapt_cost_with(&pc, capacity, inner, inner_steps, Some(n))
+            .map(|c| c.at(n))
     }
 
     fn adapt_cost_with(
@@ -364,15 +397,16 @@ impl RtModel {
         capacity: usize,
         inner: Inner,
         inner_steps: usize,
+        n: Option<usize>,
     ) -> Option<Cost> {
         match inner {
             Inner::Sgd => Some(self.sgd_cost(pc, inner_steps)),
             Inner::GaussNewton { .. } => {
-                let step = self.gn_step_cost(pc, capacity)?;
+                let step = self.gn_step_cost(pc, capacity, n)?;
                 Some(self.sgd_cost(pc, 0).plus(step.times(inner_steps as u128)))
             }
             Inner::SgdThenGaussNewton { steps, .. } => {
-                let step = self.gn_step_cost(pc, capacity)?;
+                let step = self.gn_step_cost(pc, capacity, n)?;
                 Some(
                     self.sgd_cost(pc, inner_steps)
                         .plus(step.times(steps as u128)),
@@ -391,7 +425,7 @@ impl RtModel {
         inner_steps: usize,
     ) -> Option<CallCosts> {
         let pc = self.pieces();
-        let adapt = self.adapt_cost_with(&pc, capacity, inner, inner_steps)?;
+        let adapt = self.adapt_cost_with(&pc, capacity, inner, inner_steps, None)?;
         let predict = Cost {
             fixed: CALL_OVERHEAD,
             per_example: pc.forward + 2 * self.output_len as u128,
@@ -404,13 +438,19 @@ impl RtModel {
                 let per_example = if p == 0 || !primal {
                     0 // refused, or nothing to fold in
                 } else {
-                    // Forgetting, the rows, then either one rank-one update per output or
-                    // the block update, and the move.
+                    // Forgetting, the rows, then the update the session takes: all outputs at
+                    // once with at least twice as many outputs as parameters (`A = J^T J`,
+                    // then factorisations and products of P x P matrices), else one
+                    // rank-one update per output; and the move.
+                    let update = if fo >= 2 * pw {
+                        fo * (pw * pw / 2 + 2 * pw) + 3 * pw * pw * pw
+                    } else {
+                        fo * (4 * pw * pw + 4 * pw)
+                    };
                     pc.forward
                         + self.jacobian_work(&pc, moved, p, capacity)
                         + 3 * pw * pw
-                        + fo * (4 * pw * pw + 4 * pw)
-                        + 3 * pw * pw * pw
+                        + update
                         + pc.materialise
                         + 2 * pw
                 };
@@ -439,6 +479,8 @@ mod tests {
     use alloc::string::ToString;
     use alloc::vec;
     use alloc::vec::Vec;
+
+    use alloc::sync::Arc;
 
     use super::super::Session;
     use super::*;
@@ -586,6 +628,48 @@ mod tests {
         assert!(three.at(2) < three.at(3));
         s.inner_steps = 4;
         assert!(three.at(2) < s.costs().adapt.at(2));
+    }
+
+    /// A head of `k` shared directions on 8 inputs and 8 outputs (with biases: `k + 8`
+    /// adapted parameters), adapting by Gauss-Newton.
+    fn share_head(k: usize) -> Arc<RtModel> {
+        let layers = vec![LayerSpec {
+            op: Op::ShareLinear {
+                inputs: 8,
+                outputs: 8,
+                k,
+                bias: true,
+            },
+            activation: Activation::Identity,
+        }];
+        RtModel::new(&model(8, layers, &[1.0], true)).unwrap()
+    }
+
+    #[test]
+    fn gauss_newton_up_to_its_parameter_limit_is_accepted() {
+        // 2048 adapted parameters, the primal form's limit, fewer outputs than 2 P: the
+        // row-by-row observe (not the block update's P^3) and one Cholesky per trial.
+        let rt = share_head(2040);
+        let s = Session::new(rt, 32).unwrap();
+        let c = s.costs();
+        c.check().unwrap();
+        assert!(c.observe.is_some());
+    }
+
+    #[test]
+    fn the_bound_for_n_examples_takes_the_form_they_take() {
+        // 1032 parameters, 8 outputs: 4 examples take the dual form (32 rows), a bound for
+        // every n must allow the primal one.
+        let s = Session::new(share_head(1024), 32).unwrap();
+        let exact = s.adapt_cost_at(4);
+        let any = s.costs().adapt.at(4);
+        assert!(exact <= any && 10 * exact < any, "{exact} {any}");
+        // More rows than parameters: the primal form, the same bound.
+        assert_eq!(
+            s.adapt_cost_at(200),
+            s.costs().adapt.at(200).min(s.adapt_cost_at(200))
+        );
+        assert!(s.adapt_cost_at(200) > s.adapt_cost_at(4));
     }
 
     #[test]

@@ -315,31 +315,11 @@ impl RtModel {
                 w0: Vec::new(),
             });
         }
-        // The initial weights W = reshape(U v0) must be finite: finite U and v0 can still
-        // overflow f32 in the product, and a model that predicts infinity is no model.
-        let max_kron = kron_scratch_len(&layers);
-        let (mut s0, mut s1) = (
-            zeros(max_kron, "materialisation scratch")?,
-            zeros(max_kron, "materialisation scratch")?,
-        );
-        for (i, layer) in layers.iter_mut().enumerate() {
-            if let Some(v0) = layer.adapted0.first() {
-                let mut w = zeros(layer.weight_len, "an initial weight")?;
-                materialize(&layer.weights, v0, &mut w, &mut s0, &mut s1);
-                if !all_finite(&w) {
-                    return Err(crate::error::FormatError::NonFinite(format!(
-                        "layer {i} initial weight reshape(U v0) (it overflows f32)"
-                    ))
-                    .into());
-                }
-                layer.w0 = w;
-            }
-        }
         let gn_moved = layers
             .iter()
             .map(|l| l.lr != 0.0 && !l.adapted0.is_empty())
             .collect();
-        let model = RtModel {
+        let mut model = RtModel {
             gn_moved,
             layers,
             loss: record.net.loss,
@@ -372,11 +352,36 @@ impl RtModel {
             fingerprint: fingerprint.unwrap_or_else(|| record.file_crc()),
         };
         // The session the file asks for (its algorithm and steps, the default capacity)
-        // must keep every call within the compute limit.
+        // must keep every call within the compute limit; checked before the weights are
+        // materialised, which costs as much as a state call (bounded by the same check).
         let inner = model.default_inner();
-        // (`None`: Gauss-Newton cannot be switched on at all; sessions say so at creation.)
-        if let Some(costs) = model.call_costs(DEFAULT_CAPACITY, inner, model.inner_steps) {
+        // (Where Gauss-Newton cannot be switched on at all, sessions say so at creation;
+        // the other calls are checked as SGD's.)
+        let costs = model
+            .call_costs(DEFAULT_CAPACITY, inner, model.inner_steps)
+            .or_else(|| model.call_costs(DEFAULT_CAPACITY, Inner::Sgd, model.inner_steps));
+        if let Some(costs) = costs {
             costs.check()?;
+        }
+        // The initial weights W = reshape(U v0) must be finite: finite U and v0 can still
+        // overflow f32 in the product, and a model that predicts infinity is no model.
+        let max_kron = kron_scratch_len(&model.layers);
+        let (mut s0, mut s1) = (
+            zeros(max_kron, "materialisation scratch")?,
+            zeros(max_kron, "materialisation scratch")?,
+        );
+        for (i, layer) in model.layers.iter_mut().enumerate() {
+            if let Some(v0) = layer.adapted0.first() {
+                let mut w = zeros(layer.weight_len, "an initial weight")?;
+                materialize(&layer.weights, v0, &mut w, &mut s0, &mut s1);
+                if !all_finite(&w) {
+                    return Err(crate::error::FormatError::NonFinite(format!(
+                        "layer {i} initial weight reshape(U v0) (it overflows f32)"
+                    ))
+                    .into());
+                }
+                layer.w0 = w;
+            }
         }
         Ok(Arc::new(model))
     }
@@ -628,6 +633,12 @@ pub trait Engine: Send {
     fn costs(&self) -> Option<CallCosts> {
         None
     }
+    /// The bound of an adaptation on exactly `n` examples ([`Session::adapt_cost_at`]);
+    /// `None` if this engine has no cost model.
+    fn adapt_cost_at(&self, n: usize) -> Option<u128> {
+        let _ = n;
+        None
+    }
     /// Adapts from the current parameters with `steps` steps ([`Session::refine`]);
     /// `None` if this engine can only adapt from the initialisation.
     fn refine(
@@ -672,6 +683,9 @@ impl Engine for Session {
     }
     fn costs(&self) -> Option<CallCosts> {
         Some(Session::costs(self))
+    }
+    fn adapt_cost_at(&self, n: usize) -> Option<u128> {
+        Some(Session::adapt_cost_at(self, n))
     }
     /// `steps` steps of the session's algorithm from the current parameters; for SGD then
     /// Gauss-Newton, `steps` Gauss-Newton steps (the refinement alone).

@@ -204,6 +204,14 @@ impl Session {
             })
     }
 
+    /// The bound of an adaptation on exactly `n` examples, in work units: at most
+    /// `costs().adapt.at(n)`, tighter for Gauss-Newton (the form those `n` take).
+    pub fn adapt_cost_at(&self, n: usize) -> u128 {
+        self.model
+            .adapt_cost_at(self.capacity, self.inner, self.inner_steps, n)
+            .unwrap_or(u128::MAX)
+    }
+
     /// Checks that every call with the session's algorithm and `inner_steps` stays within
     /// [`crate::spec::limits::MAX_CALL_WORK`] ([`Session::costs`]); adapting, refining and
     /// observing check it first (when the steps or the algorithm changed since), so no call
