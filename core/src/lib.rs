@@ -5,6 +5,7 @@
 //!   field validated before anything is allocated from it;
 //! - [`realtime`]: the allocation-free, lock-free CPU engine: sessions that adapt the
 //!   filter parameters v (`W = reshape(U v)`, U frozen) to a few examples and predict;
+//! - [`engine`]: the contract every session backend implements;
 //! - [`error`]: typed errors.
 //!
 //! `#![no_std]` with `alloc`: memory is allocated when a model is loaded and when a session
@@ -20,6 +21,7 @@ extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
+pub mod engine;
 pub mod error;
 pub mod format;
 pub mod frame;

@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Once};
 
 use msr_core::error::ErrorKind;
-use msr_core::realtime::{Engine, Inner, MAX_CAPACITY, RtModel, Session, check_len};
+use msr_core::realtime::{Engine, Inner, MAX_CAPACITY, RtModel, check_len};
 use msr_core::spec::limits;
 use msr_core::{DataError, Error, Loss, ModelRecord};
 
@@ -650,69 +650,9 @@ pub unsafe extern "C" fn msr_session_new(
                 ),
             );
         }
-        #[cfg(feature = "burn")]
-        let burn = |device: msr_runtime::tensor::Device| -> Result<Box<dyn Engine>, msr_status> {
-            let mut b = msr_runtime::burn_session::BurnSession::new(
-                &m.record,
-                &device,
-                m.rt.fingerprint(),
-                m.rt.adapted_len(),
-            )
-            .map_err(from_error)?;
-            if opts.inner_steps > 0 {
-                b.inner_steps = opts.inner_steps;
-            }
-            if opts.lr_scale > 0.0 {
-                b.lr_scale = opts.lr_scale as f64;
-            }
-            Ok(Box::new(b))
-        };
-        let session: Box<dyn Engine> = match opts.backend {
-            0 => {
-                let mut session = match Session::new(m.rt.clone(), capacity) {
-                    Ok(s) => s,
-                    Err(e) => return from_error(e),
-                };
-                if opts.inner_steps > 0 {
-                    session.inner_steps = opts.inner_steps;
-                }
-                if opts.lr_scale > 0.0 {
-                    session.lr_scale = opts.lr_scale;
-                }
-                // Every call with these options within the compute limit, or refused now.
-                if let Err(e) = session.check_budget() {
-                    return from_error(e);
-                }
-                Box::new(session)
-            }
-            #[cfg(feature = "burn")]
-            1 => match msr_runtime::device::gpu(0) {
-                Ok(device) => match burn(device) {
-                    Ok(e) => e,
-                    Err(status) => return status,
-                },
-                Err(e) => return fail(msr_status::MSR_ERR_BACKEND, e.to_string()),
-            },
-            #[cfg(feature = "burn")]
-            2 => match burn(msr_runtime::device::cpu()) {
-                Ok(e) => e,
-                Err(status) => return status,
-            },
-            #[cfg(not(feature = "burn"))]
-            b @ (1 | 2) => {
-                return fail(
-                    msr_status::MSR_ERR_BACKEND,
-                    format!(
-                        "backend {b} runs on burn, and this libmsr was built without it (cargo feature `burn`, or `wgpu` for the GPU)"
-                    ),
-                );
-            }
-            b => {
-                return fail(
-                    msr_status::MSR_ERR_INVALID_ARGUMENT,
-                    format!("unknown backend {b}"),
-                );
-            }
+        let session = match backends::open(m, &opts, capacity) {
+            Ok(s) => s,
+            Err(status) => return status,
         };
         // capacity * output_len is bounded: the session's own buffers hold as much.
         let onehot = match try_zeros(capacity * m.rt.output_len(), "one-hot targets") {
@@ -1224,6 +1164,8 @@ pub unsafe extern "C" fn msr_session_load_state(
         unsafe { with_session(session, run) }
     })
 }
+
+mod backends;
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,9 @@
 //! [`Engine`] contract as the real-time engine, through [`Model`]. Not allocation-free:
 //! tensors are created per call, so the real-time guarantees are the CPU engine's only.
 
-use msr_core::realtime::{Engine, check_len, check_state, encode_state, exploded, state_values};
+use msr_core::realtime::{
+    Engine, RtModel, check_len, check_state, encode_state, exploded, state_values,
+};
 
 use crate::tensor::{DType, Device, Tensor, TensorData};
 use crate::{DivergedError, Error, Model, ModelRecord, TaskParams};
@@ -13,6 +15,8 @@ pub struct BurnSession {
     task: TaskParams,
     fingerprint: u32,
     adapted_len: usize,
+    /// Whether Gauss-Newton moves any parameter (some layer adapts with a non-zero rate).
+    gauss_newton_moves: bool,
     /// Inner SGD steps per adaptation.
     pub inner_steps: usize,
     /// Multiplies every layer's learned inner learning rate.
@@ -34,14 +38,10 @@ fn host(t: Tensor<3>) -> Vec<f32> {
 }
 
 impl BurnSession {
-    /// A session at the model's initialisation on `device`; `fingerprint` and `adapted_len`
-    /// are the real-time model's, so saved states move between the two engines.
-    pub fn new(
-        record: &ModelRecord,
-        device: &Device,
-        fingerprint: u32,
-        adapted_len: usize,
-    ) -> Result<Self, Error> {
+    /// A session at the model's initialisation on `device`, for `record` and the real-time
+    /// model `rt` prepared from it (whose fingerprint and layout it takes, so saved states
+    /// move between the two engines).
+    pub fn new(record: &ModelRecord, rt: &RtModel, device: &Device) -> Result<Self, Error> {
         let model = Model::from_record(record, device, DType::F32)?;
         if let Some(r) = &record.ext.refine {
             log::warn!(
@@ -56,8 +56,9 @@ impl BurnSession {
             lr_scale: 1.0,
             model,
             task,
-            fingerprint,
-            adapted_len,
+            fingerprint: rt.fingerprint(),
+            adapted_len: rt.adapted_len(),
+            gauss_newton_moves: rt.gauss_newton_len() > 0,
         })
     }
 
@@ -100,7 +101,7 @@ impl Engine for BurnSession {
                 let out = net.forward(params, &self.model.initial(1), xt.clone());
                 initial = net.loss(out, yt.clone()).into_scalar::<f32>();
             }
-            if self.adapted_len == 0 {
+            if !self.gauss_newton_moves {
                 // Nothing moves (and an empty Jacobian has no columns to join).
                 self.model.initial(1)
             } else {

@@ -273,9 +273,16 @@ fn every_crafted_model_file_gets_a_status_fast() {
             msr_status::MSR_OK,
             &[],
         ),
-        // The same shape, small: its own test below runs it on the burn backend too.
+        // The same shape, small, and a classifier whose adapted layer has a learning rate
+        // of 0 (Gauss-Newton moves nothing): the test below runs them on burn too.
         (
             "gauss_newton_flatten_relu_224.msr",
+            "all",
+            msr_status::MSR_OK,
+            &[],
+        ),
+        (
+            "gauss_newton_frozen_kron_labels.msr",
             "all",
             msr_status::MSR_OK,
             &[],
@@ -427,54 +434,84 @@ fn the_session_budget_counts_every_buffer() {
     unsafe { msr_model_free(&mut m) };
 }
 
-/// Gauss-Newton with no adapted parameter leaves the model as it is, on the real-time
-/// engine and on burn's CPU backend (where an empty Jacobian was a panic: MSR_ERR_INTERNAL,
-/// found by msr-fuzz seed 32, case 267378).
+/// Gauss-Newton that moves nothing (no adapted parameter, or only layers with a learning
+/// rate of 0) leaves the model as it is, on the real-time engine and on burn's CPU backend
+/// (where an empty Jacobian was a panic: MSR_ERR_INTERNAL, found by msr-fuzz seed 32 case
+/// 267378 and seed 33 case 44942).
 #[test]
 fn gauss_newton_with_nothing_to_move_adapts_on_every_backend() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("reliability");
-    let bytes = std::fs::read(dir.join("gauss_newton_flatten_relu_224.msr")).unwrap();
-    let mut m = ptr::null_mut();
-    let s = unsafe { msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut m) };
-    assert_eq!(s, msr_status::MSR_OK, "{}", last_error());
-    let mut info = msr_model_info::default();
-    assert_eq!(
-        unsafe { msr_model_get_info(m, &mut info) },
-        msr_status::MSR_OK
-    );
-    assert_eq!(info.adapted_len, 0);
-    let n = 3;
-    let x: Vec<f32> = (0..n * info.input_len)
-        .map(|i| (i as f32 * 0.37).sin())
-        .collect();
-    let y: Vec<f32> = (0..n * info.output_len)
-        .map(|i| (i as f32 * 0.11).cos())
-        .collect();
-    let mut losses = Vec::new();
-    for backend in [
-        msr_backend::MSR_BACKEND_CPU,
-        msr_backend::MSR_BACKEND_CPU_BURN,
+    for file in [
+        "gauss_newton_flatten_relu_224.msr",
+        "gauss_newton_frozen_kron_labels.msr",
     ] {
-        let options = msr_session_options {
-            backend: backend as i32,
-            ..Default::default()
-        };
-        let mut sess = ptr::null_mut();
-        let s = unsafe { msr_session_new(m, &options, &mut sess) };
-        assert_eq!(s, msr_status::MSR_OK, "{backend:?}: {}", last_error());
-        let mut loss = f32::NAN;
-        let s = unsafe {
-            msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), n, &mut loss)
-        };
-        assert_eq!(s, msr_status::MSR_OK, "{backend:?}: {}", last_error());
-        losses.push(loss);
-        unsafe { msr_session_free(&mut sess) };
+        let bytes = std::fs::read(dir.join(file)).unwrap();
+        let mut m = ptr::null_mut();
+        let s = unsafe { msr_model_load_bytes(bytes.as_ptr(), bytes.len(), &mut m) };
+        assert_eq!(s, msr_status::MSR_OK, "{file}: {}", last_error());
+        let mut info = msr_model_info::default();
+        assert_eq!(
+            unsafe { msr_model_get_info(m, &mut info) },
+            msr_status::MSR_OK
+        );
+        let n = 3;
+        let x: Vec<f32> = (0..n * info.input_len)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let y: Vec<f32> = (0..n * info.output_len)
+            .map(|i| (i as f32 * 0.11).cos())
+            .collect();
+        let labels: Vec<i32> = (0..n as i32).map(|i| i % info.output_len as i32).collect();
+        let mut losses = Vec::new();
+        for backend in [
+            msr_backend::MSR_BACKEND_CPU,
+            msr_backend::MSR_BACKEND_CPU_BURN,
+        ] {
+            let options = msr_session_options {
+                backend: backend as i32,
+                ..Default::default()
+            };
+            let mut sess = ptr::null_mut();
+            let s = unsafe { msr_session_new(m, &options, &mut sess) };
+            assert_eq!(
+                s,
+                msr_status::MSR_OK,
+                "{file} {backend:?}: {}",
+                last_error()
+            );
+            let mut loss = f32::NAN;
+            let s = unsafe {
+                if info.loss == msr_loss::MSR_LOSS_MSE as i32 {
+                    msr_session_adapt(sess, x.as_ptr(), x.len(), y.as_ptr(), y.len(), n, &mut loss)
+                } else {
+                    msr_session_adapt_labels(
+                        sess,
+                        x.as_ptr(),
+                        x.len(),
+                        labels.as_ptr(),
+                        n,
+                        &mut loss,
+                    )
+                }
+            };
+            assert_eq!(
+                s,
+                msr_status::MSR_OK,
+                "{file} {backend:?}: {}",
+                last_error()
+            );
+            losses.push(loss);
+            unsafe { msr_session_free(&mut sess) };
+        }
+        // The support loss of the unchanged model, the same on both.
+        assert!(
+            losses[0].is_finite() && losses[0] > 0.0,
+            "{file}: {losses:?}"
+        );
+        assert!(
+            (losses[0] - losses[1]).abs() <= 1e-5 * losses[0],
+            "{file}: {losses:?}"
+        );
+        unsafe { msr_model_free(&mut m) };
     }
-    // The support loss of the unchanged model, the same on both.
-    assert!(losses[0].is_finite() && losses[0] > 0.0, "{losses:?}");
-    assert!(
-        (losses[0] - losses[1]).abs() <= 1e-5 * losses[0],
-        "{losses:?}"
-    );
-    unsafe { msr_model_free(&mut m) };
 }

@@ -223,7 +223,7 @@ impl RtModel {
     }
 
     /// The layers Gauss-Newton moves and their parameter count (allocation-free).
-    fn gn_moved(&self) -> (&[bool], usize) {
+    pub(crate) fn gn_moved(&self) -> (&[bool], usize) {
         let p = self
             .layers
             .iter()

@@ -39,6 +39,7 @@ pub mod session;
 pub mod state;
 mod weights;
 
+pub use crate::engine::Engine;
 pub use cost::{CallCosts, Cost};
 pub use gn::{Inner, MAX_GN_PARAMS};
 pub use session::Session;
@@ -435,6 +436,11 @@ impl RtModel {
             .flat_map(|l| l.adapted0.iter().map(Vec::len))
             .sum()
     }
+    /// Number of adapted scalars Gauss-Newton moves: those of the layers whose learning-rate
+    /// slot is not 0.
+    pub fn gauss_newton_len(&self) -> usize {
+        self.gn_moved().1
+    }
     /// Bytes of a saved session state ([`Session::save_state`]).
     pub fn state_len(&self) -> usize {
         STATE_HEADER + 4 * self.adapted_len() + 4
@@ -591,65 +597,6 @@ impl RtModel {
     /// another model.
     pub fn fingerprint(&self) -> u32 {
         self.fingerprint
-    }
-}
-
-/// What a session does on any engine: the real-time engine ([`Session`]) and the burn
-/// sessions of `msr-runtime` (GPU, reference CPU) implement it, and the C ABI drives every
-/// backend through it. A failed call leaves the engine as it was; an adaptation whose loss
-/// or any parameter turns non-finite, or whose loss explodes ([`exploded`]: over 1000 times
-/// the initial loss), is rolled back and reported as [`Error::Diverged`].
-pub trait Engine: Send {
-    /// Scalars per input example.
-    fn input_len(&self) -> usize;
-    /// Adapts the meta-learned initialisation to `n` examples; returns the support loss.
-    fn adapt(&mut self, x: &[f32], y: &[f32], n: usize) -> Result<f32, Error>;
-    /// Predicts `n` examples into `out`; a non-finite prediction is an error.
-    fn predict(&mut self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), Error>;
-    /// Back to the meta-learned initialisation.
-    fn reset(&mut self);
-    /// Writes the adapted parameters; returns the bytes written.
-    fn save_state(&self, buf: &mut [u8]) -> Result<usize, Error>;
-    /// Restores parameters written by `save_state` for the same model.
-    fn load_state(&mut self, buf: &[u8]) -> Result<(), Error>;
-    /// Chooses the adaptation algorithm ([`Inner`]); `None` if this engine has only SGD.
-    fn set_inner(&mut self, inner: Inner) -> Option<Result<(), Error>> {
-        let _ = inner;
-        None
-    }
-    /// Folds examples into the adaptation ([`Session::observe`]); `None` if this engine
-    /// has no streaming updates.
-    fn observe(&mut self, x: &[f32], y: &[f32], n: usize) -> Option<Result<(), Error>> {
-        let _ = (x, y, n);
-        None
-    }
-    /// Sets the forgetting factor of `observe`; `None` if this engine has no streaming.
-    fn set_forgetting(&mut self, gamma: f32) -> Option<Result<(), Error>> {
-        let _ = gamma;
-        None
-    }
-    /// The bound of every call ([`Session::costs`]); `None` if this engine has no cost
-    /// model.
-    fn costs(&self) -> Option<CallCosts> {
-        None
-    }
-    /// The bound of an adaptation on exactly `n` examples ([`Session::adapt_cost_at`]);
-    /// `None` if this engine has no cost model.
-    fn adapt_cost_at(&self, n: usize) -> Option<u128> {
-        let _ = n;
-        None
-    }
-    /// Adapts from the current parameters with `steps` steps ([`Session::refine`]);
-    /// `None` if this engine can only adapt from the initialisation.
-    fn refine(
-        &mut self,
-        x: &[f32],
-        y: &[f32],
-        n: usize,
-        steps: usize,
-    ) -> Option<Result<f32, Error>> {
-        let _ = (x, y, n, steps);
-        None
     }
 }
 
