@@ -71,7 +71,13 @@ pub fn describe(record: &ModelRecord, file_bytes: usize) -> String {
             if e.required { "required" } else { "optional" }
         );
     }
-    if let Some(band) = band_energy(record) {
+    // Only where a valid convolution is what the tasks share (the paper's 1-D families):
+    // for another model the band is no structure of its tasks.
+    let convolution_family = matches!(
+        record.info.task_family.as_str(),
+        "rank1" | "rank2" | "rank5"
+    );
+    if let Some(band) = band_energy(record).filter(|_| convolution_family) {
         let _ = writeln!(
             s,
             "energy of W = reshape(U v), v ~ N(0, I), on the valid-convolution band: {:.2}% (a random U: {:.2}%)",
@@ -93,7 +99,7 @@ fn call_costs(record: &ModelRecord) -> String {
             let mut line = format!(
                 "work per call (multiply-adds, at most; limit 2^34 per example and fixed): predict 1 example {}, adapt on 20 examples {}",
                 c.predict.at(1),
-                c.adapt.at(20)
+                s.adapt_cost_at(20)
             );
             if let Some(o) = c.observe {
                 line += &format!(", observe 1 example {}", o.at(1));
@@ -359,6 +365,17 @@ mod tests {
             "{d}"
         );
         assert!(!d.contains("observe"), "{d}");
+        assert!(
+            d.contains("valid-convolution band"),
+            "rank1 shares a convolution: {d}"
+        );
+        rec.info.task_family = "npz:flights.npz".into();
+        let d = describe(&rec, 1);
+        assert!(
+            !d.contains("band"),
+            "no band for a fully connected model of logs: {d}"
+        );
+        rec.info.task_family = "rank1".into();
         rec.ext.refine = Some(Refine {
             steps: 1,
             damping: 10.0,

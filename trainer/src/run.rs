@@ -81,6 +81,10 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
     bar.set_position(trainer.step);
     let start = Instant::now();
     let first = trainer.step;
+    // Where no terminal shows the bar (a log file, CI, nohup), a progress line in the log
+    // every half minute instead.
+    let log_progress = writer && !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut last_log = Instant::now();
     let mut last_eval: Option<EvalResult> = None;
     let mut running = 0.0;
     let mut count = 0;
@@ -186,6 +190,19 @@ pub fn run(trainer: &mut Trainer, dir: &Path, opts: &RunOptions) -> Result<RunOu
                     })
                     .unwrap_or_default()
             ));
+            if log_progress && (last_log.elapsed().as_secs_f64() >= 30.0 || done) {
+                last_log = Instant::now();
+                let eta = (cfg.steps - step) as f64 / sps.max(1e-9);
+                info!(
+                    "step {step}/{}: {sps:.2} steps/s, eta {eta:.0} s, train loss {:.4}{}",
+                    cfg.steps,
+                    running / count as f64,
+                    last_eval
+                        .as_ref()
+                        .map(|e| format!(", last validation loss {:.4} ± {:.4}", e.loss, e.ci95))
+                        .unwrap_or_default()
+                );
+            }
             running = 0.0;
             count = 0;
         }

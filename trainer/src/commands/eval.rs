@@ -51,8 +51,10 @@ pub(crate) struct EvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Adapt through the real-time engine (what libmsr runs) or the burn path [default:
-    /// realtime for a model meta-trained with Gauss-Newton, else burn].
+    /// Adapt through the real-time engine (what libmsr runs: an adaptation that diverges
+    /// is rolled back, counted and reported) or the burn path (meta-training's, with no
+    /// rollback: an exploded adaptation is averaged as it is) [default: realtime; burn for
+    /// prototypical networks, which do not adapt].
     #[arg(long)]
     engine: Option<String>,
     /// Where to compute: cpu, gpu or gpu:N.
@@ -154,8 +156,9 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             );
         }
     };
+    let adapts = Learner::of_spec(model.spec(), steps).adapts();
     let realtime = match args.engine.as_deref() {
-        None => model.gauss_newton() || inner.is_some(),
+        None => adapts,
         Some("burn") if inner.is_some() => {
             return Err("--inner runs on the real-time engine (--engine realtime)".into());
         }
@@ -166,7 +169,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         }
     };
     let r = if realtime {
-        if !Learner::of_spec(model.spec(), steps).adapts() {
+        if !adapts {
             return Err("prototypical networks evaluate on the burn engine".into());
         }
         evaluate_realtime_refined(
@@ -219,6 +222,7 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
         v["trained_support"] = trained_support.into();
         v["subset"] = subset.into();
         v["split"] = split.into();
+        v["engine"] = if realtime { "realtime" } else { "burn" }.into();
         if realtime {
             let (name, damping) = match inner {
                 Some(msr_runtime::realtime::Inner::GaussNewton { damping }) => {
@@ -263,6 +267,12 @@ pub(crate) fn eval(args: EvalArgs) -> Result<()> {
             r.inner_steps
         );
         print_references(references.as_ref());
+    }
+    if !args.json && r.refused > 0 {
+        println!(
+            "  {} of {} adaptations refused as diverged (rolled back: counted with the unadapted model's predictions)",
+            r.refused, r.tasks
+        );
     }
     Ok(())
 }

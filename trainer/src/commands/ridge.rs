@@ -70,6 +70,12 @@ pub(crate) fn ridge(args: RidgeArgs) -> Result<()> {
         v["lambda"] = lambda.into();
         v["support"] = support.into();
         v["subset"] = subset.into();
+        // Where each number comes from: lambda chosen on validation tasks, the MSE on test
+        // tasks (never the same ones).
+        v["split"] = "test".into();
+        v["lambda_split"] = "validation".into();
+        v["lambda_tasks"] = val.len().into();
+        v["lambda_val_mse"] = val_mse.into();
         super::eval::add_references(&mut v, references.as_ref());
         println!("{v}");
     } else {

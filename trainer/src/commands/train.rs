@@ -68,7 +68,8 @@ pub(crate) struct TrainArgs {
     #[arg(long, default_value_t = 1)]
     pub(crate) inner_steps: usize,
     /// The inner loop meta-trained through: sgd (meta-learned learning rates), gn
-    /// (damped Gauss-Newton with meta-learned dampings: error never rises with more steps)
+    /// (damped Gauss-Newton with meta-learned dampings: the support objective never rises
+    /// with more steps; the test error can)
     /// or sgd+gn (--inner-steps SGD steps, then one Gauss-Newton step damped by --damping,
     /// fixed; the model is an SGD model that `trainer eval` refines so by default).
     #[arg(long, default_value = "sgd")]

@@ -34,6 +34,10 @@ pub struct EvalResult {
     /// Regression: the MSE of each output over every task's queries (e.g. per joint).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub per_output_mse: Option<Vec<f64>>,
+    /// Adaptations the engine refused as diverged (rolled back, as a device would be: their
+    /// tasks count with the unadapted model's predictions). Always 0 on the burn path,
+    /// which has no rollback.
+    pub refused: usize,
 }
 
 impl EvalResult {
@@ -50,6 +54,7 @@ impl EvalResult {
             tasks: losses.len(),
             inner_steps,
             per_output_mse: None,
+            refused: 0,
         }
     }
 
@@ -238,6 +243,7 @@ pub fn evaluate_realtime_refined(
     let classification = family.is_classification();
     let (mut losses, mut accuracies) = (Vec::with_capacity(ids.len()), Vec::new());
     let mut errors = PerOutput::default();
+    let mut refused = 0;
     let mut out = vec![0.0f32; query * fo];
     for chunk in ids.chunks(if classification { 20 } else { 100 }) {
         let b = family.batch(chunk, support, query);
@@ -250,6 +256,7 @@ pub fn evaluate_realtime_refined(
                 if !matches!(e, msr_runtime::Error::Diverged(_)) {
                     return Err(e);
                 }
+                refused += 1;
                 s.reset();
             }
             if let Some((damping, steps)) = refine {
@@ -297,5 +304,62 @@ pub fn evaluate_realtime_refined(
             }
         }
     }
-    Ok(EvalResult::of(&losses, &accuracies, inner_steps).with_per_output(errors))
+    let mut r = EvalResult::of(&losses, &accuracies, inner_steps).with_per_output(errors);
+    r.refused = refused;
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::models::{ModelKind, init};
+    use msr_runtime::format::ModelInfo;
+    use msr_runtime::{Activation, FeatureShape, LayerSpec, Loss, ModelRecord, NetSpec, Op};
+
+    /// An MSR-FC model for rank1 (k = 4, no bias), at its initialisation.
+    fn rank1_model(family: &Family) -> ModelRecord {
+        let net = NetSpec {
+            input: FeatureShape(vec![family.input_len()]),
+            layers: vec![LayerSpec {
+                op: Op::ShareLinear {
+                    inputs: family.input_len(),
+                    outputs: family.output_len(),
+                    k: 4,
+                    bias: false,
+                },
+                activation: Activation::Identity,
+            }],
+            loss: Loss::Mse,
+        };
+        let layers = init(&net, ModelKind::MsrFc, 0.01, &mut crate::rng::Rng::new(3)).unwrap();
+        ModelRecord {
+            info: ModelInfo {
+                name: "eval".into(),
+                task_family: "rank1".into(),
+                inner_steps: 1,
+                trainer_version: "test".into(),
+            },
+            net,
+            layers,
+            ext: Default::default(),
+        }
+    }
+
+    #[test]
+    fn diverged_adaptations_are_rolled_back_and_counted() {
+        let family = Family::new(crate::tasks::Problem::Rank1);
+        let ids = family.test_ids(10);
+        let mut rec = rank1_model(&family);
+        let calm = evaluate_realtime(&rec, &family, &ids, 5, 10, 1).unwrap();
+        assert_eq!((calm.refused, calm.tasks), (0, 10));
+        // A learning rate that makes every adaptation explode: each is refused, and its
+        // task counts with the unadapted model (the same error as no step at all).
+        rec.layers[0].lr = 1e6;
+        let wild = evaluate_realtime(&rec, &family, &ids, 5, 10, 10).unwrap();
+        assert_eq!(wild.refused, 10);
+        let unadapted = evaluate_realtime(&rec, &family, &ids, 5, 10, 0).unwrap();
+        assert!(wild.loss.is_finite());
+        assert_eq!(wild.loss, unadapted.loss);
+        assert_eq!(unadapted.refused, 0);
+    }
 }
