@@ -35,6 +35,8 @@ mod gemm;
 pub mod gn;
 mod kernels;
 mod layers;
+#[cfg(test)]
+mod op_tests;
 pub mod session;
 pub mod state;
 mod weights;
