@@ -24,7 +24,7 @@ const COMPUTE_BUDGET: u128 = 1 << 30;
 /// (docs/model-format.md, "Limits"): [`BOUND_SLACK_NS`] plus [`BOUND_NS_PER_UNIT`] per unit,
 /// in the calling thread's CPU time (a busy machine adds waiting, not work). A call over it
 /// in two runs of its case is a finding.
-pub const BOUND_NS_PER_UNIT: f64 = 2.0;
+pub const BOUND_NS_PER_UNIT: f64 = 4.0;
 /// The bound's constant part: scheduling noise and a call's set-up.
 pub const BOUND_SLACK_NS: f64 = 5e6;
 /// Calls shorter than this are not used for the slowest-ratio statistic (where a cold

@@ -22,6 +22,10 @@ use crate::spec::{Activation, Loss};
 pub const TRANSCENDENTAL: u128 = 32;
 /// Work units charged per layer and example for the dispatch of a layer's kernels.
 pub const LAYER_OVERHEAD: u128 = 64;
+/// Work units charged per dot product of a convolution's output (one per output position
+/// and channel, each as short as the filter: its set-up costs as much as a few
+/// multiply-adds), and per output of a streaming update.
+pub const DOT_OVERHEAD: u128 = 16;
 /// Work units charged once per call (argument checks, dispatch).
 pub const CALL_OVERHEAD: u128 = 1 << 12;
 /// Refinement passes of the dual solve ([`gn`]'s mixed-precision refinement).
@@ -142,7 +146,10 @@ fn layer_macs(l: &Layer) -> u128 {
             positions,
             taps,
             ..
-        } => (*in_channels * *taps) as u128 * (*out_channels * *positions) as u128,
+        } => {
+            let dots = (*out_channels * *positions) as u128;
+            (*in_channels * *taps) as u128 * dots + DOT_OVERHEAD * dots
+        }
     }
 }
 
@@ -443,9 +450,9 @@ impl RtModel {
                     // then factorisations and products of P x P matrices), else one
                     // rank-one update per output; and the move.
                     let update = if fo >= 2 * pw {
-                        fo * (pw * pw / 2 + 2 * pw) + 3 * pw * pw * pw
+                        fo * (pw * pw / 2 + 2 * pw + DOT_OVERHEAD) + 3 * pw * pw * pw
                     } else {
-                        fo * (4 * pw * pw + 4 * pw)
+                        fo * (4 * pw * pw + 4 * pw + DOT_OVERHEAD)
                     };
                     pc.forward
                         + self.jacobian_work(&pc, moved, p, capacity)
