@@ -85,8 +85,15 @@ fn sgd_then_gauss_newton_runs_evaluates_and_warm_starts() {
     assert_eq!(plain["refused"], 0, "{plain}");
     let burn = eval_json(&model, &["--engine", "burn"]);
     assert_eq!(burn["engine"], "burn", "{burn}");
-    assert_eq!(burn["inner"], serde_json::Value::Null, "SGD on burn: {burn}");
-    let (a, b) = (plain["loss"].as_f64().unwrap(), burn["loss"].as_f64().unwrap());
+    assert_eq!(
+        burn["inner"],
+        serde_json::Value::Null,
+        "SGD on burn: {burn}"
+    );
+    let (a, b) = (
+        plain["loss"].as_f64().unwrap(),
+        burn["loss"].as_f64().unwrap(),
+    );
     assert!((a - b).abs() <= 1e-3 * b, "the two engines agree: {a} {b}");
     let refined = eval_json(&sgn.join("model.msr"), &[]);
     assert_eq!(refined["inner"], "sgd+gn", "{refined}");
