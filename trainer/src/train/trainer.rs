@@ -47,6 +47,10 @@ pub struct Trainer {
     pub(super) collective: Box<dyn Collective>,
     /// How the meta-learner goes from a support set to query outputs.
     pub(super) learner: Learner,
+    /// The fast dense meta-gradient, when it computes this run's (see [`GradEngine`]).
+    pub(super) fast: Option<super::fast::FastPath>,
+    /// The most threads a fast step uses.
+    pub(super) threads: usize,
 }
 
 impl Trainer {
@@ -206,7 +210,7 @@ impl Trainer {
         }
         let normalizer = normalize::statistics(&family, &config);
         let learner = Learner::of_config(&config);
-        Ok(Trainer {
+        let mut t = Trainer {
             normalizer,
             family,
             device: plain,
@@ -219,7 +223,12 @@ impl Trainer {
             shards: 1,
             collective: Box::new(Local),
             learner,
-        })
+            fast: None,
+            threads: super::fast::default_threads(),
+        };
+        // The fast engine by default, where it applies.
+        t.fast = t.fast_path();
+        Ok(t)
     }
 
     /// Defines each step's meta-gradient as a sum of `shards` shards (see
@@ -295,8 +304,7 @@ impl Trainer {
     /// One outer step on `batch`, which must be [`train_batch`] of the current step (the
     /// caller may have generated it ahead, on another thread).
     pub fn outer_step_on(&mut self, batch: &Batch) -> f64 {
-        let b = self.upload(batch);
-        let loss = self.meta_step(&b);
+        let loss = self.meta_step_host(batch);
         self.step += 1;
         loss
     }
@@ -337,15 +345,24 @@ impl Trainer {
         let mut local = Vec::with_capacity(shards.len() * (4 * len + 8));
         for batch in shards {
             let started = std::time::Instant::now();
-            let b = self.upload(batch);
-            let (total, _) = self.summed_loss(&b);
-            let grads = total.backward();
-            for g in self.gradients(&grads) {
-                for v in msr_runtime::model::download(&g) {
+            if self.fast.is_some() {
+                let b = self.standardized(batch);
+                let (total, grads) = self.fast_grads(&b);
+                for v in grads.iter().flatten() {
                     local.extend_from_slice(&v.to_le_bytes());
                 }
+                local.extend_from_slice(&total.to_le_bytes());
+            } else {
+                let b = self.upload(batch);
+                let (total, _) = self.summed_loss(&b);
+                let grads = total.backward();
+                for g in self.gradients(&grads) {
+                    for v in msr_runtime::model::download(&g) {
+                        local.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+                local.extend_from_slice(&total.into_scalar::<f64>().to_le_bytes());
             }
-            local.extend_from_slice(&total.into_scalar::<f64>().to_le_bytes());
             timing.shard_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
         let started = std::time::Instant::now();
@@ -440,7 +457,7 @@ impl Trainer {
     }
 
     /// Every parameter's gradient (zeros for those the loss does not reach).
-    fn gradients(&self, grads: &burn::tensor::Gradients) -> Vec<Tensor<2>> {
+    pub(super) fn gradients(&self, grads: &burn::tensor::Gradients) -> Vec<Tensor<2>> {
         self.params
             .tensors()
             .iter()
