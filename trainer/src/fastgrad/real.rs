@@ -85,7 +85,7 @@ impl Real for f32 {
         self as f64
     }
     fn tanh(self) -> Self {
-        f32::tanh(self)
+        tanh_f32(self)
     }
     fn exp(self) -> Self {
         f32::exp(self)
@@ -103,6 +103,28 @@ impl Real for f32 {
             accumulate,
         );
     }
+}
+
+/// tanh as a rational function (Eigen's `ptanh_float` coefficients): no call into libm,
+/// within a few ulp of it (tested), where libm's tanhf was a fifth of a tanh MLP's step.
+#[inline]
+pub fn tanh_f32(x: f32) -> f32 {
+    const CLAMP: f32 = 7.905_311;
+    if x.abs() < 0.0004 {
+        return x;
+    }
+    let x = x.clamp(-CLAMP, CLAMP);
+    let x2 = x * x;
+    let p = x2 * -2.760_768_5e-16 + 2.000_188e-13;
+    let p = p * x2 + -8.604_672e-11;
+    let p = p * x2 + 5.122_297e-8;
+    let p = p * x2 + 1.485_722_4e-5;
+    let p = p * x2 + 6.372_619_3e-4;
+    let p = (p * x2 + 4.893_524_6e-3) * x;
+    let q = x2 * 1.198_258_4e-6 + 1.185_347_1e-4;
+    let q = q * x2 + 2.268_434_6e-3;
+    let q = q * x2 + 4.893_525e-3;
+    p / q
 }
 
 impl Real for f64 {
@@ -134,5 +156,23 @@ impl Real for f64 {
                 *o = if accumulate { *o + s } else { s };
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The rational tanh is within 5e-7 (absolute, about 4 ulp near 1) of f64's over its whole range.
+    #[test]
+    fn fast_tanh_matches_the_true_one() {
+        let mut worst = 0.0f64;
+        for i in -200_000..=200_000 {
+            let x = i as f32 * 5e-5;
+            let err = (super::tanh_f32(x) as f64 - (x as f64).tanh()).abs();
+            worst = worst.max(err);
+        }
+        for x in [20.0f32, -20.0, 1e-6, -1e-6, 0.0] {
+            worst = worst.max((super::tanh_f32(x) as f64 - (x as f64).tanh()).abs());
+        }
+        assert!(worst < 5e-7, "worst error {worst}");
     }
 }

@@ -169,9 +169,10 @@ fn materialize<R: Real>(k: Option<usize>, ut: &[R], a: &[R], dst: &mut [R]) {
 /// `M^T d`: `U^T vec(d)` (MSR) or `d` itself (plain).
 fn pull_back<R: Real>(k: Option<usize>, ut: &[R], d: &[R], dst: &mut [R]) {
     match k {
+        // As one row times U: the kernel's single-row path streams U's columns.
         Some(k) => R::gemm(
-            View::rows(ut, k, d.len()),
-            View::rows(d, d.len(), 1),
+            View::rows(d, 1, d.len()),
+            View::rows(ut, k, d.len()).t(),
             dst,
             false,
         ),
