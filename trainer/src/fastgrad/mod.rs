@@ -143,6 +143,45 @@ impl<R: Real> Meta<R> {
         }
     }
 
+    /// Writes every value into `out` (shaped as [`Meta::flat`]'s result) without
+    /// allocating.
+    pub fn write_flat(&self, net: &DenseNet, out: &mut [Vec<R>]) {
+        let mut i = 0;
+        for (l, m) in net.layers.iter().zip(&self.layers) {
+            if let Some(k) = l.k {
+                transpose_into(&m.ut, k, l.outputs * l.inputs, &mut out[i]);
+                i += 1;
+            }
+            out[i].copy_from_slice(&m.a0);
+            i += 1;
+            if l.bias {
+                out[i].copy_from_slice(&m.b0);
+                i += 1;
+            }
+            out[i][0] = m.lr;
+            i += 1;
+        }
+    }
+
+    /// Reads every value from `flat` ([`Meta::flat`]'s layout) without allocating.
+    pub fn read_flat(&mut self, net: &DenseNet, flat: &[Vec<R>]) {
+        let mut i = 0;
+        for (l, m) in net.layers.iter().zip(&mut self.layers) {
+            if let Some(k) = l.k {
+                transpose_into(&flat[i], l.outputs * l.inputs, k, &mut m.ut);
+                i += 1;
+            }
+            m.a0.copy_from_slice(&flat[i]);
+            i += 1;
+            if l.bias {
+                m.b0.copy_from_slice(&flat[i]);
+                i += 1;
+            }
+            m.lr = flat[i][0];
+            i += 1;
+        }
+    }
+
     /// Every value in [`MetaParams::tensors`] order, `U` in its `[outputs * inputs, k]`
     /// layout.
     pub fn flat(&self, net: &DenseNet) -> Vec<Vec<R>> {
@@ -216,12 +255,18 @@ impl<R: Real> Meta<R> {
 /// `m` `[rows, cols]` row-major, transposed.
 fn transpose<R: Real>(m: &[R], rows: usize, cols: usize) -> Vec<R> {
     let mut t = vec![R::default(); m.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            t[c * rows + r] = m[r * cols + c];
+    transpose_into(m, rows, cols, &mut t);
+    t
+}
+
+/// `m` `[rows, cols]` row-major, transposed into `t`.
+fn transpose_into<R: Real>(m: &[R], rows: usize, cols: usize, t: &mut [R]) {
+    assert_eq!(t.len(), rows * cols, "transpose sizes");
+    for (r, row) in m.chunks_exact(cols).enumerate() {
+        for (c, x) in row.iter().enumerate() {
+            t[c * rows + r] = *x;
         }
     }
-    t
 }
 
 /// The meta-parameters of a burn [`MetaParams`] (downloaded, f32).

@@ -46,6 +46,20 @@ pub(super) struct FastPath {
     pub(super) engine: fastgrad::Engine<f32>,
     /// The engine's net (a copy: the engine is borrowed while its gradient is read).
     pub(super) net: DenseNet,
+    /// The run's parameters and Adam moments on the host, once a fast step has run: the
+    /// truth while the fast engine runs (burn's parameters are refreshed after every
+    /// step, its Adam moments on request), so that a step converts nothing but the
+    /// updated parameters.
+    pub(super) host: Option<Host>,
+}
+
+/// See [`FastPath::host`]. Vectors in [`msr_runtime::MetaParams::tensors`] order.
+pub(super) struct Host {
+    params: Vec<Vec<f32>>,
+    m: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    grads: Vec<Vec<f32>>,
+    meta: fastgrad::Meta<f32>,
 }
 
 impl FastPath {
@@ -70,6 +84,7 @@ impl FastPath {
         on_cpu.then(|| FastPath {
             engine: fastgrad::Engine::new(dense.clone(), steps, first_order, threads),
             net: dense,
+            host: None,
         })
     }
 }
@@ -84,7 +99,10 @@ impl Trainer {
     /// (convolutions, classification, Gauss-Newton inner loops, a GPU).
     pub fn set_engine(&mut self, engine: GradEngine) -> Result<(), TrainError> {
         match engine {
-            GradEngine::Burn => self.fast = None,
+            GradEngine::Burn => {
+                self.flush_adam();
+                self.fast = None;
+            }
             GradEngine::Fast => {
                 if self.fast.is_none() {
                     self.fast = Some(self.fast_path().ok_or_else(|| {
@@ -130,11 +148,39 @@ impl Trainer {
         b
     }
 
+    /// The host copies of the parameters and Adam moments (downloaded at the first fast
+    /// step).
+    fn host(&mut self) -> &mut Host {
+        let fast = self.fast.as_mut().expect("the fast engine is on");
+        if fast.host.is_none() {
+            let dl = |ts: &[Tensor<2>]| -> Vec<Vec<f32>> {
+                ts.iter().map(msr_runtime::model::download).collect()
+            };
+            let params = dl(&self.params.tensors());
+            fast.host = Some(Host {
+                meta: fastgrad::Meta::from_flat(&fast.net, &params),
+                grads: params.clone(),
+                m: dl(&self.adam.m),
+                v: dl(&self.adam.v),
+                params,
+            });
+        }
+        fast.host.as_mut().expect("just made")
+    }
+
     /// The summed query loss of the (standardised) `batch` and each parameter's summed
     /// meta-gradient in [`msr_runtime::MetaParams::tensors`] order, by the fast engine.
     pub(super) fn fast_grads(&mut self, batch: &Batch) -> (f64, Vec<Vec<f32>>) {
+        let loss = self.fast_grads_in_place(batch);
+        let grads = self.host().grads.clone();
+        (loss, grads)
+    }
+
+    /// [`Trainer::fast_grads`], the gradient left in the host's buffer.
+    fn fast_grads_in_place(&mut self, batch: &Batch) -> f64 {
+        self.host();
         let fast = self.fast.as_mut().expect("the fast engine is on");
-        let meta = fastgrad::meta_of_params(&fast.net, &self.params);
+        let host = fast.host.as_mut().expect("made above");
         let tasks = Tasks {
             xs: &batch.xs,
             ys: &batch.ys,
@@ -144,25 +190,78 @@ impl Trainer {
             support: batch.support,
             query: batch.query,
         };
-        let (loss, grad) = fast.engine.meta_grad(&meta, tasks);
-        (loss, grad.flat(&fast.net))
+        let (loss, grad) = fast.engine.meta_grad(&host.meta, tasks);
+        grad.write_flat(&fast.net, &mut host.grads);
+        loss
     }
 
-    /// One Adam step from gradients in [`msr_runtime::MetaParams::tensors`] order.
-    pub(super) fn apply_grads(&mut self, grads: &[Vec<f32>]) {
-        let g: Vec<Tensor<2>> = self
-            .params
-            .tensors()
-            .iter()
-            .zip(grads)
-            .map(|(p, g)| {
-                Tensor::from_data(
-                    TensorData::new(g.clone(), p.dims()),
-                    (&self.device, DType::F32),
-                )
-            })
-            .collect();
-        self.params = self.adam.step(&self.params, &g);
+    /// One Adam step on the host (burn's [`Adam`]'s arithmetic, in f32) from the
+    /// gradients in the host's buffer, or from `grads` if given; then burn's parameters
+    /// are refreshed.
+    pub(super) fn fast_apply(&mut self, grads: Option<&[Vec<f32>]>) {
+        self.host();
+        let adam = &mut self.adam;
+        adam.t += 1;
+        let bc1 = (1.0 - adam.beta1.powi(adam.t as i32)) as f32;
+        let bc2 = (1.0 - adam.beta2.powi(adam.t as i32)) as f32;
+        let (b1, b2, eps, lr) = (
+            adam.beta1 as f32,
+            adam.beta2 as f32,
+            adam.eps as f32,
+            adam.lr as f32,
+        );
+        let fast = self.fast.as_mut().expect("the fast engine is on");
+        let host = fast.host.as_mut().expect("made above");
+        let grads = grads.unwrap_or(&host.grads);
+        for (i, g) in grads.iter().enumerate() {
+            if adam.frozen[i] {
+                continue;
+            }
+            let (p, m, v) = (&mut host.params[i], &mut host.m[i], &mut host.v[i]);
+            for j in 0..g.len() {
+                m[j] = m[j] * b1 + g[j] * (1.0 - b1);
+                v[j] = v[j] * b2 + g[j] * g[j] * (1.0 - b2);
+                p[j] -= (m[j] / bc1) / ((v[j] / bc2).sqrt() + eps) * lr;
+            }
+        }
+        host.meta.read_flat(&fast.net, &host.params);
+        let mut i = 0;
+        // (The parameters live on the autodiff device.)
+        let device = self.net.device().clone();
+        self.params = self.params.map(|p| {
+            let t = Tensor::from_data(
+                TensorData::new(host.params[i].clone(), p.dims()),
+                (&device, DType::F32),
+            );
+            i += 1;
+            t.require_grad()
+        });
+    }
+
+    /// Copies the host's Adam moments into burn's optimizer (before a checkpoint or a
+    /// switch to burn's engine).
+    pub(super) fn flush_adam(&mut self) {
+        let Some(host) = self.fast.as_ref().and_then(|f| f.host.as_ref()) else {
+            return;
+        };
+        let device = self.adam.m.first().map(|t| t.device());
+        let Some(device) = device else { return };
+        let up = |xs: &[Vec<f32>], like: &mut [Tensor<2>]| {
+            for (x, t) in xs.iter().zip(like.iter_mut()) {
+                *t = Tensor::from_data(TensorData::new(x.clone(), t.dims()), (&device, DType::F32));
+            }
+        };
+        up(&host.m, &mut self.adam.m);
+        up(&host.v, &mut self.adam.v);
+    }
+
+    /// Adam's moments as host vectors (the fast engine's if it holds them).
+    pub(super) fn adam_moments(&self) -> (Vec<Vec<f32>>, Vec<Vec<f32>>) {
+        if let Some(host) = self.fast.as_ref().and_then(|f| f.host.as_ref()) {
+            return (host.m.clone(), host.v.clone());
+        }
+        let dl = |ts: &[Tensor<2>]| ts.iter().map(msr_runtime::model::download).collect();
+        (dl(&self.adam.m), dl(&self.adam.v))
     }
 
     /// Meta-gradient and Adam update on one host batch (not yet standardised) by the
@@ -170,8 +269,8 @@ impl Trainer {
     pub fn meta_step_host(&mut self, batch: &Batch) -> f64 {
         if self.fast.is_some() {
             let b = self.standardized(batch);
-            let (loss, g) = self.fast_grads(&b);
-            self.apply_grads(&g);
+            let loss = self.fast_grads_in_place(&b);
+            self.fast_apply(None);
             loss / b.tasks as f64
         } else {
             let b = self.upload(batch);

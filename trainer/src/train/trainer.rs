@@ -311,6 +311,11 @@ impl Trainer {
 
     /// Meta-gradient and Adam update on one uploaded batch; returns the mean query loss.
     pub fn meta_step(&mut self, b: &DeviceBatch) -> f64 {
+        // burn's Adam goes on from the fast engine's moments, which forgets its copies.
+        self.flush_adam();
+        if let Some(f) = &mut self.fast {
+            f.host = None;
+        }
         let (total, tasks) = self.summed_loss(b);
         let grads = total.backward();
         let g = self.gradients(&grads);
@@ -376,6 +381,19 @@ impl Trainer {
         timing.gather_ms = started.elapsed().as_secs_f64() * 1e3;
         let (sum, loss) = super::shard::reduce_in_shard_order(&gathered, self.shards, len)
             .map_err(TrainError::Distributed)?;
+        if self.fast.is_some() {
+            let mut at = 0;
+            let g: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|s| {
+                    at += s[0] * s[1];
+                    sum[at - s[0] * s[1]..at].to_vec()
+                })
+                .collect();
+            self.fast_apply(Some(&g));
+            self.step += 1;
+            return Ok((loss / self.config.tasks_per_step as f64, timing));
+        }
         let mut at = 0;
         let g: Vec<Tensor<2>> = shapes
             .iter()
