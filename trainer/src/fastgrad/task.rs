@@ -311,13 +311,15 @@ fn tangent<R: Real>(
     for l in (0..nl).rev() {
         let layer = &net.layers[l];
         let dzt = &mut t.dzt[l];
+        let terms = dzt.iter_mut().zip(&t.et[l]).zip(&p.d1[l]);
         if l >= live {
-            for i in 0..dzt.len() {
-                dzt[i] = t.et[l][i] * p.d1[l][i] + p.e[l][i] * p.d2[l][i] * t.zt[l][i];
+            let second = p.e[l].iter().zip(&p.d2[l]).zip(&t.zt[l]);
+            for (((d, et), d1), ((e, d2), zt)) in terms.zip(second) {
+                *d = *et * *d1 + *e * *d2 * *zt;
             }
         } else {
-            for i in 0..dzt.len() {
-                dzt[i] = t.et[l][i] * p.d1[l][i];
+            for ((d, et), d1) in terms {
+                *d = *et * *d1;
             }
         }
         let input = if l == 0 { x } else { &p.h[l - 1][..] };

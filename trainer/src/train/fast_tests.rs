@@ -10,10 +10,13 @@ use crate::tasks::Problem;
 
 use super::*;
 
+/// A summed query loss and a meta-gradient per parameter tensor.
+type LossAndGrad = (f64, Vec<Vec<f32>>);
+
 /// burn's and the fast engine's summed query loss and meta-gradient on step 0's batch of
 /// `c`, after `warm` outer steps (so that biases and learning rates are not at their
 /// initial values).
-fn both(c: &TrainConfig, warm: usize) -> ((f64, Vec<Vec<f32>>), (f64, Vec<Vec<f32>>)) {
+fn both(c: &TrainConfig, warm: usize) -> (LossAndGrad, LossAndGrad) {
     let mut t = Trainer::new(c.clone()).unwrap();
     assert_eq!(t.engine(), GradEngine::Fast, "{} applies", c.model);
     for _ in 0..warm {
