@@ -2,6 +2,7 @@
 //! families, evaluates them through the runtime, exports `.msr` model files.
 
 pub mod baselines;
+pub mod fastgrad;
 pub mod inspect;
 pub mod learner;
 pub mod models;

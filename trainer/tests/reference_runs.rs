@@ -75,29 +75,64 @@ fn run(name: &str, args: &[&str]) {
     std::fs::remove_dir_all(&out).unwrap();
 }
 
+/// The rank1 run's arguments (burn's engine: the bit-pinned reference).
+const RANK1: &[&str] = &[
+    "--problem",
+    "rank1",
+    "--model",
+    "msr-fc",
+    "--steps",
+    "20",
+    "--seed",
+    "3",
+    "--tasks-per-step",
+    "8",
+    "--eval-every",
+    "10",
+    "--eval-tasks",
+    "16",
+    "--checkpoint-every",
+    "10",
+];
+
+/// The fast engine (the default for msr-fc) keeps the reference run's metrics: the same
+/// losses within 1e-4 relative (float sums in another order, not bit for bit).
+#[test]
+fn rank1_msr_fc_fast_engine_keeps_the_metrics() {
+    let out = std::env::temp_dir().join(format!("msr-reference-fast-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let status = Command::new(env!("CARGO_BIN_EXE_trainer"))
+        .arg("train")
+        .args(RANK1)
+        .args(["--engine", "fast", "--out"])
+        .arg(&out)
+        .env("RUST_LOG", "error")
+        .status()
+        .expect("run the trainer");
+    assert!(status.success());
+    let got = metrics_without_timings(&std::fs::read_to_string(out.join("metrics.jsonl")).unwrap());
+    let want = metrics_without_timings(
+        &std::fs::read_to_string(reference_dir().join("rank1/metrics.jsonl")).unwrap(),
+    );
+    assert_eq!(got.len(), want.len());
+    for (g, w) in got.iter().zip(&want) {
+        for key in ["train_loss", "val_loss", "val_ci95"] {
+            let (a, b) = (g[key].as_f64().unwrap(), w[key].as_f64().unwrap());
+            assert!(
+                (a - b).abs() <= 1e-4 * b.abs(),
+                "{key}: {a} vs reference {b}"
+            );
+        }
+        assert_eq!(g["step"], w["step"]);
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
 #[test]
 fn rank1_msr_fc_is_bit_identical() {
-    run(
-        "rank1",
-        &[
-            "--problem",
-            "rank1",
-            "--model",
-            "msr-fc",
-            "--steps",
-            "20",
-            "--seed",
-            "3",
-            "--tasks-per-step",
-            "8",
-            "--eval-every",
-            "10",
-            "--eval-tasks",
-            "16",
-            "--checkpoint-every",
-            "10",
-        ],
-    );
+    let mut args = RANK1.to_vec();
+    args.extend(["--engine", "burn"]);
+    run("rank1", &args);
 }
 
 #[test]

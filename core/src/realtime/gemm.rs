@@ -18,7 +18,7 @@
 
 /// A read-only strided view: element `(r, c)` is `data[r * rs + c * cs]`.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Mat<'a> {
+pub struct Mat<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
@@ -28,13 +28,13 @@ pub(crate) struct Mat<'a> {
 
 impl<'a> Mat<'a> {
     /// The row-major `rows x cols` matrix at the start of `data`.
-    pub(crate) fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub fn rows(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Self::strided(data, rows, cols, cols, 1)
     }
 
     /// A view with row stride `rs` and column stride `cs`. Panics if an element lies
     /// outside `data`.
-    pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
         if rows > 0 && cols > 0 {
             // Checked: a wrapped product must not pass for an element inside `data`.
             let last = (rows - 1)
@@ -56,7 +56,7 @@ impl<'a> Mat<'a> {
     }
 
     /// The transpose (a view of the same data).
-    pub(crate) fn t(self) -> Self {
+    pub fn t(self) -> Self {
         Mat {
             data: self.data,
             rows: self.cols,
@@ -67,7 +67,7 @@ impl<'a> Mat<'a> {
     }
 
     /// Row `r` of a view with contiguous rows.
-    pub(crate) fn row(&self, r: usize) -> &'a [f32] {
+    pub fn row(&self, r: usize) -> &'a [f32] {
         assert_eq!(self.cs, 1, "row of a view with strided columns");
         &self.data[r * self.rs..r * self.rs + self.cols]
     }
@@ -79,7 +79,7 @@ impl<'a> Mat<'a> {
 
 /// A writable row-major view with row stride `rs`: element `(r, c)` is `data[r * rs + c]`.
 #[derive(Debug)]
-pub(crate) struct MatMut<'a> {
+pub struct MatMut<'a> {
     data: &'a mut [f32],
     rows: usize,
     cols: usize,
@@ -88,12 +88,12 @@ pub(crate) struct MatMut<'a> {
 
 impl<'a> MatMut<'a> {
     /// The row-major `rows x cols` matrix at the start of `data`.
-    pub(crate) fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+    pub fn rows(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
         Self::strided(data, rows, cols, cols)
     }
 
     /// Rows of `cols` values `rs` apart. Panics if an element lies outside `data`.
-    pub(crate) fn strided(data: &'a mut [f32], rows: usize, cols: usize, rs: usize) -> Self {
+    pub fn strided(data: &'a mut [f32], rows: usize, cols: usize, rs: usize) -> Self {
         if rows > 0 && cols > 0 {
             assert!(cols <= rs || rows == 1, "rows of a view overlap");
             let end = (rows - 1).checked_mul(rs).and_then(|r| r.checked_add(cols));
@@ -113,7 +113,7 @@ impl<'a> MatMut<'a> {
 
 /// `C = A B (+ bias)`, or `C += A B` with `accumulate`; `bias` (one per column of `C`) is
 /// added only when not accumulating. Panics on mismatched shapes.
-pub(crate) fn gemm(a: Mat, b: Mat, c: MatMut, bias: Option<&[f32]>, accumulate: bool) {
+pub fn gemm(a: Mat, b: Mat, c: MatMut, bias: Option<&[f32]>, accumulate: bool) {
     assert_eq!(a.cols, b.rows, "gemm inner dimensions");
     assert_eq!((c.rows, c.cols), (a.rows, b.cols), "gemm output shape");
     if let Some(bias) = bias {

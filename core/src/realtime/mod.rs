@@ -31,7 +31,7 @@ use crate::spec::{Activation, ConvSharing, Loss, Op};
 mod activation;
 pub mod cost;
 mod denormals;
-mod gemm;
+pub mod gemm;
 pub mod gn;
 mod kernels;
 mod layers;

@@ -38,6 +38,9 @@ pub(crate) struct BenchArgs {
     /// Augment the training queries (glyphs), for --shards.
     #[arg(long)]
     pub(crate) augment_query: bool,
+    /// The meta-gradient's engine (fast or burn) [default: fast where it applies]
+    #[arg(long)]
+    pub(crate) engine: Option<msr_trainer::train::GradEngine>,
 }
 
 pub(crate) fn bench(args: BenchArgs) -> Result<()> {
@@ -81,6 +84,7 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
             tasks,
             reps,
             device,
+            engine,
             ..
         } => {
             let device = msr_runtime::device::by_name(&device)?;
@@ -95,11 +99,13 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
                     c.clone(),
                     device.clone(),
                     reps / 5,
+                    engine,
                 )?);
                 first.push(msr_trainer::train::bench_outer_step(
                     fo.clone(),
                     device.clone(),
                     reps / 5,
+                    engine,
                 )?);
             }
             let med = |rs: &[msr_trainer::train::BenchResult]| {
@@ -110,7 +116,8 @@ pub(crate) fn bench(args: BenchArgs) -> Result<()> {
             let (e, elo, ehi) = med(&exact);
             let (f, flo, fhi) = med(&first);
             println!(
-                "{problem} {model}, {tasks} tasks per outer step, median ms per step (5 rounds of {} steps; range of round medians)",
+                "{problem} {model}, {tasks} tasks per outer step, {} engine, median ms per step (5 rounds of {} steps; range of round medians)",
+                engine.map_or_else(|| "default".to_string(), |e| e.to_string()),
                 reps / 5
             );
             println!("  exact second order: {e:.3} ms ({elo:.3}..{ehi:.3})");

@@ -121,6 +121,15 @@ pub(crate) struct TrainArgs {
     /// meta-gradient is the same up to the order of float additions)
     #[arg(long)]
     pub(crate) shards: Option<usize>,
+    /// The meta-gradient's engine: fast (hand-written, for nets of dense layers with SGD
+    /// inner steps on the CPU) or burn (autodiff: every model and device) [default: fast
+    /// where it applies]
+    #[arg(long)]
+    pub(crate) engine: Option<msr_trainer::train::GradEngine>,
+    /// Threads of a fast step (its result does not depend on them) [default: the cores
+    /// this process may run on]
+    #[arg(long)]
+    pub(crate) threads: Option<usize>,
 }
 
 /// Episode shape of the classification families (ignored by regression families).
@@ -229,6 +238,15 @@ pub(crate) fn train(args: TrainArgs) -> Result<RunOutcome> {
             collective.size()
         )
         .into());
+    }
+    if let Some(e) = args.engine {
+        trainer.set_engine(e)?;
+    }
+    if let Some(n) = args.threads {
+        trainer.set_threads(n);
+    }
+    if collective.rank() == 0 {
+        info!("meta-gradient engine: {}", trainer.engine());
     }
     trainer.set_collective(collective);
     let opts = RunOptions {

@@ -24,31 +24,32 @@ pub struct BenchResult {
 }
 
 /// Times `reps` outer steps (after 20 warm-up steps) on pre-generated batches, so that only
-/// the meta-gradient and the update are timed.
+/// the meta-gradient and the update (and, for burn, the batch's upload; for the fast
+/// engine, its standardisation) are timed. `engine`: the run's default if `None`.
 pub fn bench_outer_step(
     config: TrainConfig,
     device: Device,
     reps: usize,
+    engine: Option<GradEngine>,
 ) -> Result<BenchResult, TrainError> {
     let mut t = Trainer::on_device(config, device)?;
+    if let Some(e) = engine {
+        t.set_engine(e)?;
+    }
     let fam = t.family().clone();
-    let batches: Vec<DeviceBatch> = (0..8u64)
+    let batches: Vec<crate::tasks::Batch> = (0..8u64)
         .map(|s| {
             let ids = fam.train_ids(t.config.seed, s, t.config.tasks_per_step);
-            let mut b = fam.batch(&ids, t.config.support, t.config.query);
-            if let Some(n) = &t.normalizer {
-                super::normalize::apply(n, &mut b);
-            }
-            DeviceBatch::new(&b, fam.input_len(), fam.output_len(), t.net.device())
+            fam.batch(&ids, t.config.support, t.config.query)
         })
         .collect();
     for i in 0..20 {
-        t.meta_step(&batches[i % batches.len()]);
+        t.meta_step_host(&batches[i % batches.len()]);
     }
     let mut ms: Vec<f64> = (0..reps.max(1))
         .map(|i| {
             let start = Instant::now();
-            t.meta_step(&batches[i % batches.len()]);
+            t.meta_step_host(&batches[i % batches.len()]);
             start.elapsed().as_secs_f64() * 1e3
         })
         .collect();

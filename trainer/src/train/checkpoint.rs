@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, Tensor};
+use burn::tensor::Device;
 use msr_runtime::format::{LayerRecord, ModelInfo, ModelRecord};
 use msr_runtime::model::record_from_params;
 use serde::{Deserialize, Serialize};
@@ -33,14 +33,14 @@ const SHARDED_MAGIC: &[u8; 8] = b"MSRCKPT3";
 impl Trainer {
     /// Writes a checkpoint atomically (temporary file, then rename).
     pub fn save_checkpoint(&self, path: &Path) -> Result<(), TrainError> {
-        let dl = |ts: &[Tensor<2>]| ts.iter().map(msr_runtime::model::download).collect();
+        let (adam_m, adam_v) = self.adam_moments();
         let ck = Checkpoint {
             config: self.config.clone(),
             step: self.step,
             adam_t: self.adam.t,
             params: record_from_params(&self.params),
-            adam_m: dl(&self.adam.m),
-            adam_v: dl(&self.adam.v),
+            adam_m,
+            adam_v,
         };
         let mut body = postcard::to_allocvec(&ck).expect("encoding into a Vec cannot fail");
         // The shard count follows the record (only when not 1: a one-shard run's checkpoint

@@ -9,6 +9,9 @@ mod checkpoint;
 mod config;
 mod error;
 mod eval;
+mod fast;
+#[cfg(test)]
+mod fast_tests;
 pub mod normalize;
 pub mod shard;
 #[cfg(test)]
@@ -29,4 +32,5 @@ pub use eval::{
     EvalResult, PerOutput, evaluate, evaluate_on, evaluate_realtime, evaluate_realtime_refined,
     evaluate_references,
 };
+pub use fast::GradEngine;
 pub use trainer::{StepTiming, TRAINER_CONFIG, Trainer, trained_config};

@@ -47,6 +47,10 @@ pub struct Trainer {
     pub(super) collective: Box<dyn Collective>,
     /// How the meta-learner goes from a support set to query outputs.
     pub(super) learner: Learner,
+    /// The fast dense meta-gradient, when it computes this run's (see [`GradEngine`]).
+    pub(super) fast: Option<super::fast::FastPath>,
+    /// The most threads a fast step uses.
+    pub(super) threads: usize,
 }
 
 impl Trainer {
@@ -206,7 +210,7 @@ impl Trainer {
         }
         let normalizer = normalize::statistics(&family, &config);
         let learner = Learner::of_config(&config);
-        Ok(Trainer {
+        let mut t = Trainer {
             normalizer,
             family,
             device: plain,
@@ -219,7 +223,12 @@ impl Trainer {
             shards: 1,
             collective: Box::new(Local),
             learner,
-        })
+            fast: None,
+            threads: super::fast::default_threads(),
+        };
+        // The fast engine by default, where it applies.
+        t.fast = t.fast_path();
+        Ok(t)
     }
 
     /// Defines each step's meta-gradient as a sum of `shards` shards (see
@@ -295,14 +304,18 @@ impl Trainer {
     /// One outer step on `batch`, which must be [`train_batch`] of the current step (the
     /// caller may have generated it ahead, on another thread).
     pub fn outer_step_on(&mut self, batch: &Batch) -> f64 {
-        let b = self.upload(batch);
-        let loss = self.meta_step(&b);
+        let loss = self.meta_step_host(batch);
         self.step += 1;
         loss
     }
 
     /// Meta-gradient and Adam update on one uploaded batch; returns the mean query loss.
     pub fn meta_step(&mut self, b: &DeviceBatch) -> f64 {
+        // burn's Adam goes on from the fast engine's moments, which forgets its copies.
+        self.flush_adam();
+        if let Some(f) = &mut self.fast {
+            f.host = None;
+        }
         let (total, tasks) = self.summed_loss(b);
         let grads = total.backward();
         let g = self.gradients(&grads);
@@ -337,15 +350,24 @@ impl Trainer {
         let mut local = Vec::with_capacity(shards.len() * (4 * len + 8));
         for batch in shards {
             let started = std::time::Instant::now();
-            let b = self.upload(batch);
-            let (total, _) = self.summed_loss(&b);
-            let grads = total.backward();
-            for g in self.gradients(&grads) {
-                for v in msr_runtime::model::download(&g) {
+            if self.fast.is_some() {
+                let b = self.standardized(batch);
+                let (total, grads) = self.fast_grads(&b);
+                for v in grads.iter().flatten() {
                     local.extend_from_slice(&v.to_le_bytes());
                 }
+                local.extend_from_slice(&total.to_le_bytes());
+            } else {
+                let b = self.upload(batch);
+                let (total, _) = self.summed_loss(&b);
+                let grads = total.backward();
+                for g in self.gradients(&grads) {
+                    for v in msr_runtime::model::download(&g) {
+                        local.extend_from_slice(&v.to_le_bytes());
+                    }
+                }
+                local.extend_from_slice(&total.into_scalar::<f64>().to_le_bytes());
             }
-            local.extend_from_slice(&total.into_scalar::<f64>().to_le_bytes());
             timing.shard_ms.push(started.elapsed().as_secs_f64() * 1e3);
         }
         let started = std::time::Instant::now();
@@ -359,6 +381,19 @@ impl Trainer {
         timing.gather_ms = started.elapsed().as_secs_f64() * 1e3;
         let (sum, loss) = super::shard::reduce_in_shard_order(&gathered, self.shards, len)
             .map_err(TrainError::Distributed)?;
+        if self.fast.is_some() {
+            let mut at = 0;
+            let g: Vec<Vec<f32>> = shapes
+                .iter()
+                .map(|s| {
+                    at += s[0] * s[1];
+                    sum[at - s[0] * s[1]..at].to_vec()
+                })
+                .collect();
+            self.fast_apply(Some(&g));
+            self.step += 1;
+            return Ok((loss / self.config.tasks_per_step as f64, timing));
+        }
         let mut at = 0;
         let g: Vec<Tensor<2>> = shapes
             .iter()
@@ -440,7 +475,7 @@ impl Trainer {
     }
 
     /// Every parameter's gradient (zeros for those the loss does not reach).
-    fn gradients(&self, grads: &burn::tensor::Gradients) -> Vec<Tensor<2>> {
+    pub(super) fn gradients(&self, grads: &burn::tensor::Gradients) -> Vec<Tensor<2>> {
         self.params
             .tensors()
             .iter()
