@@ -21,6 +21,7 @@ use commands::predict::{PredictArgs, predict};
 use commands::ridge::{RidgeArgs, ridge};
 use commands::tasks::{TasksArgs, tasks};
 use commands::train::{EpisodeArgs, TrainArgs, split_sizes, split_sizes_with, train};
+use commands::windows::{WindowsArgs, windows};
 use msr_runtime::ModelRecord;
 use msr_trainer::inspect;
 use msr_trainer::tasks::Family;
@@ -47,6 +48,9 @@ enum Command {
     Predict(PredictArgs),
     /// Write a generated family's tasks to an .npz task file (x, y, split).
     Tasks(TasksArgs),
+    /// Cut robot logs (CSV: a row per sample) into windows, one task each, split by
+    /// condition (one held out for testing), and write them as an .npz task file.
+    Windows(WindowsArgs),
     /// The per-task ridge regression baseline on a regression family's test tasks.
     Ridge(RidgeArgs),
     /// Draw error against support examples, one line per method, from a results script's
@@ -160,6 +164,7 @@ fn run(command: Command) -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Predict(args) => predict(args),
         Command::Tasks(args) => tasks(args),
+        Command::Windows(args) => windows(args),
         Command::Ridge(args) => ridge(args),
         Command::Plot(args) => plot(args),
         Command::PlotLoop(args) => plot_loop(args),

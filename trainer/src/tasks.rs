@@ -11,6 +11,7 @@ use crate::train::TrainError;
 pub mod cartpole;
 mod episodes;
 pub mod glyphs;
+pub mod logs;
 pub mod npz;
 mod rank;
 pub mod robots;

@@ -8,3 +8,4 @@ pub(crate) mod predict;
 pub(crate) mod ridge;
 pub(crate) mod tasks;
 pub(crate) mod train;
+pub(crate) mod windows;
