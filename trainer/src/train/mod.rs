@@ -1,6 +1,7 @@
 //! The outer loop: exact second-order meta-gradients through the runtime's `adapt`, Adam,
 //! evaluation through the runtime, checkpoints that survive a kill. One file per seam:
-//! configuration, optimiser, batches, the trainer, checkpoints, evaluation, the bench.
+//! configuration, optimiser, batches, the trainer, the model file it writes, checkpoints,
+//! evaluation, the bench.
 
 mod adam;
 mod batch;
@@ -9,9 +10,12 @@ mod checkpoint;
 mod config;
 mod error;
 mod eval;
+mod export;
 mod fast;
 #[cfg(test)]
 mod fast_tests;
+#[cfg(test)]
+mod gn_run_tests;
 pub mod normalize;
 pub mod shard;
 #[cfg(test)]
@@ -32,5 +36,6 @@ pub use eval::{
     EvalResult, PerOutput, evaluate, evaluate_on, evaluate_realtime, evaluate_realtime_refined,
     evaluate_references,
 };
+pub use export::{TRAINER_CONFIG, trained_config};
 pub use fast::GradEngine;
-pub use trainer::{StepTiming, TRAINER_CONFIG, Trainer, trained_config};
+pub use trainer::{StepTiming, Trainer};

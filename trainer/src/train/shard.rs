@@ -193,6 +193,38 @@ mod mpi_impl {
     }
 }
 
+/// The check that every process of a run holds the same parameters.
+impl super::Trainer {
+    /// A hash of the parameters, equal on every process of a healthy run.
+    pub fn params_hash(&self) -> u64 {
+        super::shard::hash_f32(
+            self.params
+                .tensors()
+                .iter()
+                .flat_map(msr_runtime::model::download),
+        )
+    }
+
+    /// Checks that every process holds the same parameters (one small gather): an error
+    /// naming the ranks that differ from rank 0 if not.
+    pub fn check_ranks_agree(&self) -> Result<(), super::TrainError> {
+        let h = self.params_hash();
+        let all = self
+            .collective
+            .all_gather(&h.to_le_bytes(), &vec![8; self.collective.size()])
+            .map_err(super::TrainError::Distributed)?;
+        let differ: Vec<usize> = (0..all.len()).filter(|&r| all[r] != all[0]).collect();
+        if differ.is_empty() {
+            Ok(())
+        } else {
+            Err(super::TrainError::Distributed(format!(
+                "after step {}, ranks {differ:?} hold other parameters than rank 0: the processes diverged (different builds, libraries or inputs?)",
+                self.step
+            )))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
