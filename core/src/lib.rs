@@ -29,6 +29,8 @@ mod math;
 pub mod realtime;
 pub mod spec;
 #[cfg(test)]
+mod test_models;
+#[cfg(test)]
 mod test_rng;
 
 pub use error::{DataError, DivergedError, Error, FormatError, ShapeError, StateError};

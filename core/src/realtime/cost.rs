@@ -10,7 +10,6 @@
 //! (docs/model-format.md, "Limits").
 
 use alloc::format;
-use alloc::string::String;
 
 use super::gn::{self, Inner, MAX_TRIALS};
 use super::{Kind, Layer, RtModel, Weights};
@@ -111,21 +110,6 @@ impl CallCosts {
             o.check("observe")?;
         }
         self.state.check("save_state / load_state")
-    }
-
-    /// One line per call, for `trainer inspect` and logs.
-    pub fn describe(&self) -> String {
-        let one = |c: &Cost| format!("{} + {} per example", c.fixed, c.per_example);
-        let mut s = format!(
-            "predict {}; adapt {}; state {}",
-            one(&self.predict),
-            one(&self.adapt),
-            one(&self.state)
-        );
-        if let Some(o) = &self.observe {
-            s += &format!("; observe {}", one(o));
-        }
-        s
     }
 }
 
@@ -376,16 +360,10 @@ impl RtModel {
         step
     }
 
-    /// The cost of adapting on `n` examples with `inner` and `inner_steps` (SGD steps, or
-    /// Gauss-Newton steps for Gauss-Newton alone), in a session of `capacity`. `None` when
-    /// the algorithm cannot run in such a session.
-    pub fn adapt_cost(&self, capacity: usize, inner: Inner, inner_steps: usize) -> Option<Cost> {
-        let pc = self.pieces();
-        self.adapt_cost_with(&pc, capacity, inner, inner_steps, None)
-    }
-
-    /// The bound of adapting on exactly `n` examples (tighter than [`RtModel::adapt_cost`]
-    /// for Gauss-Newton: the form `n` takes, and its solve at `n` rows).
+    /// The bound of adapting on exactly `n` examples with `inner` and `inner_steps` (SGD
+    /// steps, or Gauss-Newton steps for Gauss-Newton alone) in a session of `capacity`:
+    /// tighter than [`RtModel::call_costs`]' for Gauss-Newton (the form `n` takes, and its
+    /// solve at `n` rows). `None` when the algorithm cannot run in such a session.
     pub fn adapt_cost_at(
         &self,
         capacity: usize,
@@ -492,7 +470,7 @@ mod tests {
     use super::super::Session;
     use super::*;
     use crate::error::{Error, ErrorKind};
-    use crate::format::{LayerRecord, ModelInfo, ModelRecord, Solver};
+    use crate::format::{ModelRecord, Solver};
     use crate::spec::{FeatureShape, LayerSpec, NetSpec, Op};
 
     fn dense(inputs: usize, outputs: usize, activation: Activation) -> LayerSpec {
@@ -514,30 +492,11 @@ mod tests {
             layers,
             loss: Loss::Mse,
         };
-        let shapes = net.shapes().unwrap();
-        let small =
-            |n: usize| -> Vec<f32> { (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect() };
-        let layers = shapes
-            .params
-            .iter()
-            .zip(lrs)
-            .map(|(l, &lr)| LayerRecord {
-                shared: l.shared.iter().map(|[r, c]| small(r * c)).collect(),
-                adapted0: l.adapted.iter().map(|&n| small(n)).collect(),
-                lr,
-            })
-            .collect();
-        let mut rec = ModelRecord {
-            info: ModelInfo {
-                name: "cost".into(),
-                task_family: "test".into(),
-                inner_steps: 1,
-                trainer_version: "test".into(),
-            },
-            net,
-            layers,
-            ext: Default::default(),
-        };
+        let small = |n: usize| (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+        let mut rec = crate::test_models::record(net, small, 0.0);
+        for (l, &lr) in rec.layers.iter_mut().zip(lrs) {
+            l.lr = lr;
+        }
         if gauss_newton {
             rec.ext.solver = Some(Solver {
                 log_damping: vec![0.0; lrs.len()],
@@ -706,7 +665,6 @@ mod tests {
             assert!(c.predict.per_example > 28 * 128 + 2 * 128 * 128 + 128 * 7);
             assert!(c.adapt.per_example > c.predict.per_example);
             assert_eq!(c.observe.is_some(), inner != Inner::Sgd);
-            assert!(c.describe().contains("adapt"));
         }
     }
 }

@@ -35,27 +35,7 @@ fn one_layer(op: Op, input: &[usize], rng: &mut Rng) -> Arc<RtModel> {
         }],
         loss: Loss::Mse,
     };
-    let shapes = net.shapes().unwrap();
-    let layers = shapes
-        .params
-        .iter()
-        .map(|l| LayerRecord {
-            shared: l.shared.iter().map(|[r, c]| normals(rng, r * c)).collect(),
-            adapted0: l.adapted.iter().map(|&n| normals(rng, n)).collect(),
-            lr: 0.1,
-        })
-        .collect();
-    let rec = ModelRecord {
-        info: ModelInfo {
-            name: "op".into(),
-            task_family: "test".into(),
-            inner_steps: 1,
-            trainer_version: "test".into(),
-        },
-        net,
-        layers,
-        ext: Default::default(),
-    };
+    let rec = crate::test_models::record(net, |n| normals(rng, n), 0.1);
     RtModel::new(&rec).unwrap()
 }
 

@@ -6,33 +6,12 @@ use alloc::vec;
 use alloc::vec::Vec;
 
 use super::*;
-use crate::format::{LayerRecord, ModelInfo, ModelRecord};
+use crate::format::ModelRecord;
 use crate::spec::{ConvGeom, ConvSharing, FeatureShape, LayerSpec, NetSpec, Op};
 use crate::test_rng::Rng;
 
 fn record(net: NetSpec, rng: &mut Rng) -> ModelRecord {
-    let shapes = net.shapes().unwrap();
-    let mut normals = |n: usize| -> Vec<f32> { (0..n).map(|_| rng.normal() as f32).collect() };
-    let layers = shapes
-        .params
-        .iter()
-        .map(|l| LayerRecord {
-            shared: l.shared.iter().map(|[r, c]| normals(r * c)).collect(),
-            adapted0: l.adapted.iter().map(|&n| normals(n)).collect(),
-            lr: 0.1,
-        })
-        .collect();
-    ModelRecord {
-        info: ModelInfo {
-            name: "jacobian".into(),
-            task_family: "test".into(),
-            inner_steps: 1,
-            trainer_version: "test".into(),
-        },
-        net,
-        layers,
-        ext: Default::default(),
-    }
+    crate::test_models::record(net, |n| (0..n).map(|_| rng.normal() as f32).collect(), 0.1)
 }
 
 /// Rows of `J` by the direct paths against one backward pass per output, for the example
